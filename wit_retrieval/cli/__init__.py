@@ -1,0 +1,65 @@
+"""The `wit-retrieval` command: one typer app, one module per noun.
+
+Command modules only parse options, call the library and print; they import the library
+inside each command so `--help` stays fast and torch is never imported by accident.
+Library errors (WitRetrievalError) become one clean line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from ..errors import WitRetrievalError
+
+# Each module defines `register(app: typer.Typer) -> None`.
+COMMAND_MODULES = (
+    "synth", "serve", "download", "released", "build", "images",
+    "scoring", "index", "models", "annotate", "report",
+)
+
+
+class _CleanErrors(TyperGroup):
+    """Turn library errors anywhere below into one line and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except WitRetrievalError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_CleanErrors,
+    name="wit-retrieval",
+    help="Rebuild, fetch, train on and score the EI and MMIR retrieval benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+):
+    """Rebuild, fetch, train on and score the EI and MMIR retrieval benchmark."""
+    if version:
+        from .. import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"{__name__}.{_name}").register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

@@ -1,0 +1,132 @@
+"""Parquet shards with manifests, and atomic file writes (write to a temp name, then rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "_manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`.
+
+    A crash leaves only a `.tmp-*` file that readers ignore, never a half-written target.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text (UTF-8) atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON (indented, UTF-8, sorted keys) atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> None:
+    """Write one parquet file atomically (zstd by default)."""
+    kwargs.setdefault("compression", "zstd")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+
+
+def write_table_dir(
+    directory: str | os.PathLike,
+    parts: Iterable[pa.Table],
+    schema: pa.Schema,
+    *,
+    meta: dict[str, Any] | None = None,
+    rows_per_file: int = 1_000_000,
+) -> dict[str, Any]:
+    """Replace `directory` with parquet part files of `parts` plus a manifest; returns it.
+
+    Parts are cast to `schema` and re-chunked into files of at most `rows_per_file` rows.
+    The manifest is written last, so a folder without one is an unfinished write.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in list(directory.glob("part-*.parquet")) + [directory / MANIFEST]:
+        old.unlink(missing_ok=True)
+    files, total = [], 0
+    pending: list[pa.Table] = []
+    pending_rows = 0
+
+    def flush():
+        nonlocal pending, pending_rows, total
+        if not pending:
+            return
+        table = pa.concat_tables(pending)
+        name = f"part-{len(files):05d}.parquet"
+        write_parquet_atomic(table, directory / name)
+        files.append({"file": name, "rows": table.num_rows})
+        total += table.num_rows
+        pending, pending_rows = [], 0
+
+    for part in parts:
+        part = part.select(schema.names).cast(schema) if part.schema != schema else part
+        pending.append(part)
+        pending_rows += part.num_rows
+        if pending_rows >= rows_per_file:
+            flush()
+    flush()
+    if not files:  # an empty table still gets one file, so readers see the schema
+        write_parquet_atomic(schema.empty_table(), directory / "part-00000.parquet")
+        files.append({"file": "part-00000.parquet", "rows": 0})
+    manifest = {
+        "files": files,
+        "rows": total,
+        "columns": schema.names,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(meta or {}),
+    }
+    write_json_atomic(directory / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a table folder, or None if the folder was never finished."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_table_dir(directory: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """Read the part files a manifest lists (never stray temp files)."""
+    from ..errors import InputError
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise InputError("no manifest: this table was never finished; rebuild it", path=str(directory))
+    tables = [pq.read_table(directory / f["file"], columns=columns) for f in manifest["files"]]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
