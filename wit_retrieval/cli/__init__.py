@@ -44,16 +44,21 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-):
-    """Rebuild, fetch, train on and score the EI and MMIR retrieval benchmark."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from .. import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
+):
+    """Rebuild, fetch, train on and score the EI and MMIR retrieval benchmark."""
 
 
 for _name in COMMAND_MODULES:

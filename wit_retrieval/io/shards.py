@@ -85,10 +85,12 @@ def write_table_dir(
         if not pending:
             return
         table = pa.concat_tables(pending)
-        name = f"part-{len(files):05d}.parquet"
-        write_parquet_atomic(table, directory / name)
-        files.append({"file": name, "rows": table.num_rows})
-        total += table.num_rows
+        for start in range(0, table.num_rows, rows_per_file):
+            piece = table.slice(start, rows_per_file)
+            name = f"part-{len(files):05d}.parquet"
+            write_parquet_atomic(piece, directory / name)
+            files.append({"file": name, "rows": piece.num_rows})
+            total += piece.num_rows
         pending, pending_rows = [], 0
 
     for part in parts:
