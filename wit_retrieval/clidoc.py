@@ -5,27 +5,27 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-import click
 import typer
 
 EXAMPLE = re.compile(r"^\s*Example:\s*(.+)$", re.MULTILINE)
 
 
-def iter_commands(group: click.Group, prefix: str = "wit-retrieval") -> Iterator[tuple[str, click.Command]]:
+def iter_commands(group, prefix: str = "wit-retrieval") -> Iterator[tuple[str, object]]:
     """Yield (full name, command) for every leaf command, depth first, in name order."""
-    ctx = click.Context(group)
+    # typer vendors its own click, so groups are recognised by shape, not by class
+    ctx = typer.Context(group)
     for name in sorted(group.list_commands(ctx)):
         command = group.get_command(ctx, name)
         if command is None or command.hidden:
             continue
         full = f"{prefix} {name}"
-        if isinstance(command, click.Group):
+        if hasattr(command, "list_commands"):
             yield from iter_commands(command, full)
         else:
             yield full, command
 
 
-def command_help(command: click.Command) -> tuple[str, str | None]:
+def command_help(command) -> tuple[str, str | None]:
     """The help text without its example line, and the example (None when missing)."""
     text = command.help or ""
     match = EXAMPLE.search(text)
@@ -33,12 +33,12 @@ def command_help(command: click.Command) -> tuple[str, str | None]:
     return body, (match.group(1).strip() if match else None)
 
 
-def _param_rows(command: click.Command) -> list[str]:
+def _param_rows(command) -> list[str]:
     rows = []
     for param in command.params:
         if param.name == "help":
             continue
-        if isinstance(param, click.Argument):
+        if param.param_type_name == "argument":
             name = f"`{param.human_readable_name}`"
             kind = "argument"
             help_text = getattr(param, "help", None) or ""
