@@ -1,0 +1,257 @@
+"""Header-driven, streaming reader of WIT / EI / MMIR TSV(.gz) files.
+
+Dialect: tab-separated, a header row, double-quoted fields that may hold tabs and newlines
+(`""` is a literal quote), `true`/`false` booleans, empty fields are null, values possibly
+written as Python byte literals `b'...'`.
+
+`read_wit_batches` parses with pyarrow.csv (the fast path). When pyarrow rejects a file (a
+malformed row, a wrong field count, invalid UTF-8), the file is re-read from the start by the
+robust Python reader of `tsv_robust.py`, which reports bad rows (file + line) and keeps every good
+row. The fallback skips as many good rows as the fast path already yielded: pyarrow only yields
+blocks it parsed completely, and both readers implement the same dialect, so on the well-formed
+prefix they agree row for row and no row is yielded twice.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from ..errors import InputError
+from ..schema import WIT_BOOL_COLUMNS, WIT_COLUMNS, WIT_INT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLES = 20
+_BLOCK_SIZE = 4 << 20
+_MAX_BLOCK_SIZE = 1 << 30
+_BYTE_LITERAL_RE = r"(?s)^b'.*'$|^b\".*\"$"
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One malformed row: where it starts and why it was dropped."""
+
+    path: str
+    line: int
+    reason: str
+    excerpt: str
+
+
+class RowErrors:
+    """Counts bad rows and keeps the first few as samples for reports."""
+
+    def __init__(self, max_samples: int = MAX_SAMPLES):
+        self.count = 0
+        self.samples: list[BadRow] = []
+        self.max_samples = max_samples
+
+    def add(self, path: str | os.PathLike, line: int, reason: str, excerpt: str = "") -> None:
+        """Record one bad row (logged as a warning for the first few)."""
+        self.count += 1
+        if len(self.samples) < self.max_samples:
+            self.samples.append(BadRow(str(path), int(line), reason, excerpt[:200]))
+        if self.count <= 5:
+            log.warning("%s:%d: bad row skipped: %s", path, line, reason)
+
+    def merge(self, other: RowErrors) -> None:
+        """Add another collector's counts and samples (e.g. from a worker process)."""
+        self.count += other.count
+        room = self.max_samples - len(self.samples)
+        self.samples.extend(other.samples[: max(room, 0)])
+
+    def summary(self) -> str:
+        """One line per sample, headed by the count."""
+        if not self.count:
+            return "no bad rows"
+        lines = [f"{self.count} bad row(s)"]
+        lines += [f"  {s.path}:{s.line}: {s.reason}" for s in self.samples[:5]]
+        if self.count > 5:
+            lines.append(f"  ... and {self.count - 5} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for stats files."""
+        return {"count": self.count, "samples": [asdict(s) for s in self.samples]}
+
+    def __bool__(self) -> bool:  # an empty collector is still a collector
+        return True
+
+
+def decode_byte_literal(s: str | None) -> str | None:
+    """Decode a Python byte literal `b'...'` / `b"..."` (with \\xNN UTF-8 escapes); others unchanged."""
+    if s is None or len(s) < 3 or s[0] != "b" or s[1] not in "'\"" or s[-1] != s[1]:
+        return s
+    body = s[2:-1]
+    if "\\" not in body:
+        return body
+    try:
+        raw = codecs.escape_decode(body.encode("utf-8"))[0]
+    except ValueError:
+        return s
+    return raw.decode("utf-8", errors="replace")
+
+
+def decode_byte_literals_array(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Decode the byte-literal values of a string array; untouched when there are none (cheap check)."""
+    starts = pc.or_(pc.starts_with(array, "b'"), pc.starts_with(array, 'b"'))
+    if not pc.any(starts).as_py():
+        return array
+    is_literal = pc.fill_null(pc.match_substring_regex(array, _BYTE_LITERAL_RE), False)
+    if not pc.any(is_literal).as_py():
+        return array
+    # Vectorised for the plain-ASCII bodies; only values with escapes go through Python.
+    stripped = pc.if_else(is_literal, pc.utf8_slice_codeunits(array, 2, -1), array)
+    escaped = pc.and_(is_literal, pc.fill_null(pc.match_substring(array, "\\"), False))
+    if not pc.any(escaped).as_py():
+        return stripped
+    values = stripped.to_pylist()
+    originals = array.to_pylist()
+    for i, flag in enumerate(escaped.to_pylist()):
+        if flag:
+            values[i] = decode_byte_literal(originals[i])
+    return pa.array(values, pa.string())
+
+
+def open_binary(path: str | os.PathLike):
+    """Open a plain or gzip file (detected by its magic bytes) for binary reading."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=str(path))
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def read_header(path: str | os.PathLike) -> list[str]:
+    """Column names from the header row (byte literals decoded, blanks stripped)."""
+    with open_binary(path) as f:
+        first = f.readline()
+    if not first.strip():
+        raise InputError("empty file or empty header row; expected a tab-separated header", path=str(path))
+    names = first.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+    return [decode_byte_literal(n.strip().strip('"')) or f"column_{i}" for i, n in enumerate(names)]
+
+
+def column_types(header: list[str]) -> dict[str, pa.DataType]:
+    """Arrow type per column: WIT's ints and booleans typed, every other column a string."""
+    types = {}
+    for name in header:
+        if name in WIT_INT_COLUMNS:
+            types[name] = pa.int64()
+        elif name in WIT_BOOL_COLUMNS:
+            types[name] = pa.bool_()
+        else:
+            types[name] = pa.string()
+    return types
+
+
+def _select(header: list[str], columns, path) -> list[str]:
+    if columns is None:
+        return list(header)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise InputError(
+            f"no column(s) {', '.join(missing)} in the header; columns are: {', '.join(header)}",
+            path=str(path),
+        )
+    return list(columns)
+
+
+def _decode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    arrays = [
+        decode_byte_literals_array(col) if pa.types.is_string(col.type) else col for col in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+def _pyarrow_batches(path, header, selected, types, block_size: int) -> Iterator[pa.RecordBatch]:
+    reader = pcsv.open_csv(
+        str(path),
+        read_options=pcsv.ReadOptions(block_size=block_size, column_names=header, skip_rows=1),
+        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char='"', newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types=types,
+            include_columns=selected,
+            strings_can_be_null=True,
+            null_values=[""],
+            true_values=["true"],
+            false_values=["false"],
+        ),
+    )
+    yield from reader
+
+
+def read_wit_batches(
+    path: str | os.PathLike,
+    *,
+    columns: list[str] | None = None,
+    batch_rows: int = 65536,
+    errors: RowErrors | None = None,
+    variable_fields: bool | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Typed record batches of a header-driven TSV(.gz); bad rows go to `errors`, never raise.
+
+    `variable_fields` (default: False for WIT's header, True otherwise) pads short rows with
+    nulls instead of reporting them, as the released EI/MMIR files need.
+    """
+    from .tsv_robust import robust_batches
+
+    header = read_header(path)
+    selected = _select(header, columns, path)
+    types = column_types(header)
+    schema = pa.schema([(c, types[c]) for c in selected])
+    if variable_fields is None:
+        variable_fields = tuple(header) != WIT_COLUMNS
+    yielded, block_size = 0, _BLOCK_SIZE
+    while True:
+        try:
+            skip = yielded  # after a retry with bigger blocks, drop what was already yielded
+            for batch in _pyarrow_batches(path, header, selected, types, block_size):
+                if skip:
+                    cut = min(skip, batch.num_rows)
+                    batch, skip = batch.slice(cut), skip - cut
+                for start in range(0, batch.num_rows, batch_rows):
+                    part = _decode_batch(batch.slice(start, batch_rows))
+                    yield part
+                    yielded += part.num_rows
+            return
+        except pa.ArrowInvalid as exc:
+            message = str(exc)
+        if "straddling" in message and block_size < _MAX_BLOCK_SIZE:
+            block_size *= 4  # a huge row: retry with bigger blocks instead of the slow reader
+            continue
+        log.info("%s: pyarrow could not parse the file (%s); using the robust reader", path, message[:200])
+        yield from robust_batches(
+            path, header, schema, batch_rows=batch_rows, errors=errors, skip_good=yielded,
+            variable_fields=variable_fields,
+        )
+        return
+
+
+def read_tsv_rows(
+    path: str | os.PathLike,
+    *,
+    errors: RowErrors | None = None,
+    variable_fields: bool | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Rows as dicts keyed by the header (typed, byte literals decoded), plus `_line` (1-based).
+
+    Fields beyond the header's width are kept as a list under `_extra`.
+    """
+    from .tsv_robust import robust_rows
+
+    header = read_header(path)
+    if variable_fields is None:
+        variable_fields = tuple(header) != WIT_COLUMNS
+    yield from robust_rows(path, header, errors=errors, variable_fields=variable_fields)
