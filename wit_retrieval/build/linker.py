@@ -1,0 +1,225 @@
+"""Entity linkers: a gazetteer over `entity_names` (Aho-Corasick), or spans a user brings.
+
+A linker turns one reference description into non-overlapping spans
+`(start, end, entity_id)` with character offsets in the original text. Linkers are
+registered names (`LINKERS`): `gazetteer` and `spans`. A build process creates its linker
+once (`load_linker`, cached per process) and the gazetteer builds one automaton per
+language on first use, never per row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import ConfigError, InputError, require
+from ..registry import Registry
+from .names import fold, fold_with_offsets, joins
+
+Span = tuple[int, int, str]  # (start, end, entity_id), offsets in the original text
+
+
+class Linker(Protocol):
+    def link(self, text: str, language: str, row_id: str) -> list[Span]:
+        """Non-overlapping spans of entity mentions in `text`, sorted by start."""
+        ...
+
+
+LINKERS: Registry[Linker] = Registry("linker")
+
+
+@dataclass(frozen=True)
+class LinkerSpec:
+    """Which linker a build uses, in a picklable form that workers rebuild from."""
+
+    name: str = "gazetteer"
+    names_path: str | None = None  # entity_names table folder (gazetteer)
+    spans_path: str | None = None  # JSONL of {row_id, start, end, entity_id} (spans)
+    min_length: int = 3  # shortest name matched, in characters
+    allow_digit_names: bool = False  # names made only of digits ("1984") are not matched
+
+    def __post_init__(self):
+        if self.name not in LINKERS:
+            LINKERS.get(self.name)  # raises with did-you-mean
+        if self.name == "spans" and not self.spans_path:
+            raise ConfigError("the spans linker needs --spans FILE (JSONL of {row_id, start, end, entity_id})")
+
+
+_CACHE: dict[LinkerSpec, Linker] = {}
+
+
+def load_linker(spec: LinkerSpec) -> Linker:
+    """The linker of `spec`, built once per process."""
+    linker = _CACHE.get(spec)
+    if linker is None:
+        linker = _CACHE[spec] = LINKERS.create(spec.name, spec)
+    return linker
+
+
+def leftmost_longest(spans: list[Span]) -> list[Span]:
+    """Keep the leftmost span, the longest on ties, then the next that does not overlap."""
+    kept: list[Span] = []
+    last_end = -1
+    for span in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if span[0] >= last_end:
+            kept.append(span)
+            last_end = span[1]
+    return kept
+
+
+@dataclass
+class _Language:
+    automaton: object
+    ambiguous: int  # folded names not linked because they name several entities
+    names: int
+
+
+class Gazetteer:
+    """Matches entity names per language: casefolded, NFKC, leftmost-longest, word bounded."""
+
+    def __init__(self, spec: LinkerSpec, names=None):
+        require("ahocorasick", "base")
+        import pyarrow.compute as pc
+
+        from ..io.shards import read_table_dir
+
+        self.spec = spec
+        if names is None and not spec.names_path:
+            raise ConfigError("the gazetteer linker needs the entity_names table; run `build ei` first")
+        columns = ["entity_id", "language", "name", "source"]
+        table = read_table_dir(spec.names_path, columns=columns) if names is None else names.select(columns)
+        self._by_language: dict[str, object] = {}
+        # split by language once; each automaton is built lazily on first text of its language
+        for language in pc.unique(table["language"]).to_pylist():
+            if language is not None:
+                self._by_language[language] = table.filter(pc.equal(table["language"], language))
+        self._languages: dict[str, _Language | None] = {}
+
+    def language(self, language: str) -> _Language | None:
+        """The automaton of one language (None when it has no names)."""
+        if language not in self._languages:
+            names = self._by_language.pop(language, None)
+            self._languages[language] = None if names is None else self._build(names)
+        return self._languages[language]
+
+    def _build(self, names) -> _Language:
+        import ahocorasick
+
+        candidates: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        exact_titles: dict[str, dict[str, str]] = defaultdict(dict)
+        for entity_id, name, source in zip(
+            names["entity_id"].to_pylist(), names["name"].to_pylist(), names["source"].to_pylist()
+        ):
+            key = fold(name).strip()
+            if not self.usable(key):
+                continue
+            candidates[key][entity_id].add(source)
+            if source == "title":
+                exact_titles[key][name] = entity_id
+        automaton = ahocorasick.Automaton()
+        ambiguous = 0
+        for key, entities in candidates.items():
+            target = resolve(entities, exact_titles.get(key, {}))
+            if target is None:
+                ambiguous += 1
+                continue
+            automaton.add_word(key, (len(key), target))
+        if len(automaton):
+            automaton.make_automaton()
+        return _Language(automaton if len(automaton) else None, ambiguous, len(candidates))
+
+    def usable(self, key: str) -> bool:
+        """Whether a folded name may be matched at all (length, not only digits)."""
+        if len(key) < self.spec.min_length:
+            return False
+        word_chars = "".join(c for c in key if c.isalnum())
+        return bool(word_chars) and (self.spec.allow_digit_names or not word_chars.isdigit())
+
+    def link(self, text: str, language: str, row_id: str = "") -> list[Span]:
+        """Spans of the names of `language` in `text` (offsets in the original text)."""
+        lang = self.language(language)
+        if lang is None or lang.automaton is None:
+            return []
+        folded, offsets = fold_with_offsets(text)
+        found: list[Span] = []
+        for last, (length, target) in lang.automaton.iter(folded):
+            start, end = last - length + 1, last + 1
+            if offsets is not None:
+                start, end = offsets[start], offsets[end]
+                if start < 0 or end < 0:  # inside one character's expansion
+                    continue
+            if (start > 0 and joins(text[start - 1], text[start])) or (
+                end < len(text) and joins(text[end - 1], text[end])
+            ):
+                continue
+            if not isinstance(target, str):  # several exact titles: the case-exact one
+                target = target.get(text[start:end])
+                if target is None:
+                    continue
+            found.append((start, end, target))
+        if len(found) > 1:
+            found = leftmost_longest(found)
+        return found
+
+
+def resolve(entities: dict[str, set[str]], exact_titles: dict[str, str]) -> str | dict[str, str] | None:
+    """The entity a folded name links to; a dict {title: entity} to decide by exact case; or None.
+
+    A name of one entity links to it. A name of several links only where exactly one of them
+    has it as its title; where several titles fold to it, the one spelled exactly as the
+    surface wins at match time.
+    """
+    if len(entities) == 1:
+        return next(iter(entities))
+    titled = [entity for entity, sources in entities.items() if "title" in sources]
+    if len(titled) == 1:
+        return titled[0]
+    if len(titled) > 1 and len(set(exact_titles.values())) > 1:
+        return dict(exact_titles)
+    return None
+
+
+LINKERS.register("gazetteer")(Gazetteer)
+
+
+class SpansLinker:
+    """Spans a user brings: JSONL lines `{row_id, start, end, entity_id}`.
+
+    `row_id` is the query id the build gives the row: `ids.query_id(split, image_url,
+    page_url, reference_description)`. Offsets are Python character offsets in the
+    reference description, end exclusive. Overlapping spans keep the leftmost-longest.
+    """
+
+    def __init__(self, spec: LinkerSpec):
+        self.spec = spec
+        self.spans: dict[str, list[Span]] = defaultdict(list)
+        path = Path(spec.spans_path)
+        if not path.exists():
+            raise InputError("spans file not found", path=str(path))
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    row_id, span = _parse_span(line, str(path), number)
+                    self.spans[row_id].append(span)
+
+    def link(self, text: str, language: str, row_id: str = "") -> list[Span]:
+        """The spans given for `row_id` that fit inside `text`."""
+        spans = [s for s in self.spans.get(row_id, ()) if 0 <= s[0] < s[1] <= len(text)]
+        return leftmost_longest(spans)
+
+
+def _parse_span(line: str, path: str, number: int) -> tuple[str, Span]:
+    try:
+        item = json.loads(line)
+        return str(item["row_id"]), (int(item["start"]), int(item["end"]), str(item["entity_id"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"not a span ({exc}); each line must be JSON with row_id, start, end, entity_id",
+            path=path, line=number,
+        ) from None
+
+
+LINKERS.register("spans")(SpansLinker)

@@ -1,0 +1,191 @@
+"""Build MMIR (queries, corpus, qrels per split) and the released EI subset from WIT files.
+
+Each WIT file is one shard task (`shard.build_shard`), run by `engine.run_shards` locally or
+on Ray. Results come back in task order and tasks are sorted by (split, file), so the
+output is identical whatever the engine or worker count: queries keep their (file, row)
+order, corpus is sorted by image_id, qrels follow the queries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..engine import EngineConfig, run_shards
+from ..errors import ConfigError
+from ..io.shards import read_manifest, read_table_dir, write_json_atomic, write_table_dir
+from ..layout import DataRoot
+from ..schema import CORPUS, EI, QRELS, QUERIES, SPLITS
+from .linker import LinkerSpec
+from .shard import FilterConfig, ShardResult, ShardTask, build_shard, split_of
+from .stats import SplitStats, update_stats
+
+
+@dataclass(frozen=True)
+class MmirConfig:
+    """Inputs and choices of `build mmir` (written next to the output as config/build_mmir.json)."""
+
+    out: str
+    wit: tuple[str, ...]
+    linker: str = "gazetteer"
+    spans: str | None = None  # JSONL spans for the `spans` linker
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    min_name_length: int = 3
+    batch_rows: int = 65536
+    export: bool = True  # also write the TSV.gz export in the released layout
+    train_shards: int = 5  # mmir_dataset_train-0000K-of-0000N files in the export
+
+    def __post_init__(self):
+        object.__setattr__(self, "wit", tuple(sorted(str(p) for p in self.wit)))
+        if not self.wit:
+            raise ConfigError("give the WIT files to build from (--wit FILES...)")
+        for path in self.wit:
+            if not Path(path).exists():
+                raise ConfigError(f"WIT file not found: {path}")
+            split_of(path)  # fails early on a name without a split
+
+    def linker_spec(self) -> LinkerSpec:
+        """The picklable linker description workers rebuild the linker from."""
+        root = DataRoot(self.out)
+        return LinkerSpec(
+            name=self.linker, names_path=str(root.table("entity_names")), spans_path=self.spans,
+            min_length=self.min_name_length,
+        )
+
+
+def build_mmir(config: MmirConfig) -> dict:
+    """Write queries/corpus/qrels per split and the `ei` table; returns the build statistics."""
+    from ..io.tsv import RowErrors
+
+    started = time.time()
+    root = DataRoot(config.out)
+    for table in ("entities", "entity_names"):
+        if read_manifest(root.table(table)) is None:
+            raise ConfigError(f"{root.table(table)} is missing or unfinished: run `wit-retrieval build ei` first")
+    tasks = plan_tasks(config)
+    errors = RowErrors()
+    split_stats: dict[str, SplitStats] = {}
+    entity_uses: Counter = Counter()
+    results = run_shards(build_shard, tasks, config.engine)
+    for split, group in itertools.groupby(results, key=lambda r: r.split):
+        stats = split_stats[split] = SplitStats()
+        write_split(root, split, group, stats, errors, entity_uses)
+    write_ei(root, entity_uses)
+    write_json_atomic(root.config / "build_mmir.json", asdict(config))
+    section = {
+        "splits": {s: split_stats[s].to_dict() for s in SPLITS if s in split_stats},
+        "bad_rows": errors.to_dict(),
+        "files": [Path(t.path).name for t in tasks],
+        "linker": config.linker,
+        "filters": asdict(config.filters),
+        "seconds": round(time.time() - started, 2),
+    }
+    update_stats(root, "mmir", section)
+    update_stats(root, "ei", {"entities": len(entity_uses), "uses": sum(entity_uses.values())})
+    if config.export:
+        from .export import export_all
+
+        export_all(root, train_shards=config.train_shards)
+    return section
+
+
+def plan_tasks(config: MmirConfig) -> list[ShardTask]:
+    """One task per WIT file, ordered by (split, path) so outputs never depend on scheduling."""
+    spec = config.linker_spec()
+    entities = str(DataRoot(config.out).table("entities"))
+    tasks = [ShardTask(path, split_of(path), entities, spec, config.filters, config.batch_rows) for path in config.wit]
+    return sorted(tasks, key=lambda t: (SPLITS.index(t.split), t.path))
+
+
+def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stats: SplitStats, errors,
+                entity_uses: Counter) -> None:
+    """Stream one split's shard results into its queries, corpus and qrels tables."""
+    seen: set[str] = set()
+    qrels: list[pa.Table] = []
+    corpus: list[pa.Table] = []
+
+    def queries() -> Iterator[pa.Table]:
+        for result in results:
+            stats.add(result.stats)
+            errors.merge(result.errors)
+            table = _unique(result.queries, seen, stats)
+            stats.count_queries(table)
+            entity_uses.update(pc.list_flatten(table["entity_ids"]).to_pylist())
+            qrels.append(pa.table({"query_id": table["query_id"], "image_id": table["target_image_id"],
+                                   "relevance": pa.array([1] * table.num_rows, pa.int32())}))
+            corpus.append(table.select(["target_image_id", "target_image_url"]))
+            yield table
+
+    meta = {"builder": "build_mmir", "split": split}
+    write_table_dir(root.table_split("queries", split), _without_split(queries()), _QUERIES_FILE, meta=meta)
+    write_table_dir(root.table_split("qrels", split), qrels, QRELS, meta=meta)
+    images = _unique_images(corpus)
+    stats.corpus = images.num_rows
+    write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta)
+
+
+# The split lives in the hive folder name (split=train); files leave it out so that
+# pyarrow.dataset(..., partitioning="hive") reads one split column without a conflict.
+_QUERIES_FILE = pa.schema([f for f in QUERIES if f.name != "split"])
+_CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
+
+
+def _without_split(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    for table in tables:
+        yield table.drop_columns(["split"])
+
+
+def _unique(table: pa.Table, seen: set[str], stats: SplitStats) -> pa.Table:
+    """Drop queries whose id was already written (a WIT row repeated within a split)."""
+    ids = table["query_id"].to_pylist()
+    keep = []
+    for qid in ids:
+        keep.append(qid not in seen)
+        seen.add(qid)
+    duplicates = len(ids) - sum(keep)
+    if not duplicates:
+        return table
+    stats.duplicates += duplicates
+    return table.filter(pa.array(keep))
+
+
+def _unique_images(parts: list[pa.Table]) -> pa.Table:
+    if not parts:
+        return _CORPUS_FILE.empty_table()
+    table = pa.concat_tables(parts).rename_columns(["image_id", "image_url"])
+    table = table.group_by("image_id", use_threads=False).aggregate([("image_url", "min")])
+    table = table.rename_columns(["image_id", "image_url"])
+    return table.sort_by("image_id").select(_CORPUS_FILE.names)
+
+
+def write_ei(root: DataRoot, entity_uses: Counter) -> pa.Table:
+    """The released EI dataset: entities MMIR queries use, with how many queries use each."""
+    entities = read_table_dir(root.table("entities"), columns=["entity_id", "language", "page_title", "image_url",
+                                                              "image_id"])
+    used = pc.is_in(entities["entity_id"], value_set=pa.array(list(entity_uses), pa.string()))
+    table = entities.filter(used).sort_by("entity_id")
+    counts = pa.array([entity_uses[e] for e in table["entity_id"].to_pylist()], pa.int64())
+    table = table.append_column("num_queries", counts)
+    write_table_dir(root.table("ei"), [table], EI, meta={"builder": "build_mmir"})
+    return table
+
+
+def read_split_table(root: str | Path, name: str, split: str | None = None) -> pa.Table:
+    """A split table read back through pyarrow.dataset with hive partitioning (split column included)."""
+    import pyarrow.dataset as ds
+
+    path = DataRoot(root).table(name)
+    dataset = ds.dataset(str(path), format="parquet", partitioning="hive", exclude_invalid_files=True)
+    table = dataset.to_table(filter=(ds.field("split") == split) if split else None)
+    schema = {"queries": QUERIES, "corpus": CORPUS, "qrels": QRELS}[name]
+    if "split" in schema.names:
+        table = table.select(schema.names).cast(schema)
+    return table

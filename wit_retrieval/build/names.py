@@ -1,0 +1,144 @@
+"""Names of entities: titles, qualifier stripping, Commons URLs, and text folding with offsets.
+
+Folding (NFKC, then casefold) is what the linker matches on. It can change a text's length
+("ß" -> "ss", "ﬁ" -> "fi", "e" + combining acute -> "é"), so `fold_with_offsets` keeps a map
+from folded positions back to the original characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from urllib.parse import quote
+
+COMMONS_BASE = "https://upload.wikimedia.org/wikipedia/commons"
+
+# "X (band)" -> "X"; only a trailing parenthetical, as Wikipedia disambiguates titles.
+_QUALIFIER = re.compile(r"^(?P<base>.*\S)\s+\([^()]+\)$")
+
+
+def title_text(title: str) -> str:
+    """A dump title (underscores) as text (spaces), as WIT writes page titles."""
+    return title.replace("_", " ").strip()
+
+
+def title_key(title: str) -> str:
+    """A title in the dumps' underscore form (used in entity ids and page URLs)."""
+    return title.strip().replace(" ", "_")
+
+
+def strip_qualifier(title: str) -> str | None:
+    """The title without a trailing parenthetical qualifier, or None when it has none."""
+    match = _QUALIFIER.match(title)
+    return match.group("base") if match else None
+
+
+def commons_url(file_name: str) -> str:
+    """The Commons URL of a file name (md5 of the underscored name, domain.md section 3)."""
+    name = file_name.strip().replace(" ", "_")
+    if name[:5].lower() == "file:":
+        name = name[5:]
+    digest = hashlib.md5(name.encode("utf-8")).hexdigest()
+    return f"{COMMONS_BASE}/{digest[0]}/{digest[:2]}/{quote(name, safe=_URL_SAFE)}"
+
+
+_URL_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def page_url(language: str, title: str) -> str:
+    """The article URL of a title, percent-encoded like WIT's page URLs."""
+    return f"https://{language}.wikipedia.org/wiki/{quote(title_key(title), safe=_URL_SAFE)}"
+
+
+def fold(text: str) -> str:
+    """The matching form of a name: NFKC then casefold, segment by segment as for texts."""
+    return fold_with_offsets(text)[0]
+
+
+def fold_with_offsets(text: str) -> tuple[str, list[int] | None]:
+    """(folded text, map) where map[i] is the original index of folded index i, or -1.
+
+    The map has len(folded) + 1 entries; -1 marks a folded position inside the expansion
+    of one original character (a match may not start or end there). None means identity
+    (the common case: folding did not change any length), which keeps the hot path cheap.
+    """
+    if text.isascii():
+        return text.lower(), None
+    if unicodedata.is_normalized("NFKC", text):
+        folded = text.casefold()
+        if len(folded) == len(text):
+            return folded, None
+    pieces: list[str] = []
+    offsets: list[int] = []
+    for start, end in _segments(text):
+        piece = unicodedata.normalize("NFKC", text[start:end]).casefold()
+        pieces.append(piece)
+        offsets.append(start)
+        offsets.extend([-1] * (len(piece) - 1))
+    offsets.append(len(text))
+    folded = "".join(pieces)
+    # an empty fold (a dropped character) has no position of its own: drop its offset
+    if len(offsets) != len(folded) + 1:
+        offsets = _realign(text)
+    return folded, offsets
+
+
+def _segments(text: str):
+    """Spans of a starter character plus the marks after it (NFKC composes within these)."""
+    start = 0
+    for i in range(1, len(text)):
+        if unicodedata.category(text[i])[0] != "M":
+            yield start, i
+            start = i
+    if text:
+        yield start, len(text)
+
+
+def _realign(text: str) -> list[int]:
+    offsets: list[int] = []
+    for start, end in _segments(text):
+        piece = unicodedata.normalize("NFKC", text[start:end]).casefold()
+        if piece:
+            offsets.append(start)
+            offsets.extend([-1] * (len(piece) - 1))
+    offsets.append(len(text))
+    return offsets
+
+
+def is_word_char(char: str) -> bool:
+    """Letters, digits and marks join words in scripts that use spaces."""
+    return char.isalnum() or unicodedata.category(char)[0] == "M" or char == "_"
+
+
+def uses_spaces(char: str) -> bool:
+    """False for scripts written without spaces between words (CJK, Thai, Lao, Khmer, ...)."""
+    cp = ord(char)
+    return not (
+        0x0E00 <= cp <= 0x0EFF  # Thai, Lao
+        or 0x1000 <= cp <= 0x109F  # Myanmar
+        or 0x1780 <= cp <= 0x17FF  # Khmer
+        or 0x0F00 <= cp <= 0x0FFF  # Tibetan
+        or 0x3040 <= cp <= 0x30FF  # Hiragana, Katakana
+        or 0x3400 <= cp <= 0x9FFF  # CJK
+        or 0xAC00 <= cp <= 0xD7AF  # Hangul syllables: particles attach to nouns
+        or 0xF900 <= cp <= 0xFAFF
+        or cp >= 0x20000
+    )
+
+
+def joins(left: str, right: str) -> bool:
+    """True when two adjacent characters belong to one word (so a name may not split them)."""
+    return is_word_char(left) and is_word_char(right) and uses_spaces(left) and uses_spaces(right)
+
+
+def count_words(text: str) -> int:
+    """Words in a text: runs of word characters; each character counts in scripts without spaces."""
+    count = 0
+    for run in _WORD_RUN.findall(text):
+        spaceless = sum(1 for c in run if not uses_spaces(c))
+        count += spaceless + (1 if spaceless < len(run) else 0)
+    return count
+
+
+_WORD_RUN = re.compile(r"\w+")

@@ -1,0 +1,95 @@
+"""Build statistics: counters the shard workers fill, merged into stats.json under the data root."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..layout import DataRoot
+
+
+@dataclass
+class SplitStats:
+    """What one split's build read, dropped and kept (summable across shards)."""
+
+    rows_read: int = 0
+    with_reference: int = 0
+    queries: int = 0
+    duplicates: int = 0
+    dropped: Counter = field(default_factory=Counter)  # filter name -> rows
+    by_language: Counter = field(default_factory=Counter)
+    by_query_type: Counter = field(default_factory=Counter)
+    entities_per_query: Counter = field(default_factory=Counter)  # n -> queries
+    mentions: int = 0
+    corpus: int = 0
+
+    def add(self, other: SplitStats) -> None:
+        """Add another shard's counts."""
+        for name in ("rows_read", "with_reference", "queries", "duplicates", "mentions", "corpus"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("dropped", "by_language", "by_query_type", "entities_per_query"):
+            getattr(self, name).update(getattr(other, name))
+
+    def count_queries(self, queries) -> None:
+        """Add the per-query counts of a (deduplicated) queries table."""
+        import pyarrow.compute as pc
+
+        self.queries += queries.num_rows
+        self.mentions += pc.sum(pc.list_value_length(queries["mentions"])).as_py() or 0
+        for counter, column in ((self.by_language, "language"), (self.by_query_type, "query_type"),
+                                (self.entities_per_query, "num_entities")):
+            for item in pc.value_counts(queries[column]).to_pylist():
+                counter[item["values"]] += item["counts"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form with sorted keys (so stats.json is byte-stable)."""
+        return {
+            "rows_read": self.rows_read,
+            "with_reference": self.with_reference,
+            "queries": self.queries,
+            "corpus": self.corpus,
+            "duplicates": self.duplicates,
+            "mentions": self.mentions,
+            "dropped": dict(sorted(self.dropped.items())),
+            "by_language": dict(sorted(self.by_language.items())),
+            "by_query_type": dict(sorted(self.by_query_type.items())),
+            "entities_per_query": {str(k): v for k, v in sorted(self.entities_per_query.items())},
+        }
+
+
+def read_stats(root: str | DataRoot) -> dict[str, Any]:
+    """stats.json of a data root ({} when there is none yet)."""
+    root = root if isinstance(root, DataRoot) else DataRoot(root)
+    if not root.stats.exists():
+        return {}
+    return json.loads(root.stats.read_text(encoding="utf-8"))
+
+
+def update_stats(root: DataRoot, section: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Replace one section of stats.json (entities | mmir | ei), keeping the others."""
+    from ..io.shards import write_json_atomic
+
+    stats = read_stats(root)
+    stats[section] = data
+    write_json_atomic(root.stats, stats)
+    return stats
+
+
+def totals(mmir: dict[str, Any]) -> dict[str, Any]:
+    """Queries, languages and query types summed over the splits of an MMIR stats section."""
+    languages: Counter = Counter()
+    types: Counter = Counter()
+    per_query: Counter = Counter()
+    for split in mmir.get("splits", {}).values():
+        languages.update(split["by_language"])
+        types.update(split["by_query_type"])
+        per_query.update(split["entities_per_query"])
+    return {
+        "queries": sum(s["queries"] for s in mmir.get("splits", {}).values()),
+        "languages": len(languages),
+        "by_language": dict(sorted(languages.items())),
+        "by_query_type": dict(sorted(types.items())),
+        "entities_per_query": dict(sorted(per_query.items(), key=lambda kv: int(kv[0]))),
+    }
