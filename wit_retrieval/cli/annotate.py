@@ -1,9 +1,170 @@
-"""CLI: annotate commands (to be filled in)."""
+"""CLI: `wit-retrieval annotate ...`: human quality audits (export, rater app, import, report, simulate)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+annotate = typer.Typer(help="Human quality audits of EI and MMIR: export, rate, import, report.",
+                       no_args_is_help=True)
+
+
+@annotate.callback()
+def _group():
+    """Human quality audits of EI and MMIR: export, rate, import, report."""
+
+
+@annotate.command("export")
+def export(
+    root: Path = typer.Argument(..., help="Data root of a build (tables entities, queries, corpus)."),
+    out: Path = typer.Option(..., "--out", help="Folder for items.jsonl, crowd.csv, label_studio/ and manifest.json."),
+    task: list[str] = typer.Option(["ei-correct"], "--task", help="Task kind (repeatable): ei-correct, "
+                                   "mask-correct, mmir-answerable, relevance."),
+    n: int = typer.Option(200, "--n", help="Items per task kind, before gold items."),
+    split: str = typer.Option("test", "--split", help="Split of the queries to sample (query task kinds)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    overlap: int = typer.Option(3, "--overlap", help="Raters per item."),
+    gold_fraction: float = typer.Option(0.1, "--gold-fraction", help="Gold control items, as a share of --n."),
+    allocation: str = typer.Option("equal", "--allocation", help="Across strata: equal or proportional."),
+    run: Path | None = typer.Option(None, "--run", help="A run (TREC, JSON or parquet) for the relevance task."),
+    depth: int = typer.Option(3, "--depth", help="relevance: top non-target images per query to consider."),
+) -> None:
+    """Sample items stratified by language and query type and write them for raters and platforms.
+
+    Example: wit-retrieval annotate export data/ --out audit/ --task ei-correct --task mmir-answerable --n 300
+    """
+    from ..annotation.export import write_export
+    from ..annotation.sampling import SampleConfig, sample_items
+
+    config = SampleConfig(task_kinds=tuple(task), split=split, n=n, seed=seed, overlap=overlap,
+                          gold_fraction=gold_fraction, allocation=allocation, depth=depth)
+    loaded = None
+    if run is not None:
+        from ..io.runs import read_run
+
+        loaded = read_run(run)
+    items, manifest = sample_items(root, config, run=loaded)
+    written = write_export(items, manifest, out)
+    for kind, info in manifest["task_kinds"].items():
+        typer.echo(f"{kind}: {info['items']} items + {info['gold_items']} gold over {len(info['strata'])} strata")
+    typer.echo(f"wrote {len(written)} files to {out}")
+
+
+@annotate.command("serve")
+def serve(
+    items: Path | None = typer.Argument(None, help="items.jsonl or an export folder (optional once the db has them)."),
+    db: Path = typer.Option(Path("ratings.sqlite"), "--db", help="SQLite file where ratings are kept."),
+    images: Path | None = typer.Option(None, "--images", help="Image store folder; images missing there are "
+                                       "redirected to their URLs."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep it on loopback unless you "
+                             "trust the network."),
+    port: int = typer.Option(8765, "--port", help="TCP port (0 picks a free one)."),
+) -> None:
+    """Run the rater web app: one item per page, keys 1..n to answer, resumes per rater name.
+
+    Example: wit-retrieval annotate serve audit/ --db audit/ratings.sqlite --images data/images
+    """
+    from ..annotation.app import AppConfig, make_server
+
+    server = make_server(AppConfig(db=db, items=items, images=images, host=host, port=port))
+    bound_host, bound_port = server.server_address[:2]
+    typer.echo(f"rater app at http://{bound_host}:{bound_port}/  (ratings in {db}); Ctrl-C to stop")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@annotate.command("import")
+def import_(
+    files: list[Path] = typer.Argument(..., help="Ratings files: the app's .sqlite, Label Studio .json exports, "
+                                       "crowd .csv (item_id, rater, label), ratings .parquet."),
+    out: Path = typer.Option(..., "--out", help="Ratings table to write (parquet)."),
+    items: Path | None = typer.Option(None, "--items", help="The export's items.jsonl (needed for crowd CSV)."),
+    append: bool = typer.Option(False, "--append", help="Keep the ratings already in --out."),
+) -> None:
+    """Read ratings from every format into one ratings table; nothing is written if any file is bad.
+
+    Example: wit-retrieval annotate import audit/ratings.sqlite mturk.csv --items audit/ --out audit/ratings.parquet
+    """
+    from ..annotation.importers import import_ratings
+    from ..annotation.ratings import write_ratings
+
+    paths = ([out] if append and out.exists() else []) + list(files)
+    table = import_ratings(paths, items)
+    write_ratings(table, out)
+    typer.echo(f"wrote {table.num_rows} ratings to {out}")
+
+
+@annotate.command("report")
+def report(
+    ratings: Path = typer.Option(..., "--ratings", help="The ratings table, or any importable ratings file."),
+    items: Path | None = typer.Option(None, "--items", help="The export's items.jsonl (for crowd CSV input)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the report JSON here."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for report.md, report.json and PNG plots."),
+    root: Path | None = typer.Option(None, "--root", help="Write the estimates to ROOT/annotation/annotation.json "
+                                     "for the data cards."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the Wilson intervals."),
+    min_gold_accuracy: float | None = typer.Option(None, "--min-gold-accuracy",
+                                                   help="Leave out raters below this accuracy on gold items."),
+) -> None:
+    """Agreement (Fleiss, Krippendorff), majority labels, rater accuracy and quality estimates with intervals.
+
+    Example: wit-retrieval annotate report --ratings audit/ratings.parquet --out audit/report --json audit/report.json
+    """
+    from ..annotation.audit_outputs import clean_json, write_card_estimates, write_report
+    from ..annotation.audit_report import analyze
+    from ..annotation.importers import load_ratings
+    from ..io.shards import write_json_atomic
+
+    result = analyze(load_ratings(ratings, items), confidence=confidence, min_gold_accuracy=min_gold_accuracy)
+    if result["simulated"]:
+        typer.echo("NOTE: these ratings are SIMULATED (source=simulated), not human judgements.")
+    for kind, s in result["task_kinds"].items():
+        est = s["estimate"]
+        typer.echo(f"{kind}: {s['items']} items, {s['ratings']} ratings, kappa={s['fleiss_kappa']:.3f}, "
+                   f"alpha={s['krippendorff_alpha']:.3f}, {est['name']}={est['value']:.3f} "
+                   f"[{est['low']:.3f}, {est['high']:.3f}]")
+    if json_out is not None:
+        write_json_atomic(json_out, clean_json(result))
+    if out is not None:
+        write_report(result, out)
+        typer.echo(f"wrote {out}/report.md")
+    if root is not None:
+        typer.echo(f"wrote {write_card_estimates(result, root)}")
+
+
+@annotate.command("simulate")
+def simulate(
+    items: Path = typer.Argument(..., help="items.jsonl or an export folder."),
+    out: Path = typer.Option(..., "--out", help="Ratings table to write (parquet, source=simulated)."),
+    raters: int = typer.Option(5, "--raters", help="Number of simulated raters."),
+    accuracy: str = typer.Option("0.7:0.95", "--accuracy", help="Rater accuracy range LOW:HIGH (uniform)."),
+    positive_rate: float = typer.Option(0.85, "--positive-rate", help="Share of items whose simulated truth is yes."),
+    seed: int = typer.Option(0, "--seed", help="Simulation seed."),
+) -> None:
+    """Write SIMULATED ratings for a demo of the report (every row has source=simulated).
+
+    Example: wit-retrieval annotate simulate audit/ --out audit/simulated.parquet --raters 5
+    """
+    from ..annotation.ratings import write_ratings
+    from ..annotation.simulate import SimulationConfig, simulate_ratings
+    from ..annotation.tasks import read_items
+    from ..errors import ConfigError
+
+    try:
+        low, high = (float(x) for x in accuracy.split(":"))
+    except ValueError:
+        raise ConfigError(f"--accuracy must be LOW:HIGH, e.g. 0.7:0.95, not {accuracy!r}") from None
+    config = SimulationConfig(raters=raters, accuracy=(low, high), positive_rate=positive_rate, seed=seed)
+    table = simulate_ratings(read_items(items), config)
+    write_ratings(table, out)
+    typer.echo(f"wrote {table.num_rows} SIMULATED ratings to {out}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.add_typer(annotate, name="annotate")
