@@ -98,7 +98,7 @@ def test_shuffled_columns_and_wide_rows(tmp_path):
     # entity images spill into fields beyond the header: rows of different field counts
     path = tmp_path / "mmir_dataset_test.tsv"
     lines = ["a\tb\tc"]
-    for i, s in enumerate(_scenes(9)):
+    for s in _scenes(9):
         lines.append("\t".join([s["target"], s["lang"], s["masked"]] + s["urls"]))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     mapping = detect_columns(path)
