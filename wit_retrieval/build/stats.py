@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..layout import DataRoot
+from ..schema import SPLITS
 
 
 @dataclass
@@ -93,3 +94,49 @@ def totals(mmir: dict[str, Any]) -> dict[str, Any]:
         "by_query_type": dict(sorted(types.items())),
         "entities_per_query": dict(sorted(per_query.items(), key=lambda kv: int(kv[0]))),
     }
+
+
+def print_stats(root) -> None:
+    """Print a build's statistics as rich tables."""
+    from rich.table import Table
+
+    from ..errors import InputError
+    from ..progress import console
+
+    stats = read_stats(root)
+    if not stats:
+        raise InputError("no stats.json: build this root first (wit-retrieval build ei / build mmir)", path=str(root))
+    if "entities" in stats:
+        e = stats["entities"]
+        console.print(f"[bold]entities[/]: {e['entities']:,} ({e['with_qid']:,} with a QID), {e['names']:,} names "
+                      f"by source {e['names_by_source']}; dump languages: {', '.join(e['dump_languages']) or 'none'}")
+    if "ei" in stats:
+        console.print(f"[bold]EI[/] (entities used by queries): {stats['ei']['entities']:,}")
+    mmir = stats.get("mmir")
+    if not mmir:
+        return
+    splits = Table(title="MMIR per split")
+    for column in ("split", "rows read", "with reference", "queries", "single", "multi", "corpus", "duplicates"):
+        splits.add_column(column, justify="left" if column == "split" else "right")
+    ordered = [(name, mmir["splits"][name]) for name in SPLITS if name in mmir["splits"]]
+    for name, s in ordered:
+        splits.add_row(name, f"{s['rows_read']:,}", f"{s['with_reference']:,}", f"{s['queries']:,}",
+                       f"{s['by_query_type'].get('single', 0):,}", f"{s['by_query_type'].get('multi', 0):,}",
+                       f"{s['corpus']:,}", f"{s['duplicates']:,}")
+    console.print(splits)
+    filters = Table(title="rows dropped per filter")
+    filters.add_column("filter")
+    for name, _ in ordered:
+        filters.add_column(name, justify="right")
+    for reason in sorted({r for _, s in ordered for r in s["dropped"]}):
+        filters.add_row(reason, *(f"{s['dropped'].get(reason, 0):,}" for _, s in ordered))
+    console.print(filters)
+    total = totals(mmir)
+    languages = Table(title=f"queries per language ({total['languages']})")
+    languages.add_column("language")
+    languages.add_column("queries", justify="right")
+    for language, count in sorted(total["by_language"].items(), key=lambda kv: -kv[1])[:30]:
+        languages.add_row(language, f"{count:,}")
+    console.print(languages)
+    console.print("entities per query: " + ", ".join(f"{k}: {v:,}" for k, v in total["entities_per_query"].items()))
+    console.print(f"bad rows: {mmir['bad_rows']['count']:,}")

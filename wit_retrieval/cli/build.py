@@ -1,9 +1,152 @@
-"""CLI: build commands (to be filled in)."""
+"""CLI: `build ei`, `build mmir`, `build export`, `stats`, `card`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+WIT_HELP = ("WIT TSV(.gz) files (repeat --wit, or list files after it); a folder means every *.tsv(.gz) in it. "
+            "The split comes from each file name (train / val / test).")
+
+
+def _wit_files(wit: list[Path] | None, more: list[Path] | None) -> tuple[str, ...]:
+    """--wit values plus trailing file arguments, folders expanded to their TSV files."""
+    files: list[str] = []
+    for path in [*(wit or []), *(more or [])]:
+        if path.is_dir():
+            files.extend(str(p) for p in sorted(path.iterdir()) if p.name.endswith((".tsv", ".tsv.gz")))
+        else:
+            files.append(str(path))
+    return tuple(files)
+
+
+def _langs(text: str) -> tuple[str, ...]:
+    return tuple(lang.strip() for lang in text.split(",") if lang.strip())
+
+
+def build_ei(
+    out: Path = typer.Option(..., "--out", help="Data root to write the entities and entity_names tables to."),
+    dumps: Path | None = typer.Option(None, "--dumps", help="Folder of {lang}wiki-latest-{page,page_props,redirect}"
+                                      ".sql.gz dumps (also inside {lang}wiki/latest/ subfolders)."),
+    wit: list[Path] | None = typer.Option(None, "--wit", help=WIT_HELP + " Used for languages without dumps "
+                                          "(their is_main_image rows) and image sizes."),
+    more: list[Path] | None = typer.Argument(None, help="More WIT files (so `--wit FILES...` works)."),
+    prefer_lang: str = typer.Option("en", "--prefer-lang", help="Comma-separated languages whose page image wins "
+                                    "when one Wikidata entity has pages in several; others follow alphabetically."),
+):
+    """Build the entity candidates (entities, entity_names) from Wikipedia dumps and WIT.
+
+    Example: wit-retrieval build ei --dumps dumps/ --wit wit/ --out data/ --prefer-lang en,de
+    """
+    from ..build.entities import EntitiesConfig, build_entities
+    from ..progress import console
+
+    config = EntitiesConfig(out=str(out), wit=_wit_files(wit, more), dumps=str(dumps) if dumps else None,
+                            prefer_lang=_langs(prefer_lang))
+    with console.status("building entities"):
+        stats = build_entities(config)
+    console.print(f"{stats['entities']:,} entities, {stats['names']:,} names "
+                  f"({len(stats['dump_languages'])} dump languages) in {stats['seconds']} s -> {out}")
+    if stats["bad_rows"]["count"]:
+        console.print(f"[yellow]{stats['bad_rows']['count']} bad WIT row(s); see {out}/stats.json")
+
+
+def build_mmir(
+    out: Path = typer.Option(..., "--out", help="Data root (with entities from `build ei`) to write MMIR to."),
+    wit: list[Path] | None = typer.Option(None, "--wit", help=WIT_HELP),
+    more: list[Path] | None = typer.Argument(None, help="More WIT files (so `--wit FILES...` works)."),
+    engine: str = typer.Option("local", "--engine", help="Where shards run: local (processes) or ray."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU; 1: in this process)."),
+    linker: str = typer.Option("gazetteer", "--linker", help="Entity linker: gazetteer (entity_names) or spans."),
+    spans: Path | None = typer.Option(None, "--spans", help="JSONL of {row_id, start, end, entity_id} for "
+                                      "--linker spans; row_id is the row's query id (see docs)."),
+    max_entities: int = typer.Option(5, "--max-entities", help="Drop rows with more distinct entities than this."),
+    min_context_words: int = typer.Option(2, "--min-context-words", help="Drop rows with fewer words outside "
+                                          "the masks."),
+    keep_target_entity_image: bool = typer.Option(False, "--keep-target-entity-image", help="Keep rows whose "
+                                                  "target image is one of their entities' canonical images."),
+    min_name_length: int = typer.Option(3, "--min-name-length", help="Shortest entity name the gazetteer matches."),
+    train_shards: int = typer.Option(5, "--train-shards", help="Number of mmir_dataset_train-*-of-N export files."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Also write the TSV.gz export."),
+):
+    """Build MMIR queries, corpus and qrels per split (and the EI subset) from WIT files.
+
+    Example: wit-retrieval build mmir --wit wit/ --out data/ --workers 2
+    """
+    if linker == "spans" and spans is None:
+        raise typer.BadParameter("--linker spans needs --spans FILE")
+    if spans is not None:
+        linker = "spans"
+    from ..build.mmir import MmirConfig, build_mmir
+    from ..build.shard import FilterConfig
+    from ..engine import EngineConfig
+    from ..progress import console
+
+    filters = FilterConfig(max_entities=max_entities, min_context_words=min_context_words,
+                           drop_target_is_entity_image=not keep_target_entity_image)
+    config = MmirConfig(out=str(out), wit=_wit_files(wit, more), linker=linker,
+                        spans=str(spans) if spans else None, filters=filters,
+                        engine=EngineConfig(name=engine, workers=workers), min_name_length=min_name_length,
+                        export=export, train_shards=train_shards)
+    with console.status(f"building MMIR from {len(config.wit)} file(s)"):
+        stats = build_mmir(config)
+    for split, numbers in stats["splits"].items():
+        console.print(f"{split}: {numbers['queries']:,} queries, {numbers['corpus']:,} images "
+                      f"(dropped: {numbers['dropped'] or 'none'})")
+    if stats["bad_rows"]["count"]:
+        console.print(f"[yellow]{stats['bad_rows']['count']} bad row(s), e.g. "
+                      + "; ".join(f"{s['path']}:{s['line']}: {s['reason']}" for s in stats["bad_rows"]["samples"][:3]))
+    console.print(f"done in {stats['seconds']} s -> {out}")
+
+
+def build_export(
+    root: Path = typer.Argument(..., help="Data root of a finished build."),
+    train_shards: int = typer.Option(5, "--train-shards", help="Number of mmir_dataset_train-*-of-N files."),
+):
+    """Export a build as TSV.gz files in the released layout (under ROOT/exports).
+
+    Example: wit-retrieval build export data/
+    """
+    from ..build.export import export_all
+    from ..progress import console
+
+    for path in export_all(root, train_shards=train_shards):
+        console.print(str(path))
+
+
+def stats(root: Path = typer.Argument(..., help="Data root of a build.")):
+    """Print a build's statistics (entities, queries per split, language, query type, filters).
+
+    Example: wit-retrieval stats data/
+    """
+    from ..build.stats import print_stats
+
+    print_stats(root)
+
+
+def card(
+    root: Path = typer.Argument(..., help="Data root of a build (its stats.json)."),
+    out: Path = typer.Option(Path("data_cards"), "--out", help="Folder to write EI.md and MMIR.md to."),
+    source: str = typer.Option("", "--source", help="One line saying what was built (written into the cards)."),
+):
+    """Render the EI and MMIR data cards (Hugging Face front matter) from a build's statistics.
+
+    Example: wit-retrieval card data/ --out data_cards/
+    """
+    from ..cards import write_cards
+    from ..progress import console
+
+    for path in write_cards(root, out, source=source or None):
+        console.print(str(path))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    build_app = typer.Typer(help="Build EI and MMIR from WIT and Wikipedia dumps.", no_args_is_help=True)
+    build_app.command("ei")(build_ei)
+    build_app.command("mmir")(build_mmir)
+    build_app.command("export")(build_export)
+    app.add_typer(build_app, name="build")
+    app.command("stats")(stats)
+    app.command("card")(card)
