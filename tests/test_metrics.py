@@ -1,0 +1,157 @@
+"""Measures against ir_measures (pytrec_eval provider, trec_eval's tie rule) and ranx, to 1e-9."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from wit_retrieval.errors import ConfigError
+from wit_retrieval.metrics import (
+    MEASURES,
+    chance_level,
+    evaluate_queries,
+    evaluate_run,
+    parse_measure,
+    parse_measures,
+    per_query,
+)
+
+CUTOFFS = (1, 3, 5, 10)
+
+
+def random_case(seed: int, *, ties: bool, num_queries: int = 150, num_docs: int = 40):
+    """A run with (optionally) tied scores, missing queries, unjudged and graded items, extra queries."""
+    rng = np.random.default_rng(seed)
+    run, qrels = {}, {}
+    for i in range(num_queries):
+        q = f"q{i:03d}"
+        judged = rng.choice(num_docs, int(rng.integers(1, 6)), replace=False)
+        qrels[q] = {f"d{j:02d}": int(rng.integers(0, 3)) for j in judged}
+        qrels[q][f"d{judged[0]:02d}"] = int(rng.integers(1, 3))  # at least one relevant
+        if rng.random() < 0.1:
+            continue  # missing from the run: scores 0
+        docs = rng.choice(num_docs, int(rng.integers(1, 25)), replace=False)
+        scores = rng.integers(0, 4, len(docs)).astype(float) if ties else rng.permutation(len(docs)) / 7.0
+        run[q] = [(f"d{j:02d}", float(s)) for j, s in zip(docs, scores)]
+    run["not-in-qrels"] = [("d01", 1.0)]
+    return run, qrels
+
+
+def ir_measures_values(run, qrels):
+    import ir_measures
+    from ir_measures import AP, RR, R, Success, nDCG
+
+    objs = {f"{n}@{k}": m @ k for k in CUTOFFS for n, m in (("R", R), ("Success", Success), ("nDCG", nDCG),
+                                                             ("AP", AP))}
+    evaluator = ir_measures.pytrec_eval.evaluator([*objs.values(), RR], qrels)
+    got = {(str(m.measure), m.query_id): m.value
+           for m in evaluator.iter_calc([ir_measures.ScoredDoc(q, d, s) for q, items in run.items() for d, s in items])}
+    qids = sorted(qrels)
+    out = {name: np.array([got.get((str(m), q), 0.0) for q in qids]) for name, m in objs.items()}
+    rr = np.array([got.get(("RR", q), 0.0) for q in qids])
+    for k in CUTOFFS:  # trec_eval has no RR cutoff: MRR@k is RR when the first hit is within k
+        out[f"MRR@{k}"] = np.where(rr >= 1.0 / k - 1e-12, rr, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_ir_measures_pytrec_eval_with_ties(seed):
+    run, qrels = random_case(seed, ties=True)
+    reference = ir_measures_values(run, qrels)
+    ours = per_query(run, qrels, list(reference))
+    for name, values in reference.items():
+        np.testing.assert_allclose(ours[name], values, rtol=0, atol=1e-9, err_msg=name)
+
+
+RANX_NAMES = {"R": "recall", "Success": "hit_rate", "MRR": "mrr", "nDCG": "ndcg", "AP": "map"}
+
+
+def ranx_values(run, qrels):
+    from ranx import Qrels, Run, evaluate
+
+    names = [f"{r}@{k}" for k in CUTOFFS for r in RANX_NAMES.values()]
+    positive = {q: {d: r for d, r in docs.items() if r > 0} for q, docs in qrels.items()}
+    ranx_run = Run({q: dict(items) for q, items in run.items() if q in qrels})
+    return evaluate(Qrels(positive), ranx_run, names, make_comparable=True, return_mean=False)
+
+
+@pytest.mark.slow  # numba compiles ranx's metrics on first use
+def test_equals_ranx_on_tie_free_runs():
+    """ranx orders tied items by numba's unstable quicksort (not by id), so only tie-free runs compare."""
+    run, qrels = random_case(3, ties=False)
+    got = ranx_values(run, qrels)
+    ours = per_query(run, qrels, [f"{n}@{k}" for k in CUTOFFS for n in RANX_NAMES])
+    for k in CUTOFFS:
+        for ours_name, ranx_name in RANX_NAMES.items():
+            np.testing.assert_allclose(ours[f"{ours_name}@{k}"], got[f"{ranx_name}@{k}"], atol=1e-9,
+                                       err_msg=f"{ours_name}@{k}")
+
+
+def test_tie_rule_score_then_image_id_descending():
+    qrels = {"q": {"a": 1}}
+    # All tied: trec_eval orders c, b, a, so "a" is third.
+    assert evaluate_run({"q": [("a", 1.0), ("b", 1.0), ("c", 1.0)]}, qrels, "MRR@10")["MRR@10"] == pytest.approx(1 / 3)
+    assert evaluate_run({"q": [("a", 1.0), ("b", 0.5)]}, qrels, "R@1")["R@1"] == 1.0
+    # The listed order and any rank numbers do not matter, only scores and ids.
+    assert evaluate_run({"q": [("b", 0.5), ("a", 1.0)]}, qrels, "R@1")["R@1"] == 1.0
+
+
+def test_one_target_per_query_recall_equals_success():
+    run, qrels = random_case(5, ties=True)
+    single = {q: {sorted(docs, key=docs.get)[-1]: 1} for q, docs in qrels.items()}
+    values = evaluate_run(run, single, [f"{n}@{k}" for k in CUTOFFS for n in ("R", "Success")])
+    for k in CUTOFFS:
+        assert values[f"R@{k}"] == values[f"Success@{k}"]
+    multi = evaluate_run(run, qrels, "R@5,Success@5")
+    assert multi["R@5"] < multi["Success@5"]  # with several targets they differ
+
+
+def test_missing_queries_score_zero_and_unknown_queries_are_ignored():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    scores = evaluate_queries({"q1": [("a", 1.0)], "zzz": [("b", 1.0)]}, qrels, "Success@1,nDCG@10,AP@10")
+    assert list(scores.query_ids) == ["q1", "q2"]
+    for values in scores.values.values():
+        assert values.tolist() == [1.0, 0.0]
+    assert evaluate_run({}, qrels, "R@10")["R@10"] == 0.0
+
+
+def test_names_parse_and_print_back():
+    for name in MEASURES.names():
+        for text in (name, f"{name}@7"):
+            assert str(parse_measure(text)) == text
+    assert [str(m) for m in parse_measures("recall@10, hit@1,ndcg@5,map@3,RR@10")] == \
+        ["R@10", "Success@1", "nDCG@5", "AP@3", "MRR@10"]
+    with pytest.raises(ConfigError, match="Did you mean"):
+        parse_measure("nDGC@10")
+    with pytest.raises(ConfigError, match="positive"):
+        parse_measure("R@0")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        parse_measure("R@x")
+
+
+@pytest.mark.parametrize("num_relevant", [1, 2])
+def test_chance_level_is_the_exact_expectation(num_relevant):
+    """Average over every ordering of a 6-image corpus equals the closed form."""
+    docs = [f"d{i}" for i in range(6)]
+    qrels = {"q": {d: 1 for d in docs[:num_relevant]}}
+    names = "R@2,Success@2,MRR@3,nDCG@3,AP@4"
+    totals = dict.fromkeys(names.split(","), 0.0)
+    perms = list(itertools.permutations(docs))
+    for perm in perms:
+        values = evaluate_run({"q": [(d, -i) for i, d in enumerate(perm)]}, qrels, names)
+        for n in totals:
+            totals[n] += values[n] / len(perms)
+    for m in parse_measures(names):
+        assert chance_level(m, 6, np.array([num_relevant])) == pytest.approx(totals[str(m)], abs=1e-12)
+
+
+def test_graded_relevance_and_zero_judgments():
+    qrels = {"q": {"a": 2, "b": 1, "c": 0}}
+    run = {"q": [("c", 3.0), ("b", 2.0), ("a", 1.0)]}
+    values = evaluate_run(run, qrels, "nDCG@3,AP@3,R@2")
+    dcg = 1 / np.log2(3) + 2 / np.log2(4)
+    assert values["nDCG@3"] == pytest.approx(dcg / (2 + 1 / np.log2(3)))
+    assert values["AP@3"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert values["R@2"] == 0.5
