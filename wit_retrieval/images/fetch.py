@@ -1,0 +1,323 @@
+"""Fetch images into shards: the shard function (mirrors first, then polite HTTP) and its orchestration.
+
+`fetch_shard(task)` is one picklable function of one shard, run by wit_retrieval.engine on local
+processes or on Ray. The per-host `rate` is a global budget: with W workers each gets rate / W
+(see ratelimit.py), so the host sees at most `rate` requests/s whatever the engine.
+Every planned URL ends in exactly one manifest row; a shard is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from ..engine import EngineConfig, run_shards
+from .decode import DecodeConfig, ImageRejected, StoredImage, process_image
+from .http import RETRYABLE_ERRORS, HttpConfig, HttpFetcher, check_politeness, thumbnail_url
+from .mirrors import MirrorSpec, open_mirror, prepare_specs
+from .sources import make_plan, plan_hosts, plan_items, read_plan
+from .store import ShardWriter, read_done, shard_paths
+
+CONFIG_FILE = "_fetch.json"
+_SAMPLES_PER_ERROR = 3
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Everything a fetch needs; written to `{out}/_fetch.json` so status and retry reuse it."""
+
+    out: str
+    http: HttpConfig = field(default_factory=HttpConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    mirrors: tuple[MirrorSpec, ...] = ()
+    shard_size: int = 1000
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(workers=1))
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to (re)fetch, with this worker's share of the per-host rate."""
+
+    config: FetchConfig
+    shard: int
+    rate: float | None
+    retry: bool = False
+    progress: Any = None  # a queue of (ok, failed) increments, or None
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What happened to one URL."""
+
+    image_id: str
+    url: str
+    image: StoredImage | None = None
+    source: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    detail: str = ""
+
+
+class _Sources:
+    """Mirrors then HTTP for one worker; turns any per-item problem into an outcome."""
+
+    def __init__(self, task: ShardTask):
+        self.config = task.config
+        self.mirrors = [open_mirror(spec) for spec in task.config.mirrors]
+        self.fetcher = HttpFetcher(task.config.http, task.rate)
+
+    def fetch(self, item: tuple[str, str]) -> ItemOutcome:
+        """Fetch and decode one (image_id, url); never raises."""
+        image_id, url = item
+        try:
+            return self._fetch(image_id, url)
+        except Exception as exc:  # a bug must cost one URL (retryable), not the shard
+            return ItemOutcome(image_id, url, error="internal_error", retryable=True, detail=repr(exc)[:200])
+
+    def _fetch(self, image_id: str, url: str) -> ItemOutcome:
+        for mirror in self.mirrors:
+            try:
+                data = mirror.lookup(image_id, url)
+                if data:
+                    return ItemOutcome(image_id, url, process_image(data, self.config.decode), "mirror")
+            except (ImageRejected, OSError):
+                continue  # a bad mirror copy falls through to the next source
+        result = self.fetcher.fetch(thumbnail_url(url, self.config.http.thumb_width))
+        if not result.ok:
+            return ItemOutcome(image_id, url, error=result.error, retryable=result.retryable, detail=result.detail)
+        try:
+            return ItemOutcome(image_id, url, process_image(result.data, self.config.decode), "http")
+        except ImageRejected as exc:
+            return ItemOutcome(image_id, url, error=exc.error, retryable=exc.error in RETRYABLE_ERRORS,
+                               detail=exc.detail, source="http")
+
+    def close(self) -> None:
+        self.fetcher.close()
+
+
+def _outcomes(sources: _Sources, items: list[tuple[str, str]], threads: int) -> Iterator[ItemOutcome]:
+    """Outcomes in completion order, keeping at most 2 x threads items in flight (flat memory)."""
+    pending = iter(items)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch") as pool:
+        running = {pool.submit(sources.fetch, item) for item in _take(pending, 2 * threads)}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            running |= {pool.submit(sources.fetch, item) for item in _take(pending, len(done))}
+            for future in done:
+                yield future.result()
+
+
+def _take(iterator: Iterator, n: int) -> list:
+    return [x for _, x in zip(range(n), iterator)]
+
+
+@contextlib.contextmanager
+def _shard_lock(out: Path, shard: int) -> Iterator[None]:
+    """Hold an exclusive lock on a shard: an orphaned worker of a killed run finishes before we redo it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no orphan protection
+        yield
+        return
+    with open(Path(out) / f".lock-{shard:05d}", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fetch_shard(task: ShardTask) -> dict[str, Any]:
+    """Fetch (or, with task.retry, re-fetch the retryable failures of) one shard; returns its summary."""
+    out = Path(task.config.out)
+    with _shard_lock(out, task.shard):
+        done = read_done(out, task.shard)
+        if done is not None and not task.retry:
+            return {**done, "skipped": True}
+        started = time.time()
+        writer = ShardWriter(out, task.shard)
+        try:
+            items = _retry_items(writer, out, task.shard) if task.retry else plan_items(out, task.shard)
+            counts = _run_items(task, writer, items)
+            summary = _summary(task, writer, counts, started, len(items))
+            writer.commit(summary)
+        except BaseException:
+            writer.abort()
+            raise
+    return summary
+
+
+def _retry_items(writer: ShardWriter, out: Path, shard: int) -> list[tuple[str, str]]:
+    """Copy what a shard keeps into the new writer; return the retryable failures to fetch again."""
+    tar_path, manifest_path, _ = shard_paths(out, shard)
+    rows = pq.read_table(manifest_path).to_pylist()
+    retry = [(r["image_id"], r["url"]) for r in rows if r["status"] == "failed" and r["retryable"]]
+    with open(tar_path, "rb") as handle:
+        for row in rows:
+            if row["status"] == "ok":
+                writer.copy_ok(row, handle)
+            elif not row["retryable"]:
+                writer.rows.append(row)
+    return retry
+
+
+def _run_items(task: ShardTask, writer: ShardWriter, items: list[tuple[str, str]]) -> dict[str, Any]:
+    counts: dict[str, Any] = {"errors": Counter(), "samples": {}, "sources": Counter()}
+    if not items:
+        return counts
+    sources = _Sources(task)
+    try:
+        for mirror in sources.mirrors:
+            mirror.prepare(items)
+        unreported = [0, 0]
+        for outcome in _outcomes(sources, items, task.config.http.concurrency):
+            if outcome.image is not None:
+                writer.add_ok(outcome.image_id, outcome.url, outcome.image, outcome.source)
+                counts["sources"][outcome.source] += 1
+                unreported[0] += 1
+            else:
+                writer.add_failed(outcome.image_id, outcome.url, outcome.error, outcome.retryable, outcome.source)
+                counts["errors"][outcome.error] += 1
+                samples = counts["samples"].setdefault(outcome.error, [])
+                if len(samples) < _SAMPLES_PER_ERROR:
+                    samples.append({"url": outcome.url, "detail": outcome.detail})
+                unreported[1] += 1
+            if task.progress is not None and sum(unreported) >= 16:
+                task.progress.put(tuple(unreported))
+                unreported = [0, 0]
+        if task.progress is not None and sum(unreported):
+            task.progress.put(tuple(unreported))
+    finally:
+        sources.close()
+    return counts
+
+
+def _summary(task: ShardTask, writer: ShardWriter, counts: dict, started: float, fetched: int) -> dict:
+    statuses = Counter(r["status"] for r in writer.rows)
+    errors = Counter(r["error"] for r in writer.rows if r["status"] == "failed")
+    return {
+        "shard": task.shard, "items": len(writer.rows), "ok": statuses["ok"], "failed": statuses["failed"],
+        "retryable": sum(1 for r in writer.rows if r["status"] == "failed" and r["retryable"]),
+        "errors": dict(sorted(errors.items())), "samples": counts["samples"],
+        "sources": dict(counts["sources"]), "fetched": fetched, "retry": task.retry,
+        "started": started, "finished": time.time(), "seconds": round(time.time() - started, 3),
+    }
+
+
+def resolve_config(config: FetchConfig) -> FetchConfig:
+    """Do the once-per-fetch preparation (mirror indexes) and return the config workers use."""
+    mirrors = prepare_specs(config.mirrors, Path(config.out) / "_mirrors") if config.mirrors else ()
+    return FetchConfig(config.out, config.http, config.decode, mirrors, config.shard_size, config.engine)
+
+
+def write_config(config: FetchConfig) -> None:
+    """Record the resolved fetch config next to the shards."""
+    from ..io.shards import write_json_atomic
+
+    write_json_atomic(Path(config.out) / CONFIG_FILE, asdict(config))
+
+
+def fetch_images(config: FetchConfig, urls: Iterable[str], *, show_progress: bool = False) -> dict[str, Any]:
+    """Plan, then fetch every shard not finished yet; returns totals over the whole store."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(urls, out, config.shard_size)
+    check_politeness(config.http, plan_hosts(out))  # before any request
+    config = resolve_config(config)
+    write_config(config)
+    pending = [s for s in range(plan.shards) if read_done(out, s) is None]
+    total = sum(min(plan.shard_size, plan.items - s * plan.shard_size) for s in pending)
+    _run(config, pending, retry=False, show_progress=show_progress, total=total)
+    from .status import store_status
+
+    return store_status(out)
+
+
+def retry_failed(config: FetchConfig, *, show_progress: bool = False) -> dict[str, Any]:
+    """Fetch again only the retryable failures of finished shards, rewriting those shards atomically."""
+    out = Path(config.out)
+    plan = read_plan(out)
+    if plan is None:
+        from ..errors import InputError
+
+        raise InputError("no fetch here (no _plan.parquet); run `images fetch` first", path=str(out))
+    check_politeness(config.http, plan_hosts(out))
+    config = resolve_config(config)
+    shards, total = [], 0
+    for shard in range(plan.shards):
+        done = read_done(out, shard)
+        if done is not None and done.get("retryable", 0):
+            shards.append(shard)
+            total += done["retryable"]
+    _run(config, shards, retry=True, show_progress=show_progress, total=total)
+    from .status import store_status
+
+    return store_status(out)
+
+
+def _run(config: FetchConfig, shards: list[int], *, retry: bool, show_progress: bool, total: int) -> None:
+    from ..errors import ConfigError
+    from .ratelimit import worker_rate
+
+    if not shards:
+        return
+    workers = 1 if config.engine.name == "local" and config.engine.num_workers == 1 else min(
+        config.engine.num_workers, len(shards))
+    if config.http.rate and config.http.rate / workers < 0.01:
+        raise ConfigError(f"--rate {config.http.rate} shared by {workers} workers is under 0.01/s each; "
+                          "use fewer --workers")
+    rate = worker_rate(config.http.rate, workers)
+    with _progress_queue(config.engine, show_progress, total) as queue:
+        tasks = [ShardTask(config, s, rate, retry, queue) for s in shards]
+        for _ in run_shards(fetch_shard, tasks, config.engine):
+            pass
+
+
+@contextlib.contextmanager
+def _progress_queue(engine: EngineConfig, show: bool, total: int) -> Iterator[Any]:
+    """A queue workers report (ok, failed) increments to, drained into a rich progress bar."""
+    if not show or engine.name == "ray":
+        yield None
+        return
+    import queue as queue_module
+    import threading
+
+    from .status import fetch_progress
+
+    manager = None
+    if engine.num_workers > 1:
+        import multiprocessing
+
+        manager = multiprocessing.get_context("forkserver").Manager()
+        q = manager.Queue()
+    else:
+        q = queue_module.Queue()
+    stop = threading.Event()
+    with fetch_progress(total) as advance:
+
+        def drain():
+            while not stop.is_set() or not q.empty():
+                try:
+                    ok, failed = q.get(timeout=0.2)
+                except (queue_module.Empty, EOFError, OSError):
+                    continue
+                advance(ok, failed)
+
+        thread = threading.Thread(target=drain, name="fetch-progress", daemon=True)
+        thread.start()
+        try:
+            yield q
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            if manager is not None:
+                manager.shutdown()
+
