@@ -176,3 +176,29 @@ def test_committed_label_studio_configs_match_the_code():
     for kind in TASK_KINDS.names():
         committed = (folder / f"{kind}.xml").read_text(encoding="utf-8")
         assert committed == label_studio_config(get_kind(kind)), f"annotation/label_studio/{kind}.xml is stale"
+
+
+def test_every_kind_has_a_guideline_naming_its_labels():
+    folder = Path(__file__).resolve().parents[1] / "annotation" / "guidelines"
+    for kind in TASK_KINDS.names():
+        text = (folder / f"{kind}.md").read_text(encoding="utf-8")
+        assert get_kind(kind).question in text
+        for n, label in enumerate(get_kind(kind).labels, 1):
+            assert f"**{n} = {label}**" in text, f"{kind}: key {n} = {label} is not explained"
+
+
+def test_cli_exports_relevance_items_from_a_trec_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from wit_retrieval.cli import app
+    from wit_retrieval.io.runs import write_trec
+
+    root = make_build(tmp_path / "build")
+    write_trec(make_run(root), tmp_path / "run.trec", tag="test")
+    result = CliRunner().invoke(app, ["annotate", "export", str(root.root), "--out", str(tmp_path / "audit"),
+                                      "--task", "relevance", "--run", str(tmp_path / "run.trec"), "--n", "9"])
+    assert result.exit_code == 0, result.output
+    items = read_items(tmp_path / "audit")
+    regular = [i for i in items if not i.is_gold]
+    assert len(regular) == 9 and all(i.candidate["image_id"] != i.reference["image_id"] for i in regular)
+    assert all(1 <= i.rank <= 5 for i in regular)
