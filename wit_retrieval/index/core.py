@@ -125,8 +125,12 @@ class Index:
 
     def search(self, queries: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, list[list[str]]]:
         """Top-k scores [n, min(k, ntotal)] float32 and ids per query, best first, in chunks of queries."""
-        scores, labels = self.search_labels(queries, k, chunk)
-        return scores, self.ids_of(labels)
+        scores = np.empty((len(queries), min(k, self.ntotal)), np.float32)
+        ids: list[list[str]] = []
+        for start, s, labels in self.iter_search(queries, k, chunk):
+            scores[start : start + len(s)] = s
+            ids.extend(self.ids_of(labels))  # per chunk: arrow temporaries stay chunk-sized
+        return scores, ids
 
     def ids_of(self, labels: np.ndarray) -> list[list[str]]:
         """Map labels [n, k] to ids, dropping -1 (no result) entries."""
