@@ -67,6 +67,11 @@ def qrels_columns(qrels: Qrels | pa.Table) -> pa.Table:
                      "relevance": pa.array(rels, pa.int64())})
 
 
+def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (chunked arrays are combined)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def _index(values: pa.Array | pa.ChunkedArray, universe: pa.Array) -> np.ndarray:
     """Position of each value in `universe`, -1 where absent."""
     return pc.index_in(values, value_set=universe).fill_null(-1).to_numpy().astype(np.int64)
@@ -77,8 +82,8 @@ def group_runs(query_id: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     n = len(query_id)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    flat = query_id.combine_chunks() if isinstance(query_id, pa.ChunkedArray) else query_id
-    change = pc.not_equal(flat[1:], flat[:-1]).to_numpy(zero_copy_only=False)
+    ids = flat(query_id)
+    change = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
     starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
     return starts, np.diff(np.append(starts, n))
 
@@ -146,7 +151,7 @@ def _ranks_of(rel_rows: np.ndarray, row_group: np.ndarray, starts: np.ndarray, l
     # Slot of each relevant row within its group (rows come in group order already).
     first = np.searchsorted(groups, groups)
     slot = np.arange(len(rel_rows)) - first
-    flat_ids = image_id.combine_chunks() if isinstance(image_id, pa.ChunkedArray) else image_id
+    flat_ids = flat(image_id)
     for j in range(int(slot.max()) + 1):
         sel = np.flatnonzero(slot == j)
         g, r = groups[sel], rel_rows[sel]

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .metrics import QueryScores, chance_level, evaluate_queries, parse_measures
-from .ranking import qrels_columns
+from .ranking import flat, qrels_columns
 from .significance import bootstrap_ci, paired_test
 
 BREAKDOWN_KEYS = ("query_type", "language", "num_entities")
@@ -65,7 +65,7 @@ def group_masks(query_ids: np.ndarray, queries_table: pa.Table | None,
     """For each breakdown key in the queries table, value -> mask over `query_ids` ("unknown" if absent)."""
     if queries_table is None or "query_id" not in queries_table.column_names:
         return {}
-    pos = pc.index_in(pa.array(query_ids.tolist(), pa.string()), value_set=queries_table["query_id"].combine_chunks())
+    pos = pc.index_in(pa.array(query_ids.tolist(), pa.string()), value_set=flat(queries_table["query_id"]))
     pos = pos.fill_null(-1).to_numpy()
     out: dict[str, dict[str, np.ndarray]] = {}
     for key in keys:
@@ -133,13 +133,14 @@ def _num_relevant(qrels: pa.Table, query_ids: np.ndarray) -> np.ndarray:
 
 
 def compare_runs(run_a, run_b, qrels, measures, *, queries_table: pa.Table | None = None,
-                 permutations: int = 10000, bootstrap: int = 1000, seed: int = 0) -> dict:
+                 permutations: int = 10000, bootstrap: int = 1000, seed: int = 0,
+                 names: tuple[str, str] = ("A", "B")) -> dict:
     """Paired tests (t-test, permutation) of B vs A per measure, overall and per breakdown group."""
     measures = parse_measures(measures)
     qrels_t = qrels_columns(qrels)
     a, b = evaluate_queries(run_a, qrels_t, measures), evaluate_queries(run_b, qrels_t, measures)
     groups = group_masks(a.query_ids, queries_table)
-    out: dict = {"num_queries": len(a.query_ids), "measures": [str(m) for m in measures], "tests": {},
+    out: dict = {"run_a": names[0], "run_b": names[1], "num_queries": len(a.query_ids), "measures": [str(m) for m in measures], "tests": {},
                  "breakdowns": {}, "settings": {"permutations": permutations, "bootstrap": bootstrap, "seed": seed}}
     for name in a.values:
         out["tests"][name] = paired_test(a.values[name], b.values[name], permutations=permutations,
@@ -182,3 +183,29 @@ def read_run_metadata(run_path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise InputError("run metadata must be a JSON object", path=str(path))
     return data
+
+
+@dataclass(frozen=True)
+class SplitInputs:
+    """What scoring one split of a data root needs besides the run."""
+
+    qrels: pa.Table
+    queries: pa.Table | None
+    corpus_size: int | None
+    revision: str | None
+
+
+def load_split_inputs(root: str | Path, split: str) -> SplitInputs:
+    """Qrels, the queries' breakdown columns, the corpus size and the dataset revision of a split."""
+    from .io.runs import read_split_table
+    from .io.shards import read_manifest
+    from .layout import DataRoot
+
+    qrels = read_split_table(root, "qrels", split, ["query_id", "image_id", "relevance"])
+    queries = None
+    manifest = read_manifest(DataRoot(root).table_split("queries", split))
+    if manifest is not None:
+        present = manifest.get("columns") or ["query_id", *BREAKDOWN_KEYS]
+        queries = read_split_table(root, "queries", split, [c for c in ("query_id", *BREAKDOWN_KEYS) if c in present])
+    corpus = read_manifest(DataRoot(root).table_split("corpus", split))
+    return SplitInputs(qrels, queries, corpus.get("rows") if corpus else None, dataset_revision(root))

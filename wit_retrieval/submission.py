@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from .errors import InputError
 from .io.runs import RunFile, read_run_table, read_split_table
-from .ranking import group_runs
+from .ranking import flat, group_runs
 
 MAX_EXAMPLES = 20  # problems kept per kind; all are counted
 SEVERITY = {
@@ -116,8 +116,7 @@ def load_truth(root: str | Path, split: str) -> SplitTruth:
     """Query ids (qrels of the split) and corpus image ids of a data root."""
     qrels = read_split_table(root, "qrels", split, ["query_id"])
     corpus = read_split_table(root, "corpus", split, ["image_id"])
-    return SplitTruth(pc.unique(qrels["query_id"]).combine_chunks() if qrels.num_rows else pa.array([], pa.string()),
-                      pc.unique(corpus["image_id"]).combine_chunks() if corpus.num_rows else pa.array([], pa.string()))
+    return SplitTruth(flat(pc.unique(qrels["query_id"])), flat(pc.unique(corpus["image_id"])))
 
 
 def validate_run(path: str | Path, truth: SplitTruth | None = None,
@@ -152,7 +151,7 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
     _add_rows(report, "nonfinite_score", np.flatnonzero(~np.isfinite(score)),
               lambda row: (int(lines[row]), f"score {score[row]} is not finite"))
     starts, lengths = group_runs(table["query_id"])
-    heads = pc.take(table["query_id"], pa.array(starts)).combine_chunks() if len(starts) else pa.array([], pa.string())
+    heads = flat(pc.take(table["query_id"], pa.array(starts, pa.int64())))
     unique_q = pc.unique(heads)
     report.num_queries = len(unique_q)
     head_q = pc.index_in(heads, value_set=unique_q).to_numpy().astype(np.int64)
@@ -190,7 +189,7 @@ def _image_codes(image_id: pa.ChunkedArray, truth: SplitTruth | None) -> tuple[n
     if truth is not None and truth.image_ids is not None:
         code = pc.index_in(image_id, value_set=truth.image_ids).fill_null(-1).to_numpy().astype(np.int64)
         return code, code < 0
-    encoded = pc.dictionary_encode(image_id.combine_chunks() if isinstance(image_id, pa.ChunkedArray) else image_id)
+    encoded = pc.dictionary_encode(flat(image_id))
     return encoded.indices.to_numpy().astype(np.int64), np.zeros(len(image_id), bool)
 
 
@@ -199,7 +198,8 @@ def _add_rows(report: ValidationReport, kind: str, rows: np.ndarray, message) ->
     for row in rows[:MAX_EXAMPLES]:
         line, text = message(int(row))
         report.add(kind, line, text)
-    report.counts[kind] += max(len(rows) - MAX_EXAMPLES, 0)
+    if len(rows) > MAX_EXAMPLES:
+        report.counts[kind] += len(rows) - MAX_EXAMPLES
 
 
 def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, lines: np.ndarray, query_id, image_id,

@@ -1,0 +1,149 @@
+"""Validation of submitted runs: every problem named with its line; random and broken files never crash it."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wit_retrieval.ids import image_id
+from wit_retrieval.submission import SEVERITY, SplitTruth, ValidationConfig, validate_run
+
+URLS = [f"https://upload.wikimedia.org/wikipedia/commons/{i % 10}/{i % 10}{i}/Img_{i}.jpg" for i in range(8)]
+IDS = [image_id(u) for u in URLS]
+QUERIES = ["test-q1", "test-q2", "test-q3"]
+TRUTH = SplitTruth(pa.array(QUERIES), pa.array(IDS))
+
+
+def trec_line(q, d, rank, score, tag="run"):
+    return f"{q} Q0 {d} {rank} {score} {tag}\n"
+
+
+def good_trec() -> str:
+    return "".join(trec_line(q, IDS[j], j + 1, 1.0 - j / 10) for q in QUERIES for j in range(4))
+
+
+def kinds_at(report) -> dict[str, set]:
+    out: dict[str, set] = {}
+    for p in report.problems:
+        out.setdefault(p.kind, set()).add(p.line)
+    return out
+
+
+def check(tmp_path, text: str | bytes, name="run.trec", **config):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return validate_run(path, TRUTH, ValidationConfig(**config))
+
+
+def test_clean_run_is_ok_and_parsed(tmp_path):
+    report, run = check(tmp_path, good_trec())
+    assert report.ok and not report.problems
+    assert report.num_rows == 12 and report.num_queries == 3
+    assert run.table["line"].to_pylist() == list(range(1, 13))
+
+
+def test_each_problem_is_named_with_its_line(tmp_path):
+    lines = good_trec().splitlines(keepends=True)
+    lines[1] = trec_line("test-q1", IDS[0], 2, 0.9)  # duplicate image in q1 (first at line 1)
+    lines[2] = trec_line("test-q1", "0000000000000000", 3, 0.8)  # unknown image
+    lines[3] = trec_line("test-q1", IDS[3], 4, 5.0)  # rank 4 scores above rank 3
+    lines[5] = trec_line("test-q2", IDS[1], 2, "nan")  # non-finite score
+    lines.append(trec_line("other-q", IDS[0], 1, 1.0))  # unknown query
+    report, _ = check(tmp_path, "".join(lines))
+    found = kinds_at(report)
+    assert found["duplicate_image"] == {2}
+    assert found["unknown_image"] == {3}
+    assert found["rank_order"] == {4}
+    assert found["nonfinite_score"] == {6}
+    assert found["unknown_query"] == {13}
+    assert not report.ok and report.num_errors == 4 and report.num_warnings == 1
+    assert "duplicate_image: 1" in report.summary()
+
+
+def test_parse_problems_fall_back_to_line_parser(tmp_path):
+    text = good_trec().replace(f"test-q2 Q0 {IDS[2]} 3 0.8 run", f"test-q2 Q0 {IDS[2]} 3 high run")
+    text = text.replace(f"test-q3 Q0 {IDS[0]} 1 1.0 run\n", f"test-q3 Q0 {IDS[0]} 1\n")
+    report, run = check(tmp_path, text.encode() + b"test-q3 Q0 \xff\xfe 9 0.1 run\n")
+    found = kinds_at(report)
+    assert found == {"score": {7}, "format": {9}, "encoding": {13}}
+    assert run.table.num_rows == 10  # bad lines are skipped, the rest is kept
+
+
+def test_missing_queries_warn_or_fail_with_strict(tmp_path):
+    text = "".join(line for line in good_trec().splitlines(keepends=True) if not line.startswith("test-q3"))
+    report, _ = check(tmp_path, text)
+    assert report.ok and kinds_at(report) == {"missing_query": {None}}
+    strict, _ = check(tmp_path, text, strict=True)
+    assert not strict.ok and "test-q3" in strict.problems[0].message
+
+
+def test_max_k_and_size_cap(tmp_path):
+    report, _ = check(tmp_path, good_trec(), max_k=3)
+    assert kinds_at(report)["too_many"] == {1, 5, 9}
+    report, run = check(tmp_path, good_trec(), max_bytes=100)
+    assert run is None and report.problems[0].kind == "size" and "--max-bytes" in report.problems[0].message
+
+
+def test_json_run_urls_lines_and_meta(tmp_path):
+    obj = {"version": "rc2", "split": "test", "metric": "recall",
+           "test-q1": [URLS[0], IDS[1]], "test-q2": [IDS[2], 7], "test-q3": "oops"}
+    text = json.dumps(obj, indent=2)
+    report, run = check(tmp_path, text, name="run.json")
+    assert run.meta == {"version": "rc2", "split": "test", "metric": "recall"}
+    assert run.table["image_id"].to_pylist()[:2] == [IDS[0], IDS[1]]  # the URL was mapped
+    lines = text.splitlines()
+    found = kinds_at(report)
+    assert found["format"] == {lines.index('  "test-q2": [') + 1, lines.index('  "test-q3": "oops"') + 1}
+    dup = '{"test-q1": ["%s"],\n"test-q1": ["%s"]}' % (IDS[0], IDS[1])
+    assert kinds_at(check(tmp_path, dup, name="dup.json")[0])["duplicate_query"] == {1}
+    assert kinds_at(check(tmp_path, '{"test-q1": [', name="bad.json")[0])["format"] == {1}
+
+
+def test_parquet_run_rows(tmp_path):
+    table = pa.table({"query_id": ["test-q1", "test-q1", None], "image_id": [IDS[0], IDS[0], IDS[1]],
+                      "score": [1.0, float("inf"), 0.5]})
+    pq.write_table(table, tmp_path / "run.parquet")
+    report, _ = validate_run(tmp_path / "run.parquet", TRUTH)
+    assert kinds_at(report) == {"format": {3}, "nonfinite_score": {2}, "duplicate_image": {2},
+                                "missing_query": {None}}
+    pq.write_table(pa.table({"qid": ["x"]}), tmp_path / "wrong.parquet")
+    report, run = validate_run(tmp_path / "wrong.parquet", TRUTH)
+    assert run is None and "query_id" in report.problems[0].message
+
+
+def assert_named(report):
+    for p in report.problems:
+        assert p.kind in SEVERITY and p.message and p.severity in ("error", "warning")
+    assert report.ok == (report.num_errors == 0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400))
+def test_random_bytes_never_crash(tmp_path, data):
+    for name in ("run.trec", "run.json"):
+        report, _ = check(tmp_path, data, name=name)
+        assert_named(report)
+
+
+FIELD = st.one_of(st.sampled_from(QUERIES + IDS + ["Q0", "1", "0.5", "nan", "-inf", "x", "", " "]),
+                  st.text(max_size=6))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(FIELD, min_size=0, max_size=8), max_size=12), sep=st.sampled_from([" ", "\t"]))
+def test_broken_trec_lines_are_named(tmp_path, rows, sep):
+    text = "".join(sep.join(r) + "\n" for r in rows)
+    report, run = check(tmp_path, text)
+    assert_named(report)
+    bad = [i + 1 for i, r in enumerate(rows) if len(" ".join(r).split()) not in (0, 6)]
+    if bad:  # a line without six fields is always reported at its own line number
+        assert bad[0] in {p.line for p in report.problems if p.kind == "format"} or report.counts["format"] > 20
+
+
+def test_validate_does_not_raise_on_a_missing_file(tmp_path):
+    report, run = validate_run(tmp_path / "nope.trec", TRUTH)
+    assert run is None and not report.ok
