@@ -1,0 +1,70 @@
+"""Deterministic file writing for the synth world: gzip without timestamps, Commons and wiki URLs."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+from ..io.shards import atomic_path
+
+# The same safe set as ids.normalize_url, so our URLs are already in normal form.
+URL_SAFE = "/:@!$&'()*+,;=-._~"
+COMMONS = "https://upload.wikimedia.org/wikipedia/commons"
+
+# progress(stage, advance, stage_total): how generate_world reports work done.
+ProgressFn = Callable[[str, int, int], None]
+
+
+def commons_path(file_name: str) -> str:
+    """Path of a Commons file under the upload host: wikipedia/commons/{h0}/{h0h1}/{name}."""
+    name = file_name.replace(" ", "_")
+    h = hashlib.md5(name.encode("utf-8")).hexdigest()
+    return f"wikipedia/commons/{h[0]}/{h[:2]}/{name}"
+
+
+def commons_url(file_name: str) -> str:
+    """The real upload.wikimedia.org URL of a Commons file (percent-encoded like WIT)."""
+    return "https://upload.wikimedia.org/" + quote(commons_path(file_name), safe=URL_SAFE)
+
+
+def page_url(lang: str, title: str) -> str:
+    """The real Wikipedia URL of a page title."""
+    return f"https://{lang}.wikipedia.org/wiki/" + quote(title.replace(" ", "_"), safe=URL_SAFE)
+
+
+@contextlib.contextmanager
+def gzip_text(path: Path, compresslevel: int = 6) -> Iterator[io.TextIOWrapper]:
+    """A UTF-8 text stream into a gzip file written atomically, with no name or time in its header."""
+    # filename="" and mtime=0 keep the temp name and the clock out of the bytes.
+    with (atomic_path(path) as tmp, open(tmp, "wb") as raw,
+          gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as gz):
+        text = io.TextIOWrapper(gz, encoding="utf-8", newline="")
+        yield text
+        text.flush()
+        text.detach()
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write bytes via a temp name then rename (cheaper than mkstemp for thousands of images)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

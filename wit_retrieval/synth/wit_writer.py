@@ -1,0 +1,127 @@
+"""WIT-format shards of the world: gzipped TSV, 17 columns, header, real quoting and quirks.
+
+Rows are grouped by page (a page's main image, its locator map, its gallery of scenes);
+a page's rows go to one shard per split (by CRC of the page URL), like the real release.
+Quoting is the real files' one: double quotes around fields that hold a newline, tab or
+quote, with inner quotes doubled (csv.QUOTE_MINIMAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+from ..schema import SPLITS, WIT_COLUMNS
+from . import lexicon as lx
+from .files import ProgressFn, commons_url, gzip_text, page_url
+from .world import Entity, World
+
+WIT_DIR = "gresearch/wit"
+_LANG_NAMES = {"en": "English", "de": "Deutsch"}
+
+
+def wit_shard_name(split: str, k: int, n: int) -> str:
+    """The real shard name, e.g. wit_v1.train.all-00000-of-00010.tsv.gz."""
+    return f"wit_v1.{split}.all-{k:05d}-of-{n:05d}.tsv.gz"
+
+
+def map_file(e: Entity) -> str | None:
+    """The entity's locator map (about one page in three has one), or None."""
+    if (e.index * 7 + 3) % 3:
+        return None
+    return f"{next(iter(e.titles.values()))} locator map.png".replace(" ", "_")
+
+
+def _bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def page_context(world: World, e: Entity, code: str) -> tuple[str, str]:
+    """(context_page_description, context_section_description) of an entity's page."""
+    words = lx.language(code)
+    kind_phrase = lx.KINDS[e.kind][1] if code == "en" else lx.KINDS[e.kind][3]
+    title = e.titles[code]
+    page = words.intro.format(title=title, kind=kind_phrase)
+    if e.alias:
+        # An ASCII quote inside a field forces quoting with doubled quotes, as in WIT.
+        page += f' It is also called "{e.alias}".' if code == "en" else f" Es wird auch „{e.alias}“ genannt."
+    if e.index % 5 == 1:
+        page += ("\n" if code == "en" else "\n\n") + (
+            f"{title} appears in many pictures." if code == "en" else f"{title} ist auf vielen Bildern zu sehen.")
+    if e.index == 0:  # one huge field, as real pages have
+        page += ("\n" + words.intro.format(title=title, kind=kind_phrase)) * 400
+    section = (f"Pictures of {title} in different settings." if code == "en"
+               else f"Bilder von {title} in verschiedenen Umgebungen.")
+    return page, section
+
+
+def _entity_rows(world: World, e: Entity, code: str, context: tuple[str, str]) -> list[list]:
+    size = world.config.image_size
+    title, lang_name = e.titles[code], _LANG_NAMES.get(code, code)
+    url = page_url(code, title)
+    rows = []
+    if e.main_row[code]:
+        reference = e.names[code] if e.main_row[code] == 2 else ""
+        alt = title if e.index % 4 == 0 else ""
+        rows.append([code, url, commons_url(e.file), title, "", title, reference,
+                     f"{lang_name}: {title}", alt, "image/png", size, size, "true",
+                     _bool(e.index % 3 != 0), _bool(e.index % 7 == 0), context[0], context[0]])
+    if (mf := map_file(e)) is not None:
+        section = "Geography" if code == "en" else "Geographie"
+        rows.append([code, url, commons_url(mf), title, section, f"{title} / {section}", "",
+                     f"{lang_name}: Locator map of {title}", "Map" if e.index % 2 else "", "image/png", size,
+                     size, "false", "true", "false", context[0], ""])
+    return rows
+
+
+def _scene_rows(world: World, e: Entity, code: str, hosted: list, context: tuple[str, str]) -> list[list]:
+    size = world.config.image_size
+    title, words = e.titles[code], lx.language(code)
+    url = page_url(code, title)
+    rows = []
+    for scene, caption in hosted:
+        rows.append([code, url, commons_url(scene.file), title, words.gallery, f"{title} / {words.gallery}",
+                     caption.text, f"{_LANG_NAMES.get(code, code)}: Scene {scene.index}",
+                     "" if scene.index % 3 else "Picture", "image/png", size, size, "false",
+                     _bool(scene.index % 4 != 0), _bool(scene.index % 9 == 0), context[0], context[1]])
+    return rows
+
+
+def write_wit(world: World, out: Path, progress: ProgressFn | None = None) -> dict:
+    """Write the WIT shards; returns {"files": [relative paths], "rows": {split: n}}."""
+    config = world.config
+    hosted: dict[tuple[int, str, str], list] = defaultdict(list)
+    for scene in world.scenes:
+        for caption in scene.captions:
+            hosted[scene.entities[0], caption.language, scene.split].append((scene, caption))
+    rows = dict.fromkeys(SPLITS, 0)
+    files = []
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for split in SPLITS:
+            n = config.wit_shards[split]
+            for k in range(n):
+                rel = f"{WIT_DIR}/{wit_shard_name(split, k, n)}"
+                files.append(rel)
+                w = csv.writer(stack.enter_context(gzip_text(out / rel)), delimiter="\t", quotechar='"',
+                               quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+                w.writerow(WIT_COLUMNS)
+                writers[split, k] = w
+        for e in world.entities:
+            for code in world.page_languages(e):
+                context = page_context(world, e, code)
+                shard_key = zlib.crc32(f"{code}:{e.index}".encode())
+                page_rows = {s: [] for s in SPLITS}
+                page_rows[e.split] += _entity_rows(world, e, code, context)
+                for split in SPLITS:
+                    page_rows[split] += _scene_rows(world, e, code, hosted.get((e.index, code, split), ()), context)
+                for split, batch in page_rows.items():
+                    if batch:
+                        writers[split, shard_key % config.wit_shards[split]].writerows(batch)
+                        rows[split] += len(batch)
+            if progress:
+                progress("WIT shards", 1, len(world.entities))
+    return {"files": files, "rows": rows}
