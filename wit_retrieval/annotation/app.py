@@ -150,8 +150,10 @@ class RaterApp:
     def _title_block(self, item: Item) -> str:
         if not item.title:
             return ""
+        if item.task_kind != "ei-correct":  # the page the text comes from, not an entity
+            return f'<p class="page" id="item-title">Wikipedia page: <strong>{html.escape(item.title)}</strong></p>'
         link = ""
-        if urlsplit(item.text).scheme == "https" and item.task_kind == "ei-correct":
+        if urlsplit(item.text).scheme == "https":  # the entity's page, for raters who need to look
             link = f' <a href="{html.escape(item.text)}" target="_blank" rel="noopener noreferrer">(page)</a>'
         return f'<h2 class="title" id="item-title">{html.escape(item.title)}{link}</h2>'
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from ..errors import ConfigError, InputError
 from ..ids import image_id as url_image_id
@@ -78,20 +78,31 @@ def allocate(sizes: Mapping[tuple, int], n: int, mode: str) -> dict[tuple, int]:
     return out
 
 
+def _stratum_codes(strata: pa.Table, key_columns: list[str]) -> tuple[np.ndarray, list[tuple]]:
+    """Per row, the index of its stratum in the returned list of stratum keys (vectorised)."""
+    null = "\x00"  # stands for a null value inside the joined key
+    columns = [pc.fill_null(strata.column(c).cast(pa.string()), null) for c in key_columns]
+    joined = columns[0] if len(columns) == 1 else pc.binary_join_element_wise(*columns, "\x1f")
+    uniques = pc.unique(joined)
+    codes = pc.index_in(joined, value_set=uniques).to_numpy(zero_copy_only=False)
+    keys = [tuple(None if v == null else v for v in u.split("\x1f")) for u in uniques.to_pylist()]
+    return codes, keys
+
+
 def _draw(strata: pa.Table, key_columns: list[str], config: SampleConfig, rng) -> tuple[np.ndarray, dict]:
     """Row indices of a stratified sample of `strata`, and the stratum sizes."""
-    keys = list(zip(*(strata.column(c).to_pylist() for c in key_columns)))
-    groups: dict[tuple, list[int]] = {}
-    for row, key in enumerate(keys):
-        groups.setdefault(key, []).append(row)
+    codes, keys = _stratum_codes(strata, key_columns)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
+    groups = {key: order[bounds[k]:bounds[k + 1]] for k, key in enumerate(keys)}
     sizes = {k: len(v) for k, v in groups.items()}
     chosen = []
     for key, count in allocate(sizes, config.n, config.allocation).items():
         if count:
-            chosen.extend(rng.choice(np.asarray(groups[key]), size=count, replace=False).tolist())
+            chosen.extend(rng.choice(groups[key], size=count, replace=False).tolist())
     chosen = np.asarray(chosen, dtype=np.int64)
     rng.shuffle(chosen)  # raters should not see the strata in blocks
-    return chosen, {key: sizes[key] for key in sizes}
+    return chosen, sizes
 
 
 def _table(directory, label: str):
@@ -102,11 +113,19 @@ def _table(directory, label: str):
 
 
 def _rows_where(directory, column: str, values: list[str]) -> dict[str, dict]:
-    """Rows of a table folder whose `column` is in `values`, keyed by that column (bounded memory)."""
+    """Rows of a table folder whose `column` is in `values`, keyed by that column.
+
+    Reads the key column first and a part file's other columns only when it holds a wanted row.
+    """
     manifest = read_manifest(directory)
-    files = [str(directory / f["file"]) for f in manifest["files"]]
-    table = ds.dataset(files, format="parquet").to_table(filter=pc.field(column).isin(values))
-    return {row[column]: row for row in table.to_pylist()}
+    wanted = pa.array(values, pa.string())
+    out: dict[str, dict] = {}
+    for part in manifest["files"]:
+        path = directory / part["file"]
+        mask = pc.is_in(pq.read_table(path, columns=[column]).column(column), value_set=wanted)
+        if pc.any(mask).as_py():
+            out.update((row[column], row) for row in pq.read_table(path).filter(mask).to_pylist())
+    return out
 
 
 def _entity_names(root: DataRoot, entity_ids: set[str]) -> dict[str, dict]:
