@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from wit_retrieval.annotation import agreement
 from wit_retrieval.annotation.audit_outputs import SIMULATED_BANNER, write_card_estimates, write_report
-from wit_retrieval.annotation.audit_report import analyze
+from wit_retrieval.annotation.audit_report import analyze, population_weighted
 from wit_retrieval.annotation.ratings import ratings_table
 from wit_retrieval.annotation.sampling import SampleConfig, sample_items
 from wit_retrieval.annotation.simulate import SimulationConfig, simulate_ratings
@@ -48,6 +49,14 @@ def test_report_numbers_on_a_hand_made_table():
     assert dropped["excluded_raters"] == ["r2"] and dropped["ratings"] == 6
     numbers = agreement(ratings_table(rows))
     assert numbers["fleiss_kappa"] == s["fleiss_kappa"] and numbers["items"] == 4
+
+
+def test_population_weighted_estimate_by_hand():
+    by_stratum = {"en/single": {"value": 0.5, "n": 10}, "de/multi": {"value": 1.0, "n": 5}, "ja/single": {"value": 0.0, "n": 0}}
+    result = population_weighted(by_stratum, {"en/single": 300, "de/multi": 100, "ja/single": 100}, 0.95)
+    half = 1.959963984540054 * (0.75**2 * 0.25 / 10) ** 0.5
+    assert result["value"] == pytest.approx(0.625) and result["coverage"] == pytest.approx(0.8)
+    assert result["low"] == pytest.approx(0.625 - half) and result["high"] == pytest.approx(0.625 + half)
 
 
 def test_simulated_ratings_are_labelled_everywhere(tmp_path):
@@ -102,7 +111,8 @@ def test_cli_export_simulate_import_report(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert set(result["fleiss_kappa"]) == {"ei-correct", "mask-correct"}  # several kinds: per-kind mapping
     assert "krippendorff_alpha" in result and result["simulated"] is True
-    single = run("report", "--ratings", tmp_path / "ratings.parquet", "--json", tmp_path / "one.json")
-    assert "ei-correct:" in single
+    run("report", "--ratings", tmp_path / "ratings.parquet", "--json", tmp_path / "w.json", "--items", out)
+    weighted = json.loads((tmp_path / "w.json").read_text(encoding="utf-8"))["task_kinds"]["mask-correct"]
+    assert weighted["estimate"]["population_weighted"]["coverage"] == pytest.approx(1.0)
     bad = runner.invoke(app, ["annotate", "export", str(root.root), "--out", str(out), "--task", "relevence"])
     assert bad.exit_code == 1 and "Did you mean relevance" in bad.output

@@ -51,6 +51,10 @@ def _kind_markdown(name: str, s: dict, confidence: float, plots: dict[str, str])
              f"{_num(s['krippendorff_alpha_ordinal'])} |", "",
              f"**{est['name']}** (majority label in {{{', '.join(est['positive_labels'])}}}): {_ci(est)}, "
              f"{est['successes']} of {est['n']} decided items, Wilson {confidence:.0%} interval.", ""]
+    weighted = est.get("population_weighted")
+    if weighted:
+        lines += [f"Population-weighted {est['name']}: {_ci(weighted)} (strata weighted by their population; "
+                  f"normal-approximation interval; {weighted['coverage']:.0%} of the population in rated strata).", ""]
     if "mean_grade" in s:
         lines += [f"Mean grade (0 = {s['labels'][0]}, {len(s['labels']) - 1} = {s['labels'][-1]}): "
                   f"{_num(s['mean_grade'], 2)}.", ""]
@@ -133,6 +137,7 @@ def card_estimates(report: dict) -> dict:
         kinds[name] = {
             "question": s["question"], "estimate_name": est["name"],
             "estimate": {k: est[k] for k in ("value", "low", "high", "successes", "n")},
+            "population_weighted": est.get("population_weighted"),
             "by_language": est.get("by_language", {}), "by_query_type": est.get("by_query_type", {}),
             "items": s["items"], "ratings": s["ratings"], "raters": s["raters"],
             "fleiss_kappa": s["fleiss_kappa"], "krippendorff_alpha": s["krippendorff_alpha"],

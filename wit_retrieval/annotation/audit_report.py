@@ -44,7 +44,7 @@ def _estimates(majorities: dict[str, dict], kind: TaskKind, confidence: float) -
         overall[0] += hit
         overall[1] += 1
         keys = {"by_language": m["language"], "by_query_type": m["query_type"],
-                "by_stratum": f"{m['language']}/{m['query_type']}" if m["query_type"] else m["language"]}
+                "by_stratum": stratum_key(m["language"], m["query_type"])}
         for group, key in keys.items():
             if key is None:
                 continue
@@ -56,6 +56,39 @@ def _estimates(majorities: dict[str, dict], kind: TaskKind, confidence: float) -
         if cells:
             out[group] = {key: _interval(k, n, confidence) for key, (k, n) in sorted(cells.items())}
     return out
+
+
+def stratum_key(language: str | None, query_type: str | None) -> str:
+    """How a stratum is named in reports: "lang/query_type", or "lang" for entity tasks."""
+    return f"{language}/{query_type}" if query_type else str(language)
+
+
+def populations_from_items(items) -> dict[str, dict[str, int]]:
+    """task kind -> stratum -> population size, from exported items (their stratum_size)."""
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for item in items:
+        if item.stratum_size:
+            out[item.task_kind][stratum_key(item.language, item.query_type)] = item.stratum_size
+    return dict(out)
+
+
+def population_weighted(by_stratum: dict[str, dict], populations: dict[str, int], confidence: float) -> dict | None:
+    """Stratified estimate: strata weighted by population, normal-approximation interval.
+
+    Only strata with decided items count; their populations are renormalised (reported as coverage).
+    """
+    from statistics import NormalDist
+
+    cells = {k: v for k, v in by_stratum.items() if v["n"] and populations.get(k)}
+    total = sum(populations.values())
+    covered = sum(populations[k] for k in cells)
+    if not cells or not covered:
+        return None
+    value = sum(populations[k] / covered * c["value"] for k, c in cells.items())
+    variance = sum((populations[k] / covered) ** 2 * c["value"] * (1 - c["value"]) / c["n"] for k, c in cells.items())
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * variance**0.5
+    return {"value": value, "low": max(0.0, value - half), "high": min(1.0, value + half),
+            "population": covered, "coverage": covered / total}
 
 
 def _majorities(rows: list[dict], kind: TaskKind) -> dict[str, dict]:
@@ -71,7 +104,7 @@ def _majorities(rows: list[dict], kind: TaskKind) -> dict[str, dict]:
 
 
 def analyze_kind(rows: list[dict], kind: TaskKind, confidence: float = 0.95,
-                 min_gold_accuracy: float | None = None) -> dict:
+                 min_gold_accuracy: float | None = None, populations: dict[str, int] | None = None) -> dict:
     """All audit numbers for one task kind's ratings."""
     gold = _gold_accuracy(rows, confidence)
     excluded = sorted(r for r, acc in gold.items() if min_gold_accuracy is not None and acc["value"] < min_gold_accuracy)
@@ -98,18 +131,24 @@ def analyze_kind(rows: list[dict], kind: TaskKind, confidence: float = 0.95,
         "estimate": _estimates(majorities, kind, confidence),
         "rater_gold_accuracy": gold, "excluded_raters": excluded,
     }
+    if populations:
+        stats["estimate"]["population_weighted"] = population_weighted(
+            stats["estimate"].get("by_stratum", {}), populations, confidence)
     if kind.ordinal:
         grades = [kind.labels.index(r["label"]) for r in rated]
         stats["mean_grade"] = sum(grades) / len(grades) if grades else float("nan")
     return stats
 
 
-def analyze(ratings: pa.Table, confidence: float = 0.95, min_gold_accuracy: float | None = None) -> dict:
-    """The audit report of a ratings table (all task kinds in it)."""
+def analyze(ratings: pa.Table, confidence: float = 0.95, min_gold_accuracy: float | None = None,
+            populations: dict[str, dict[str, int]] | None = None) -> dict:
+    """The audit report of a ratings table (all task kinds in it); `populations` (from
+    `populations_from_items`) adds population-weighted estimates."""
     rows = ratings.to_pylist()
     sources = sorted({r["source"] for r in rows if r["source"]})
     kinds = sorted({r["task_kind"] for r in rows})
-    per_kind = {k: analyze_kind([r for r in rows if r["task_kind"] == k], get_kind(k), confidence, min_gold_accuracy)
+    per_kind = {k: analyze_kind([r for r in rows if r["task_kind"] == k], get_kind(k), confidence, min_gold_accuracy,
+                                (populations or {}).get(k))
                 for k in kinds}
     report = {
         "version": REPORT_VERSION, "confidence": confidence, "sources": sources,

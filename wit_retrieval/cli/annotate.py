@@ -102,7 +102,8 @@ def import_(
 @annotate.command("report")
 def report(
     ratings: Path = typer.Option(..., "--ratings", help="The ratings table, or any importable ratings file."),
-    items: Path | None = typer.Option(None, "--items", help="The export's items.jsonl (for crowd CSV input)."),
+    items: Path | None = typer.Option(None, "--items", help="The export's items.jsonl: needed for crowd CSV input; "
+                                      "adds population-weighted estimates."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report JSON here."),
     out: Path | None = typer.Option(None, "--out", help="Folder for report.md, report.json and PNG plots."),
     root: Path | None = typer.Option(None, "--root", help="Write the estimates to ROOT/annotation/annotation.json "
@@ -120,7 +121,14 @@ def report(
     from ..annotation.importers import load_ratings
     from ..io.shards import write_json_atomic
 
-    result = analyze(load_ratings(ratings, items), confidence=confidence, min_gold_accuracy=min_gold_accuracy)
+    populations = None
+    if items is not None:
+        from ..annotation.audit_report import populations_from_items
+        from ..annotation.tasks import read_items
+
+        populations = populations_from_items(read_items(items))
+    result = analyze(load_ratings(ratings, items), confidence=confidence, min_gold_accuracy=min_gold_accuracy,
+                     populations=populations)
     if result["simulated"]:
         typer.echo("NOTE: these ratings are SIMULATED (source=simulated), not human judgements.")
     for kind, s in result["task_kinds"].items():
