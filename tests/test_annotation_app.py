@@ -27,7 +27,7 @@ def _image(image_id: str) -> dict:
 def make_items(count: int = 5, overlap: int = 2) -> list[Item]:
     """An evil item first, then plain mmir-answerable items, and one gold ei-correct item."""
     items = [Item(item_id="ei-correct-evil", task_kind="ei-correct", language="en", query_type=None,
-                  source_id="Q1", title=f"Caption {EVIL}", text="https://en.wikipedia.org/wiki/X",
+                  source_id="Q1", title=f"Caption {EVIL}", page_url="https://en.wikipedia.org/wiki/X",
                   candidate=_image("aaaa000000000001"), overlap=overlap)]
     for n in range(count):
         items.append(Item(
@@ -175,3 +175,22 @@ def test_images_from_store_else_redirect_to_known_urls(tmp_path):
 def test_empty_database_without_items_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="holds no items"):
         make_server(AppConfig(db=tmp_path / "empty.sqlite", port=0))
+
+
+def test_serve_finds_the_build_image_store_through_the_export(tmp_path):
+    from wit_retrieval.annotation.export import write_export
+    from wit_retrieval.annotation.sampling import SampleConfig, sample_items
+
+    from .test_annotation_data import make_build
+
+    root = make_build(tmp_path / "build")
+    items, manifest = sample_items(root.root, SampleConfig(task_kinds=("ei-correct",), n=3, gold_fraction=0))
+    write_export(items, manifest, tmp_path / "audit")
+    write_store(root.images, [items[0].candidate["image_id"]])
+    server = make_server(AppConfig(db=tmp_path / "r.sqlite", items=tmp_path / "audit", port=0))
+    try:
+        assert server.app.images is not None and items[0].candidate["image_id"] in server.app.images
+        assert server.app.image(items[0].candidate["image_id"]).status == 200
+        assert server.app.image(items[1].candidate["image_id"]).status == 302
+    finally:
+        server.server_close()

@@ -22,6 +22,7 @@ from string import Template
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ..errors import ConfigError
+from ..layout import DataRoot
 from .render import text_html
 from .store import AnnotationStore
 from .tasks import Item, get_kind, read_items
@@ -45,7 +46,7 @@ class AppConfig:
 
     db: Path
     items: Path | None = None        # items.jsonl or an export folder, added to the db at start
-    images: Path | None = None       # an image store folder (wit_retrieval.images.open_store)
+    images: Path | None = None       # an image store folder; default: the build's, from the export manifest
     host: str = "127.0.0.1"
     port: int = 8765
 
@@ -79,6 +80,18 @@ def _open_image_store(directory: Path | None):
     return open_store(directory)
 
 
+def default_images(items: Path | None) -> Path | None:
+    """The image store of the build an export folder was sampled from, when it exists."""
+    import json
+
+    manifest = Path(items) / "manifest.json" if items is not None and Path(items).is_dir() else None
+    if manifest is None or not manifest.exists():
+        return None
+    root = json.loads(manifest.read_text(encoding="utf-8")).get("root")
+    images = DataRoot(root).images if root else None
+    return images if images is not None and images.is_dir() else None
+
+
 def _image_type(data: bytes) -> str:
     for magic, mime in ((b"\xff\xd8", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif")):
         if data.startswith(magic):
@@ -97,7 +110,7 @@ class RaterApp:
         self.image_urls = self.store.image_urls()
         if self.store.count_items() == 0:
             raise ConfigError(f"{config.db} holds no items; pass the export's items.jsonl (--items)")
-        self.images = _open_image_store(config.images)
+        self.images = _open_image_store(config.images or default_images(config.items))
         self.sessions: dict[str, dict] = {}
         self.lock = threading.Lock()
         self.templates = {n: _template(f"{n}.html") for n in ("base", "login", "header", "item", "done")}
@@ -142,7 +155,8 @@ class RaterApp:
         body = self.templates["item"].substitute(
             item_id=html.escape(item.item_id), task_kind=html.escape(item.task_kind),
             kind_help=html.escape(kind.help), question=html.escape(kind.question),
-            title_block=self._title_block(item), text_html=text_html(item), images=self._images_block(item, kind),
+            title_block=self._title_block(item),
+            text_block=f'<div class="text" id="item-text">{text_html(item)}</div>' if item.text else "", images=self._images_block(item, kind),
             csrf=session["csrf"], buttons=buttons, keys=", ".join(str(n) for n in range(1, len(kind.labels) + 1)),
             previous=self._previous_link(session["rater"], item.item_id))
         return self.page(kind.name, body, session)
@@ -150,11 +164,12 @@ class RaterApp:
     def _title_block(self, item: Item) -> str:
         if not item.title:
             return ""
-        if item.task_kind != "ei-correct":  # the page the text comes from, not an entity
-            return f'<p class="page" id="item-title">Wikipedia page: <strong>{html.escape(item.title)}</strong></p>'
         link = ""
-        if urlsplit(item.text).scheme == "https":  # the entity's page, for raters who need to look
-            link = f' <a href="{html.escape(item.text)}" target="_blank" rel="noopener noreferrer">(page)</a>'
+        if item.page_url and urlsplit(item.page_url).scheme == "https":  # for raters who need to look it up
+            link = f' <a href="{html.escape(item.page_url)}" target="_blank" rel="noopener noreferrer">(page)</a>'
+        if item.task_kind != "ei-correct":  # the page the text comes from, not an entity
+            return (f'<p class="page" id="item-title">Wikipedia page: <strong>{html.escape(item.title)}</strong>'
+                    f"{link}</p>")
         return f'<h2 class="title" id="item-title">{html.escape(item.title)}{link}</h2>'
 
     def _images_block(self, item: Item, kind) -> str:

@@ -17,7 +17,7 @@ from .render import text_html
 from .tasks import ITEMS_FILE, Item, TaskKind, get_kind, write_items
 
 CSV_COLUMNS = (
-    "item_id", "task_kind", "question", "labels", "title", "text", "text_html", "entity_names",
+    "item_id", "task_kind", "question", "labels", "title", "page_url", "text", "text_html", "entity_names",
     "entity_image_urls", "candidate_image_url", "reference_image_url", "language", "query_type", "overlap",
 )
 URL_SEPARATOR = " | "
@@ -62,6 +62,7 @@ def rater_view(item: Item) -> dict:
         "question": kind.question,
         "labels": "|".join(kind.labels),
         "title": item.title,
+        "page_url": item.page_url or "",
         "text": item.text,
         "text_html": text_html(item),
         "entities_html": _entities_html(item),

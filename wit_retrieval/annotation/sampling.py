@@ -190,7 +190,7 @@ def _entity_item(row: dict, image_row: dict, config: SampleConfig, size: int, go
     return Item(
         item_id=make_item_id("ei-correct", *key), task_kind="ei-correct", language=row["language"],
         query_type=None, source_id=row["entity_id"], title=row["page_title"] or row["entity_id"],
-        text=row.get("page_url") or "", candidate=_image(image_row["image_url"]),
+        page_url=row.get("page_url"), candidate=_image(image_row["image_url"]),
         is_gold=gold is not None, gold_label=gold, overlap=config.overlap, stratum_size=size,
     )
 
@@ -253,7 +253,7 @@ def _mask_item(row, linked, names, config, size, gold=None) -> Item:
     return Item(
         item_id=make_item_id("mask-correct", *key), task_kind="mask-correct", language=row["language"],
         query_type=row["query_type"], source_id=row["query_id"], title=row["page_title"] or "",
-        text=row["original_text"] or "", mentions=mentions, entities=entities,
+        page_url=row.get("page_url"), text=row["original_text"] or "", mentions=mentions, entities=entities,
         is_gold=gold is not None, gold_label=gold, overlap=config.overlap, stratum_size=size,
     )
 

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import InputError
 from .ratings import now_iso
@@ -123,24 +124,30 @@ class AnnotationStore:
     def rating_rows(self) -> list[dict]:
         """Every rating joined with its item, as ratings-table rows (source="app")."""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT r.item_id, i.task_kind, r.rater, r.label, i.is_gold, i.gold_label, i.language, "
-                "i.query_type, r.rated_at FROM ratings r JOIN items i USING (item_id) ORDER BY r.rowid"
-            ).fetchall()
-        return [{**dict(r), "is_gold": bool(r["is_gold"]), "source": "app"} for r in rows]
+            return _rating_rows(db)
+
+
+def _rating_rows(db: sqlite3.Connection) -> list[dict]:
+    db.row_factory = sqlite3.Row
+    rows = db.execute(
+        "SELECT r.item_id, i.task_kind, r.rater, r.label, i.is_gold, i.gold_label, i.language, "
+        "i.query_type, r.rated_at FROM ratings r JOIN items i USING (item_id) ORDER BY r.rowid"
+    ).fetchall()
+    return [{**dict(r), "is_gold": bool(r["is_gold"]), "source": "app"} for r in rows]
 
 
 def read_app_ratings(path: str | Path) -> list[dict]:
     """Ratings rows from an app SQLite file; a file that is not one raises InputError."""
     path = Path(path)
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # Read-only: importing must not change a file raters may still be writing to.
+        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"items", "ratings"} <= tables:
+                raise InputError("not a rater-app database (needs tables items and ratings)", path=str(path))
+            return _rating_rows(db)
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
-        raise InputError(f"not a readable SQLite file: {exc}", path=str(path)) from None
-    if not {"items", "ratings"} <= tables:
-        raise InputError("not a rater-app database (needs tables items and ratings)", path=str(path))
-    return AnnotationStore(path).rating_rows()
+        raise InputError(f"not a readable rater-app SQLite file: {exc}", path=str(path)) from None

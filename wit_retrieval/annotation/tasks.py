@@ -91,6 +91,7 @@ class Item:
     query_type: str | None
     source_id: str                   # entity_id or query_id (plus image_id for relevance)
     title: str = ""                  # entity name / page title shown above the text
+    page_url: str | None = None      # the Wikipedia page (linked for ei-correct and mask-correct)
     text: str = ""                   # masked text, or original text for mask-correct
     mentions: list[dict[str, Any]] = field(default_factory=list)   # mask, surface, start, end
     entities: list[dict[str, Any]] = field(default_factory=list)   # mask, entity_id, name, image_url, image_id

@@ -55,7 +55,8 @@ def export(
 def serve(
     items: Path | None = typer.Argument(None, help="items.jsonl or an export folder (optional once the db has them)."),
     db: Path = typer.Option(Path("ratings.sqlite"), "--db", help="SQLite file where ratings are kept."),
-    images: Path | None = typer.Option(None, "--images", help="Image store folder; images missing there are "
+    images: Path | None = typer.Option(None, "--images", help="Image store folder (default: the build's images, "
+                                       "found through the export's manifest); images missing there are "
                                        "redirected to their URLs."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep it on loopback unless you "
                              "trust the network."),
