@@ -83,11 +83,24 @@ def test_import_every_format_into_one_table(tmp_path, items_file):
     assert load_ratings(out).equals(table)
 
 
+def test_mturk_batch_results_are_read_through_column_aliases(tmp_path, items_file):
+    path = tmp_path / "Batch_123_batch_results.csv"
+    path.write_text("\ufeffHITId,WorkerId,Input.item_id,Input.text,Answer.label,SubmitTime\n"
+                    'H1,A1B2,ei-correct-0,"a, text",yes,Mon Jan 05 10:00:00 PST 2026\n'
+                    "H2,A1B2,ei-correct-gold,x,no,Mon Jan 05 10:01:00 PST 2026\n", encoding="utf-8")
+    rows = import_ratings([path], items_file).to_pylist()
+    assert [(r["item_id"], r["rater"], r["label"], r["is_gold"]) for r in rows] == [
+        ("ei-correct-0", "A1B2", "yes", False), ("ei-correct-gold", "A1B2", "no", True)]
+    assert rows[0]["source"] == "csv" and rows[0]["rated_at"].startswith("Mon Jan 05")
+
+
 def test_app_ratings_import_without_items_file(tmp_path):
     store = AnnotationStore(tmp_path / "app.sqlite")
     store.add_items(_items())
     store.record("ei-correct-gold", "bob", "no")
+    before = (tmp_path / "app.sqlite").read_bytes()
     row = load_ratings(tmp_path / "app.sqlite").to_pylist()[0]
+    assert (tmp_path / "app.sqlite").read_bytes() == before  # read-only
     assert row["is_gold"] and row["gold_label"] == "no" and row["source"] == "app"
 
 

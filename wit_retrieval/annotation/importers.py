@@ -116,11 +116,24 @@ def read_label_studio(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+# Column names of crowd platforms' result files (Amazon MTurk batch results) -> ours.
+CSV_ALIASES = {"Input.item_id": "item_id", "WorkerId": "rater", "Answer.label": "label", "SubmitTime": "rated_at",
+               "worker_id": "rater", "annotator": "rater"}
+
+
+CSV_KEPT = ("item_id", "rater", "label", "rated_at", "task_kind")
+
+
 def read_crowd_csv(path: Path) -> list[tuple[int, dict]]:
-    """(line, row) from a CSV with at least item_id, rater, label."""
-    with path.open(encoding="utf-8", newline="") as handle:
+    """(line, row) from a CSV with at least item_id, rater, label (or MTurk's Input.item_id, WorkerId,
+    Answer.label)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = {"item_id", "rater", "label"} - set(reader.fieldnames or [])
+        header = list(reader.fieldnames or [])
+        present = set(header)
+        reader.fieldnames = [CSV_ALIASES[c] if c in CSV_ALIASES and CSV_ALIASES[c] not in present else c
+                             for c in header]
+        missing = {"item_id", "rater", "label"} - set(reader.fieldnames)
         if missing:
             raise InputError(f"missing column(s) {', '.join(sorted(missing))}; a crowd CSV needs "
                              "item_id, rater, label", path=str(path), line=1)
@@ -130,7 +143,7 @@ def read_crowd_csv(path: Path) -> list[tuple[int, dict]]:
                 if None in row or any(row.get(c) in (None, "") for c in ("item_id", "rater", "label")):
                     raise InputError("a row needs item_id, rater and label (and no extra fields)",
                                      path=str(path), line=reader.line_num)
-                rows.append((reader.line_num, {k: (v or None) for k, v in row.items()}))
+                rows.append((reader.line_num, {k: row.get(k) or None for k in CSV_KEPT}))
         except csv.Error as exc:
             raise InputError(f"malformed CSV: {exc}", path=str(path), line=reader.line_num) from None
     return rows
