@@ -88,8 +88,8 @@ def test_malformed_row_in_the_middle_keeps_every_good_row(tmp_path, suffix):
 
 
 def test_fallback_after_fast_batches_yields_no_duplicates(tmp_path, monkeypatch):
-    # Tiny pyarrow blocks: the fast path yields early batches, then fails on the bad row.
-    monkeypatch.setattr(tsv, "_BLOCK_SIZE", 2048)
+    # Tiny segments: the fast path yields early batches, then fails on the bad rows' segments.
+    monkeypatch.setattr(tsv, "_SEGMENT_BYTES", 2048)
     lines = [_wit_line(i, multiline=i % 5 == 0) for i in range(300)]
     lines.insert(250, BAD_UNCLOSED)
     lines.insert(120, "en\tonly\tthree fields\n")
@@ -177,3 +177,20 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.tsv").write_text("")
     with pytest.raises(InputError, match="empty"):
         list(read_wit_batches(tmp_path / "empty.tsv"))
+
+
+@pytest.mark.parametrize("segment", [97, 700, 4096])
+def test_segment_boundaries_never_split_or_duplicate_rows(tmp_path, monkeypatch, segment):
+    monkeypatch.setattr(tsv, "_SEGMENT_BYTES", segment)
+    lines = [_wit_line(i, multiline=i % 2 == 0) for i in range(60)]
+    for at in (45, 30, 7):  # unclosed quotes whose rows run across segment ends
+        lines.insert(at, BAD_UNCLOSED.replace("never closed\n", "never closed\nstill open\n"))
+    path = tmp_path / "seg.tsv.gz"
+    _write(path, lines)
+    errors = RowErrors()
+    rows = _rows(read_wit_batches(path, errors=errors, columns=["page_title", "context_page_description"]))
+    assert [r["page_title"] for r in rows] == [f"P {i}" for i in range(60)]
+    assert rows[58]["context_page_description"].endswith('a "quote" and\ttab')
+    assert errors.count == 3
+    bad = [k for k, line in enumerate(lines) if line.startswith("en\thttps://en.wikipedia.org/wiki/Bad")]
+    assert [s.line for s in errors.samples] == [2 + sum(x.count("\n") for x in lines[:k]) for k in bad]

@@ -4,12 +4,14 @@ Dialect: tab-separated, a header row, double-quoted fields that may hold tabs an
 (`""` is a literal quote), `true`/`false` booleans, empty fields are null, values possibly
 written as Python byte literals `b'...'`.
 
-`read_wit_batches` parses with pyarrow.csv (the fast path). When pyarrow rejects a file (a
-malformed row, a wrong field count, invalid UTF-8), the file is re-read from the start by the
-robust Python reader of `tsv_robust.py`, which reports bad rows (file + line) and keeps every good
-row. The fallback skips as many good rows as the fast path already yielded: pyarrow only yields
-blocks it parsed completely, and both readers implement the same dialect, so on the well-formed
-prefix they agree row for row and no row is yielded twice.
+`read_wit_batches` cuts the (decompressed) file into segments of ~8 MB of whole rows, each
+cut made before a line shaped like the first line of a row of this file. Each segment goes
+through pyarrow.csv (the fast path) all or nothing, so nothing is yielded from a segment that
+fails. A failed segment (a malformed row, a wrong field count, invalid UTF-8) goes through the
+robust Python reader of `tsv_robust.py`, which reports bad rows (file + line) and keeps every
+good row; a row it finds still open at the segment's end carries over into the next segment,
+which is then read by the robust reader too. One bad row costs one segment of Python parsing,
+not a shard, and no row is ever yielded twice.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import codecs
 import gzip
 import logging
 import os
+import queue
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +38,8 @@ from ..schema import WIT_BOOL_COLUMNS, WIT_COLUMNS, WIT_INT_COLUMNS
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 20
-_BLOCK_SIZE = 4 << 20
-_MAX_BLOCK_SIZE = 1 << 30
+_BLOCK_SIZE = 1 << 20
+_SEGMENT_BYTES = 8 << 20
 _BYTE_LITERAL_RE = r"(?s)^b'.*'$|^b\".*\"$"
 
 
@@ -175,21 +180,108 @@ def _decode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
-def _pyarrow_batches(path, header, selected, types, block_size: int) -> Iterator[pa.RecordBatch]:
-    reader = pcsv.open_csv(
-        str(path),
-        read_options=pcsv.ReadOptions(block_size=block_size, column_names=header, skip_rows=1),
-        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char='"', newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(
-            column_types=types,
-            include_columns=selected,
-            strings_can_be_null=True,
-            null_values=[""],
-            true_values=["true"],
-            false_values=["false"],
-        ),
-    )
-    yield from reader
+def _cut_pattern(path, header: list[str]) -> re.Pattern:
+    """Where a segment may end: before a line shaped like the first line of a row of this file."""
+    with open_binary(path) as f:
+        f.readline()
+        first = f.readline().decode("utf-8", errors="replace").split("\t", 1)[0]
+    if first.startswith(("http://", "https://", "b'http", 'b"http')):
+        shape = rb"(?:b['\"])?https?://[^\t\n]*\t"
+    elif re.fullmatch(r"[a-z]{2,3}([-_][A-Za-z0-9]+)*", first):
+        shape = rb"[a-z]{2,3}(?:[-_][A-Za-z0-9]+)*\t"
+    else:
+        shape = rb"[^\t\n]*\t"
+    tabs = max(0, min(4, len(header) - 2))  # a few more fields on that line, as a row's first line has
+    return re.compile(rb"\n(?=" + shape + rb"(?:[^\t\n]*\t){%d})" % tabs)
+
+
+def _segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, bytes) of consecutive blocks of whole rows (cut before a row-start line)."""
+    with open_binary(path) as probe:
+        compressed = isinstance(probe, gzip.GzipFile)
+    line, rest = 2, b""
+    # Arrow's stream decompresses without the GIL, so it overlaps parsing (see _prefetch)
+    with pa.input_stream(str(path), compression="gzip" if compressed else None) as f:
+        block = f.read(size)
+        while b"\n" not in block and (more := f.read(size)):
+            block += more
+        block = block[block.find(b"\n") + 1 :] if b"\n" in block else b""  # past the header
+        while block or rest:
+            data = rest + block if rest else block
+            end = _last_cut(data, cut) if block else len(data)
+            if end <= 0:
+                rest = data  # no row start in sight (a huge row): read on
+            else:
+                segment, rest = data[:end], data[end:]
+                yield line, segment
+                line += segment.count(b"\n")
+            block = f.read(size)
+
+
+def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Produce `items` in a background thread, `depth` ahead: decompression overlaps parsing."""
+    done, stop = object(), threading.Event()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True, name="tsv-segments")
+    thread.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _last_cut(data: bytes, cut: re.Pattern) -> int:
+    window = 1 << 16
+    while True:
+        start = max(0, len(data) - window)
+        last = None
+        for last in cut.finditer(data, start):  # noqa: B007 - only the last match is wanted
+            pass
+        if last is not None:
+            return last.start() + 1
+        if start == 0:
+            return 0
+        window *= 4
+
+
+def _parse_segment(data: bytes, header, selected, types) -> list[pa.RecordBatch]:
+    """One segment through pyarrow.csv, all or nothing (raises pa.ArrowInvalid on a bad row).
+
+    The streaming reader costs less CPU than read_csv here; its batches are collected before
+    any is yielded, so a failure late in the segment yields nothing of it.
+    """
+    parse = pcsv.ParseOptions(delimiter="\t", quote_char='"', newlines_in_values=True)
+    convert = pcsv.ConvertOptions(column_types=types, include_columns=selected, strings_can_be_null=True,
+                                  null_values=[""], true_values=["true"], false_values=["false"])
+    block_size = _BLOCK_SIZE
+    while True:
+        try:
+            read = pcsv.ReadOptions(block_size=block_size, column_names=header)
+            return list(pcsv.open_csv(pa.BufferReader(data), read_options=read, parse_options=parse,
+                                      convert_options=convert))
+        except pa.ArrowInvalid as exc:
+            if "straddling" not in str(exc) or block_size > len(data):
+                raise
+            block_size = len(data) + 1  # a row longer than a block: parse the segment in one block
 
 
 def read_wit_batches(
@@ -205,7 +297,7 @@ def read_wit_batches(
     `variable_fields` (default: False for WIT's header, True otherwise) pads short rows with
     nulls instead of reporting them, as the released EI/MMIR files need.
     """
-    from .tsv_robust import robust_batches
+    from .tsv_robust import RobustParser, rows_to_batches, text_lines
 
     header = read_header(path)
     selected = _select(header, columns, path)
@@ -213,30 +305,20 @@ def read_wit_batches(
     schema = pa.schema([(c, types[c]) for c in selected])
     if variable_fields is None:
         variable_fields = tuple(header) != WIT_COLUMNS
-    yielded, block_size = 0, _BLOCK_SIZE
-    while True:
-        try:
-            skip = yielded  # after a retry with bigger blocks, drop what was already yielded
-            for batch in _pyarrow_batches(path, header, selected, types, block_size):
-                if skip:
-                    cut = min(skip, batch.num_rows)
-                    batch, skip = batch.slice(cut), skip - cut
-                for start in range(0, batch.num_rows, batch_rows):
-                    part = _decode_batch(batch.slice(start, batch_rows))
-                    yield part
-                    yielded += part.num_rows
-            return
-        except pa.ArrowInvalid as exc:
-            message = str(exc)
-        if "straddling" in message and block_size < _MAX_BLOCK_SIZE:
-            block_size *= 4  # a huge row: retry with bigger blocks instead of the slow reader
-            continue
-        log.info("%s: pyarrow could not parse the file (%s); using the robust reader", path, message[:200])
-        yield from robust_batches(
-            path, header, schema, batch_rows=batch_rows, errors=errors, skip_good=yielded,
-            variable_fields=variable_fields,
-        )
-        return
+    parser = RobustParser(path, header, errors if errors is not None else RowErrors(), variable_fields)
+    for first_line, data in _prefetch(_segments(path, _cut_pattern(path, header), _SEGMENT_BYTES)):
+        if not parser.pending:  # a row left open by the robust reader continues here: no fast path
+            try:
+                batches = _parse_segment(data, header, selected, types)
+            except pa.ArrowInvalid as exc:
+                log.info("%s: lines from %d: pyarrow failed (%s); robust reader", path, first_line, str(exc)[:200])
+            else:
+                for batch in batches:
+                    for start in range(0, batch.num_rows, batch_rows):
+                        yield _decode_batch(batch.slice(start, batch_rows))
+                continue
+        yield from rows_to_batches(parser.rows(text_lines(data, first_line)), schema, batch_rows)
+    parser.finish()
 
 
 def read_tsv_rows(

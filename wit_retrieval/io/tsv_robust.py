@@ -10,9 +10,10 @@ would be cut there; real WIT text does not do that.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -108,41 +109,92 @@ def _split_line(line: str, i: int, fields: list[str], buf: list[str], in_quote: 
         i = k + 1
 
 
-def iter_records(
-    path: str | os.PathLike, header: list[str], errors: RowErrors, variable_fields: bool
-) -> Iterator[tuple[int, list[str]]]:
-    """(starting line, raw fields) of each syntactically complete row; unclosed quotes reported."""
-    row_start = _RowStart(header, variable_fields)
-    fields: list[str] = []
-    buf: list[str] = []
-    start, first_line, size, open_quote = 0, "", 0, False
-    with open_binary(path) as f:
-        f.readline()  # header
-        for number, raw in enumerate(f, start=2):
-            line = raw.decode("utf-8", errors="replace").rstrip("\n").removesuffix("\r")
+class RobustParser:
+    """Incremental robust parser: fed lines segment by segment; an unfinished row carries over."""
+
+    def __init__(self, path: str | os.PathLike, header: list[str], errors: RowErrors, variable_fields: bool):
+        self.path, self.header, self.errors = path, header, errors
+        self.variable_fields = variable_fields
+        self.row_start = _RowStart(header, variable_fields)
+        self.pending: list[tuple[int, str]] = []  # raw lines of a row still inside a quoted field
+        types = column_types(header)
+        self.converters = [_converter(types[name]) for name in header]
+
+    def records(self, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, list[str]]]:
+        """(starting line, raw fields) of each complete row; bad rows reported; see `pending`."""
+        fields: list[str] = []
+        buf: list[str] = []
+        raw: list[tuple[int, str]] = []
+        size, open_quote = 0, False
+        for number, line in itertools.chain(self.pending, lines):
             if open_quote:
-                if row_start.matches(line) or size > _MAX_RECORD_CHARS:
-                    errors.add(path, start, f"unclosed quoted field runs into line {number}", first_line)
+                if self.row_start.matches(line) or size > _MAX_RECORD_CHARS:
+                    start, first = raw[0]
+                    self.errors.add(self.path, start, f"unclosed quoted field runs into line {number}", first)
                     fields, buf, open_quote = [], [], False
                 else:
                     buf.append("\n")
                     size += len(line)
+                    raw.append((number, line))
                     open_quote = _split_line(line, 0, fields, buf, True)
                     if not open_quote:
-                        row_start.learn(fields)
-                        yield start, fields
+                        self.row_start.learn(fields)
+                        yield raw[0][0], fields
                         fields = []
                     continue
             if not line:
                 continue  # blank lines between rows, as pyarrow skips them
-            start, first_line, size = number, line, len(line)
+            raw, size = [(number, line)], len(line)
             open_quote = _split_line(line, 0, fields, buf, False)
             if not open_quote:
-                row_start.learn(fields)
-                yield start, fields
+                self.row_start.learn(fields)
+                yield number, fields
                 fields = []
-    if open_quote:
-        errors.add(path, start, "unclosed quoted field at end of file (truncated row)", first_line)
+        self.pending = raw if open_quote else []
+
+    def finish(self) -> None:
+        """At the end of the file: a row still open is truncated."""
+        if self.pending:
+            start, first = self.pending[0]
+            self.errors.add(self.path, start, "unclosed quoted field at end of file (truncated row)", first)
+            self.pending = []
+
+    def rows(self, lines: Iterable[tuple[int, str]]) -> Iterator[dict[str, Any]]:
+        """Typed dict rows with `_line`; bad values or (when strict) field counts reported."""
+        header, width, path = self.header, len(self.header), self.path
+        for line, fields in self.records(lines):
+            if len(fields) != width and not self.variable_fields:
+                self.errors.add(path, line, f"expected {width} fields, got {len(fields)}", "\t".join(fields)[:200])
+                continue
+            row: dict[str, Any] = {}
+            try:
+                for name, convert, value in zip(header, self.converters, fields):
+                    row[name] = convert(value) if value != "" else None
+            except (ValueError, KeyError):
+                self.errors.add(path, line, f"column {name}: unexpected value {value[:50]!r}", "\t".join(fields)[:200])
+                continue
+            for name in header[len(fields) :]:
+                row[name] = None
+            if len(fields) > width:
+                row["_extra"] = [decode_byte_literal(v) for v in fields[width:]]
+            row["_line"] = line
+            yield row
+
+
+def text_lines(data: bytes, first_line: int) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a block of whole lines (UTF-8, bad bytes replaced)."""
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, start=first_line):
+        yield number, line.removesuffix("\r")
+
+
+def _file_lines(path) -> Iterator[tuple[int, str]]:
+    with open_binary(path) as f:
+        f.readline()  # header
+        for number, raw in enumerate(f, start=2):
+            yield number, raw.decode("utf-8", errors="replace").rstrip("\n").removesuffix("\r")
 
 
 def _converter(dtype: pa.DataType):
@@ -160,48 +212,18 @@ def robust_rows(
     errors: RowErrors | None = None,
     variable_fields: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Typed dict rows with `_line`; rows with bad values or (when strict) field counts reported."""
-    errors = errors if errors is not None else RowErrors()
-    types = column_types(header)
-    converters = [_converter(types[name]) for name in header]
-    width = len(header)
-    for line, fields in iter_records(path, header, errors, variable_fields):
-        if len(fields) != width and not variable_fields:
-            errors.add(path, line, f"expected {width} fields, got {len(fields)}", "\t".join(fields)[:200])
-            continue
-        row: dict[str, Any] = {}
-        try:
-            for name, convert, value in zip(header, converters, fields):
-                row[name] = convert(value) if value != "" else None
-        except (ValueError, KeyError):
-            errors.add(path, line, f"column {name}: unexpected value {value[:50]!r}", "\t".join(fields)[:200])
-            continue
-        for name in header[len(fields) :]:
-            row[name] = None
-        if len(fields) > width:
-            row["_extra"] = [decode_byte_literal(v) for v in fields[width:]]
-        row["_line"] = line
-        yield row
+    """Typed dict rows of a whole file with `_line`; bad rows reported to `errors`."""
+    parser = RobustParser(path, header, errors if errors is not None else RowErrors(), variable_fields)
+    yield from parser.rows(_file_lines(path))
+    parser.finish()
 
 
-def robust_batches(
-    path: str | os.PathLike,
-    header: list[str],
-    schema: pa.Schema,
-    *,
-    batch_rows: int = 65536,
-    errors: RowErrors | None = None,
-    skip_good: int = 0,
-    variable_fields: bool = False,
-) -> Iterator[pa.RecordBatch]:
-    """Record batches of `schema`'s columns from the robust reader, after skipping `skip_good` good rows."""
+def rows_to_batches(rows: Iterable[dict], schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of `schema`'s columns from dict rows."""
     names = schema.names
     columns: dict[str, list] = {n: [] for n in names}
     count = 0
-    for row in robust_rows(path, header, errors=errors, variable_fields=variable_fields):
-        if skip_good:
-            skip_good -= 1
-            continue
+    for row in rows:
         for n in names:
             columns[n].append(row[n])
         count += 1
