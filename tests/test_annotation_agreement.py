@@ -73,3 +73,27 @@ def test_wilson_matches_statsmodels(k, n):
     p, low, high = wilson(k, n, 0.95)
     expected_low, expected_high = proportion.proportion_confint(k, n, alpha=0.05, method="wilson")
     assert p == k / n and low == pytest.approx(expected_low, abs=1e-12) and high == pytest.approx(expected_high, abs=1e-12)
+
+
+def test_agreement_of_a_ratings_table_matches_the_packages():
+    from wit_retrieval.annotation import agreement
+    from wit_retrieval.annotation.ratings import ratings_table
+
+    rng = np.random.default_rng(7)
+    labels = ("no", "partly", "yes")
+    raters, units = 5, 40
+    reliability = np.where(rng.random((raters, units)) < 0.5, rng.integers(0, 3, units), rng.integers(0, 3, (raters, units)))
+    reliability = reliability.astype(float)
+    reliability[rng.random(reliability.shape) < 0.3] = np.nan
+    rows = [{"item_id": f"i{u}", "task_kind": "mmir-answerable", "rater": f"r{r}", "label": labels[int(v)],
+             "is_gold": False, "source": "csv"}
+            for r in range(raters) for u in range(units) if not np.isnan(v := reliability[r, u])]
+    result = agreement(ratings_table(rows))
+    for level in ("nominal", "ordinal"):
+        expected = krippendorff.alpha(reliability_data=reliability, level_of_measurement=level, value_domain=[0, 1, 2])
+        assert result[f"krippendorff_alpha_{level}"] == pytest.approx(expected, abs=1e-9)
+    assert result["krippendorff_alpha"] == result["krippendorff_alpha_ordinal"]
+    counts = _counts(reliability, 3)
+    assert result["fleiss_kappa"] == pytest.approx(fleiss_kappa(counts), abs=1e-12)
+    full = counts[counts.sum(axis=1) == counts.sum(axis=1).max()]
+    assert fleiss_kappa(full) == pytest.approx(inter_rater.fleiss_kappa(full, method="fleiss"), abs=1e-9)
