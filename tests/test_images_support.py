@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from pathlib import Path
@@ -18,8 +19,10 @@ def commons_path(name: str) -> str:
     return f"wikipedia/commons/{h[0]}/{h[:2]}/{name}"
 
 
+@functools.cache
 def png_bytes(i: int, size=(32, 24)) -> bytes:
-    """A small PNG that differs per i."""
+    """A small PNG; 64 distinct colours, cycled (drawing thousands is slower than serving them)."""
+    i %= 64
     buf = io.BytesIO()
     Image.new("RGB", size, (i * 37 % 256, i * 11 % 256, 90)).save(buf, "PNG")
     return buf.getvalue()

@@ -321,3 +321,31 @@ def _progress_queue(engine: EngineConfig, show: bool, total: int) -> Iterator[An
             if manager is not None:
                 manager.shutdown()
 
+
+
+def load_config(out: str | Path, **overrides: Any) -> FetchConfig:
+    """The config a store was fetched with (`_fetch.json`), with HTTP/engine fields overridden."""
+    from ..errors import InputError
+
+    path = Path(out) / CONFIG_FILE
+    if not path.exists():
+        raise InputError("no fetch here (no _fetch.json); run `images fetch` first", path=str(path))
+    import json
+
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    http = {**raw["http"], "allow_hosts": tuple(raw["http"]["allow_hosts"]),
+            "host_aliases": tuple(tuple(p) for p in raw["http"]["host_aliases"])}
+    engine = raw["engine"]
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("name", "workers"):
+            engine[key] = value
+        elif key in ("allow_hosts", "host_aliases"):
+            http[key] = tuple(http[key]) + tuple(value)
+        else:
+            http[key] = value
+    return FetchConfig(
+        out=str(out), http=HttpConfig(**http), decode=DecodeConfig(**raw["decode"]),
+        mirrors=tuple(MirrorSpec(m["kind"], m["path"]) for m in raw["mirrors"]),
+        shard_size=raw["shard_size"], engine=EngineConfig(**engine))
