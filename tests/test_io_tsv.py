@@ -194,3 +194,16 @@ def test_segment_boundaries_never_split_or_duplicate_rows(tmp_path, monkeypatch,
     assert errors.count == 3
     bad = [k for k, line in enumerate(lines) if line.startswith("en\thttps://en.wikipedia.org/wiki/Bad")]
     assert [s.line for s in errors.samples] == [2 + sum(x.count("\n") for x in lines[:k]) for k in bad]
+
+
+def test_open_quote_in_last_column_does_not_swallow_rows(tmp_path):
+    # pyarrow alone would read rows 3..9 into the last field of the bad row, silently
+    bad = _wit_line(99).rstrip("\n") + '"open in the last column\n'
+    lines = [_wit_line(i) for i in range(10)]
+    lines.insert(3, bad.replace("\tPage 99\t", "\tPage 99\t").replace("P 99", "Bad"))
+    path = tmp_path / "last.tsv"
+    _write(path, lines)
+    errors = RowErrors()
+    rows = _rows(read_wit_batches(path, errors=errors))
+    assert [r["page_title"] for r in rows] == [f"P {i}" for i in range(10)]
+    assert errors.count == 1 and errors.samples[0].line == 5

@@ -306,19 +306,31 @@ def read_wit_batches(
     if variable_fields is None:
         variable_fields = tuple(header) != WIT_COLUMNS
     parser = RobustParser(path, header, errors if errors is not None else RowErrors(), variable_fields)
-    for first_line, data in _prefetch(_segments(path, _cut_pattern(path, header), _SEGMENT_BYTES)):
-        if not parser.pending:  # a row left open by the robust reader continues here: no fast path
-            try:
-                batches = _parse_segment(data, header, selected, types)
-            except pa.ArrowInvalid as exc:
-                log.info("%s: lines from %d: pyarrow failed (%s); robust reader", path, first_line, str(exc)[:200])
-            else:
-                for batch in batches:
-                    for start in range(0, batch.num_rows, batch_rows):
-                        yield _decode_batch(batch.slice(start, batch_rows))
-                continue
-        yield from rows_to_batches(parser.rows(text_lines(data, first_line)), schema, batch_rows)
+    cut = _cut_pattern(path, header)
+    for first_line, data in _prefetch(_segments(path, cut, _SEGMENT_BYTES)):
+        batches = None if parser.pending else _fast_segment(path, first_line, data, header, selected, types, cut)
+        if batches is None:  # failed, or a row left open by the robust reader continues here
+            yield from rows_to_batches(parser.rows(text_lines(data, first_line)), schema, batch_rows)
+            continue
+        for batch in batches:
+            for start in range(0, batch.num_rows, batch_rows):
+                yield _decode_batch(batch.slice(start, batch_rows))
     parser.finish()
+
+
+def _fast_segment(path, first_line: int, data: bytes, header, selected, types, cut) -> list | None:
+    """pyarrow's batches of a segment, or None when the robust reader must take it."""
+    try:
+        batches = _parse_segment(data, header, selected, types)
+    except pa.ArrowInvalid as exc:
+        log.info("%s: lines from %d: pyarrow failed (%s); robust reader", path, first_line, str(exc)[:200])
+        return None
+    # pyarrow closes a quote left open at the end of its input silently; in the last column
+    # that swallows the rows after it. Fewer rows than row-start lines gives it away.
+    if sum(b.num_rows for b in batches) < 1 + len(cut.findall(data)):
+        log.info("%s: lines from %d: rows swallowed by an open quote; robust reader", path, first_line)
+        return None
+    return batches
 
 
 def read_tsv_rows(
