@@ -1,0 +1,150 @@
+"""Batched, cached, resumable image embedding over an image store.
+
+Decoding and preprocessing run in a thread pool a few batches ahead of the encoder (PIL
+decoding and resizing release the GIL), the model runs under inference_mode (bf16 autocast on
+GPU). Embeddings are cached as parquet parts (io/embeddings.py format: id + embedding) under a
+key of model name, revision and preprocessing: a second evaluation re-embeds nothing, and an
+interrupted run resumes from its last finished part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io.shards import write_json_atomic
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How to embed: batch size, decoding threads, cache folder, part size, progress bar."""
+
+    batch_size: int = 64
+    workers: int = 4
+    cache_dir: str | None = None
+    part_rows: int = 8192
+    prefetch_batches: int = 3
+    progress: bool = True
+
+
+def cache_key(metadata) -> str:
+    """16 hex digits naming an embedding cache: model name, revision and preprocessing."""
+    text = "\x1f".join((metadata.name, metadata.revision, metadata.preprocessing))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def cache_folder(cache_dir: str | Path, metadata) -> Path:
+    """The folder of this encoder's cached image embeddings under `cache_dir`."""
+    return Path(cache_dir) / f"images-{cache_key(metadata)}"
+
+
+def embed_images(encoder, store, ids: Sequence[str], config: EmbedConfig = EmbedConfig()
+                 ) -> tuple[list[str], np.ndarray, list[str]]:
+    """(ids embedded, embeddings [n, D] in that order, ids missing or undecodable) for `ids`."""
+    wanted = list(dict.fromkeys(ids))
+    cached: dict[str, np.ndarray] = {}
+    folder = None
+    if config.cache_dir:
+        folder = cache_folder(config.cache_dir, encoder.metadata)
+        cached = _read_cache(folder, encoder.metadata)
+    todo = [i for i in wanted if i not in cached]
+    missing: list[str] = []
+    if todo:
+        for part_ids, part_emb, part_missing in _embed_parts(encoder, store, todo, config):
+            missing.extend(part_missing)
+            cached.update(zip(part_ids, part_emb))
+            if folder is not None and part_ids:
+                _write_part(folder, part_ids, part_emb)
+    found = [i for i in wanted if i in cached]
+    dim = encoder.metadata.dim
+    matrix = np.stack([cached[i] for i in found]).astype(np.float32) if found else np.zeros((0, dim), np.float32)
+    return found, matrix, missing
+
+
+def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterator[tuple[list, np.ndarray, list]]:
+    """Embed in parts of `part_rows`, each yielded when done (so it can be cached at once)."""
+    from ..progress import progress_task
+
+    batches = [ids[i: i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
+    per_part = max(1, config.part_rows // config.batch_size)
+    part_ids: list[str] = []
+    part_emb: list[np.ndarray] = []
+    part_missing: list[str] = []
+    with ThreadPoolExecutor(max(1, config.workers)) as pool, \
+            _maybe_progress(progress_task, "embedding images", len(ids), config.progress) as advance:
+        for n, (batch_ids, pixels, bad) in enumerate(_decoded(pool, encoder, store, batches, config)):
+            if batch_ids:
+                part_emb.append(encoder.encode_pixels(pixels))
+                part_ids.extend(batch_ids)
+            part_missing.extend(bad)
+            advance(len(batch_ids) + len(bad))
+            if (n + 1) % per_part == 0 or n == len(batches) - 1:
+                emb = np.concatenate(part_emb) if part_emb else np.zeros((0, encoder.metadata.dim), np.float32)
+                yield part_ids, emb, part_missing
+                part_ids, part_emb, part_missing = [], [], []
+
+
+def _decoded(pool, encoder, store, batches: list[list[str]], config: EmbedConfig):
+    """Yield (ids, pixels, undecodable ids) per batch, decoding up to `prefetch_batches` ahead."""
+    import torch
+
+    def load(image_id: str):
+        try:
+            return encoder.preprocess(store.open(image_id))
+        except Exception:  # a missing or broken image is reported, never fatal
+            return None
+
+    pending: deque = deque()
+    queue = iter(batches)
+    for batch in queue:
+        pending.append((batch, [pool.submit(load, i) for i in batch]))
+        if len(pending) >= config.prefetch_batches:
+            break
+    while pending:
+        batch, futures = pending.popleft()
+        nxt = next(queue, None)
+        if nxt is not None:
+            pending.append((nxt, [pool.submit(load, i) for i in nxt]))
+        tensors = [f.result() for f in futures]
+        ok = [(i, t) for i, t in zip(batch, tensors) if t is not None]
+        bad = [i for i, t in zip(batch, tensors) if t is None]
+        pixels = torch.stack([t for _, t in ok]) if ok else None
+        yield [i for i, _ in ok], pixels, bad
+
+
+def _maybe_progress(progress_task, description: str, total: int, enabled: bool):
+    import contextlib
+
+    if enabled:
+        return progress_task(description, total)
+    return contextlib.nullcontext(lambda n=1, **_: None)
+
+
+def _read_cache(folder: Path, metadata) -> dict[str, np.ndarray]:
+    """Embeddings of every finished part in `folder` (created, with its key.json, when new)."""
+    from ..io.embeddings import read_embeddings
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").exists():
+        write_json_atomic(folder / "key.json", {"model": metadata.name, "revision": metadata.revision,
+                                                "preprocessing": metadata.preprocessing, "dim": metadata.dim})
+    cached: dict[str, np.ndarray] = {}
+    for part in sorted(folder.glob("part-*.parquet")):
+        ids, matrix = read_embeddings(part)
+        cached.update(zip(ids, matrix))
+    return cached
+
+
+def _write_part(folder: Path, ids: list[str], matrix: np.ndarray) -> None:
+    from ..io.embeddings import write_embeddings
+
+    number = len(list(folder.glob("part-*.parquet")))
+    meta = json.loads((folder / "key.json").read_text(encoding="utf-8"))
+    write_embeddings(folder / f"part-{number:05d}.parquet", ids, matrix, meta)

@@ -1,0 +1,179 @@
+"""Training configuration: TOML files (baselines/*.toml) parsed into frozen dataclasses.
+
+Unknown sections or keys, and values of the wrong type, are ConfigErrors naming the file,
+the key and the closest known key. Sections are plain dataclasses, so a new trainer option is
+one new field (and one new section is one new entry of TrainConfig).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to train: the base model, the fusion and which towers learn."""
+
+    base: str = "open_clip:wit-tiny-rn:random"
+    fusion: str = "inject"
+    heads: dict = field(default_factory=dict)   # head name -> options; the fusion's head is added
+    freeze_image: bool = False
+    freeze_text: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training data is: a build's data root and its image store."""
+
+    root: str = ""
+    images: str = ""                 # default: the data root's images/ folder
+    train_split: str = "train"
+    val_split: str = "val"
+    max_train_queries: int = 0       # 0: all
+    max_val_queries: int = 0
+    workers: int = 0                 # image decoding threads
+    cache_images: bool = True        # keep preprocessed images in memory (small worlds)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay."""
+
+    steps: int = 300
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"          # auto (bf16 autocast on GPU) | fp32 | bf16
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """InfoNCE and its options (see models/losses.py)."""
+
+    temperature: float = 0.07
+    learn_temperature: bool = True
+    duplicate_mask: bool = True
+    symmetric: bool = True
+    hard_negatives: str = ""         # a first-pass TREC run over the training queries
+    hard_negatives_per_query: int = 1
+    hard_negative_alpha: float = 5.0
+    spread_out_weight: float = 0.0
+    matryoshka_dims: tuple[int, ...] = ()
+    same_tower_negatives: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Output folder, seed and how often to checkpoint, validate and log."""
+
+    out: str = "runs/train"
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    log_every: int = 10
+    threads: int = 0                 # torch CPU threads; 0: torch's default
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (what is written to the run folder as config.json)."""
+        return dataclasses.asdict(self)
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Parse a TOML config; `overrides` maps 'section.key' to values (CLI --set, --data, ...)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"override {dotted!r} must be section.key=value")
+        data.setdefault(section, {})[key] = value
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    """TrainConfig from nested dicts, with clear errors for unknown or mistyped keys."""
+    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    built = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}]{_hint(name, sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of keys")
+        built[name] = _section(hints[name], values, f"{source}: [{name}]")
+    return TrainConfig(**built)
+
+
+def _section(cls, values: dict[str, Any], where: str):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where} unknown key {key!r}{_hint(key, hints)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where} {key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint, where: str):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list")
+        return tuple(_coerce(v, typing.get_args(hint)[0], where) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = dict if hint is dict else hint
+    if isinstance(value, str) and expected in (int, float, bool):
+        value = _parse_scalar(value, expected, where)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def _parse_scalar(text: str, expected, where: str):
+    """Values given on the command line (--set optim.steps=10) arrive as strings."""
+    try:
+        if expected is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return expected(text)
+    except ValueError:
+        raise ConfigError(f"{where} must be {expected.__name__}, got {text!r}") from None
+
+
+def _hint(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
