@@ -194,3 +194,12 @@ def test_serve_finds_the_build_image_store_through_the_export(tmp_path):
         assert server.app.image(items[1].candidate["image_id"]).status == 302
     finally:
         server.server_close()
+
+
+def test_rater_names_are_checked(running):
+    session = requests.Session()
+    token = _token(session.get(running.url + "/").text)
+    page = session.post(running.url + "/login", data={"csrf": token, "rater": "<b>x</b>"})
+    assert page.url.endswith("/login") and "Use 1-64 letters" in page.text and "<b>x</b>" not in page.text
+    page = session.post(running.url + "/login", data={"csrf": token, "rater": "José Müller"})
+    assert page.url.endswith("/rate") and "José Müller" in page.text

@@ -27,7 +27,7 @@ from .render import text_html
 from .store import AnnotationStore
 from .tasks import Item, get_kind, read_items
 
-RATER_NAME = re.compile(r"^[A-Za-z0-9_.@ \-]{1,64}$")
+RATER_NAME = re.compile(r"^[\w .@-]{1,64}$")  # letters of any script, digits, space, . _ - @
 COOKIE = "wr_session"
 MAX_FORM_BYTES = 64 * 1024
 STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
@@ -229,7 +229,7 @@ class RaterApp:
         field = lambda name: (form.get(name) or [""])[0].strip()  # noqa: E731
         if path == "/login":
             name = field("rater")
-            if not RATER_NAME.match(name):
+            if not RATER_NAME.fullmatch(name):
                 return self.login_page(session, "Use 1-64 letters, digits, spaces or . _ - @ for your name.")
             session["rater"] = name
             return _redirect("/rate")

@@ -70,6 +70,9 @@ def serve(
 
     server = make_server(AppConfig(db=db, items=items, images=images, host=host, port=port))
     bound_host, bound_port = server.server_address[:2]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"WARNING: listening on {host}: the app has no passwords; anyone who can reach it can rate "
+                   "under any name. Prefer 127.0.0.1 behind an authenticating proxy.", err=True)
     typer.echo(f"rater app at http://{bound_host}:{bound_port}/  (ratings in {db}); Ctrl-C to stop")
     try:
         server.serve_forever()
