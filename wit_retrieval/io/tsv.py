@@ -320,17 +320,20 @@ def read_wit_batches(
 
 def _fast_segment(path, first_line: int, data: bytes, header, selected, types, cut) -> list | None:
     """pyarrow's batches of a segment, or None when the robust reader must take it."""
+    last = header[-1]
+    include = selected if last in selected else [*selected, last]
     try:
-        batches = _parse_segment(data, header, selected, types)
+        batches = _parse_segment(data, header, include, types)
     except pa.ArrowInvalid as exc:
         log.info("%s: lines from %d: pyarrow failed (%s); robust reader", path, first_line, str(exc)[:200])
         return None
-    # pyarrow closes a quote left open at the end of its input silently; in the last column
-    # that swallows the rows after it. Fewer rows than row-start lines gives it away.
-    if sum(b.num_rows for b in batches) < 1 + len(cut.findall(data)):
+    # pyarrow closes a quote left open at the end of its input silently: in the last column of
+    # the last row, that swallows the rows after it. Their row-start lines in that value give it away.
+    tail = batches[-1].column(last)[-1].as_py() if batches and batches[-1].num_rows else None
+    if isinstance(tail, str) and "\n" in tail and cut.search(tail.encode("utf-8")):
         log.info("%s: lines from %d: rows swallowed by an open quote; robust reader", path, first_line)
         return None
-    return batches
+    return batches if include is selected else [b.select(selected) for b in batches]
 
 
 def read_tsv_rows(
