@@ -124,3 +124,17 @@ def test_release_catalogue():
         release_files("dumps")
     with pytest.raises(ConfigError, match="no split"):
         release_files("mmir", splits=["sample"])
+
+
+def test_download_from_the_synthetic_world(tmp_path):
+    from wit_retrieval.synth import WorldConfig, generate_world
+
+    world = tmp_path / "world"
+    generate_world(WorldConfig(entities=40, scenes=120, images=False, languages=("en", "de")), world)
+    with serve_directory(world) as server:
+        config = DownloadConfig(out=tmp_path / "out", base_url=server.url, backoff_s=0.01)
+        results = download_release("mmir", config, splits=["val", "test"], progress=False)
+        results += download_release("dumps", config, languages=["de"], progress=False)
+    assert [r.verification for r in results] == ["sha256 ok"] * 2 + ["sha256 ok"] * 3
+    for r in results:
+        assert r.path.read_bytes() == (world / r.path.relative_to(tmp_path / "out")).read_bytes()

@@ -179,3 +179,19 @@ def test_cli_inspect_and_import(tmp_path):
                                  "--column", "page_title=title"])
     assert result.exit_code == 0, result.output
     assert "val: 12 queries" in result.output
+
+
+def test_import_the_synthetic_worlds_released_files(tmp_path):
+    from wit_retrieval.synth import WorldConfig, generate_world
+
+    summary = generate_world(WorldConfig(entities=60, scenes=200, images=False), tmp_path / "world")
+    files = sorted((tmp_path / "world" / "gresearch" / "wit-retrieval").glob("*.tsv.gz"))
+    result = import_released(files, tmp_path / "root")
+    assert {s: c["queries"] for s, c in result["splits"].items()} == summary.mmir_rows
+    assert result["ei"] == summary.ei_rows and result["bad_rows"]["count"] == 0
+    roles = {f["path"].rsplit("/", 1)[-1]: f["roles"] for f in result["files"]}
+    assert roles["mmir_dataset_test.tsv.gz"]["masked_text"] == "masked_caption"
+    assert roles["entity_image_dataset.tsv.gz"]["entity_id"] == "wikidata_id"
+    queries = read_table_dir(DataRoot(tmp_path / "root").table_split("queries", "val")).to_pylist()
+    assert all(q["entity_ids"] and not q["entity_ids"][0].startswith("img:") for q in queries)
+    assert all(q["masked_text"].count("[MASK_") >= q["num_entities"] for q in queries)
