@@ -39,7 +39,7 @@ def _param_rows(command) -> list[str]:
         if param.name == "help":
             continue
         if param.param_type_name == "argument":
-            name = f"`{param.human_readable_name}`"
+            name = f"`{param.name.upper()}`"
             kind = "argument"
             help_text = getattr(param, "help", None) or ""
         else:
