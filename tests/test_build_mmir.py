@@ -173,3 +173,19 @@ def test_spans_linker(world, tmp_path):
                                   engine=EngineConfig(workers=1), export=False))
     assert stats["splits"]["train"]["queries"] == 1
     assert queries_by_text(other, "train")[text]["masked_text"] == "A quiet [MASK_0]"
+
+
+@pytest.mark.slow
+def test_local_and_ray_give_identical_tables(world, tmp_path):
+    ray = pytest.importorskip("ray")
+    root, files, _ = world
+    other, _ = make_world(tmp_path)
+    try:
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        build_mmir(MmirConfig(out=str(other), wit=files, engine=EngineConfig(name="ray", workers=2), train_shards=2))
+    finally:
+        ray.shutdown()
+    for name in ("queries", "corpus", "qrels"):
+        assert read_split_table(root, name).equals(read_split_table(other, name))
+    assert read_table_dir(root / "ei").equals(read_table_dir(other / "ei"))

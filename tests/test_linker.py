@@ -95,3 +95,16 @@ def test_spans_linker(tmp_path):
     path.write_text('{"row_id": "r1", "start": 0}\n')
     with pytest.raises(InputError, match=":1:"):
         SpansLinker(LinkerSpec(name="spans", spans_path=str(path)))
+
+
+def test_batch_linking_equals_row_by_row():
+    linker = gazetteer([("Q1", "en", "New York", "title"), ("Q2", "en", "York", "title"),
+                        ("Q3", "en", "Straße", "title"), ("Q4", "en", "Café Müller", "title"),
+                        ("Q5", "de", "Berlin", "title"), ("Q6", "en", "NASA", "title"), ("Q7", "en", "Nasa", "title")])
+    texts = ["I love New", "York and New York", "die STRASSE", "Café Müller, York", "Berlin", "new", "york",
+             "NASA Nasa", "Cafe\u0301 Müller", "", "Newyork York"]
+    languages = ["en"] * 4 + ["de"] + ["en"] * 6
+    batch = linker.link_batch(texts, languages)
+    assert batch == [linker.link(t, lang) for t, lang in zip(texts, languages)]
+    assert batch[0] == [] and batch[5] == [] and batch[6] == [(0, 4, "Q2")]  # no match across rows
+    assert batch[1] == [(0, 4, "Q2"), (9, 17, "Q1")]

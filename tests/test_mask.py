@@ -11,8 +11,8 @@ def test_numbering_by_first_occurrence_and_reuse():
     masked = mask_text(text, [(0, 3, "Q2"), (8, 13, "Q1"), (20, 23, "Q2")])
     assert masked.masked_text == "[MASK_0] met [MASK_1], then [MASK_0] left."
     assert masked.entity_ids == ["Q2", "Q1"]
-    assert [m["mask"] for m in masked.mentions] == [0, 1, 0]
-    assert masked.mentions[1] == {"mask": 1, "entity_id": "Q1", "surface": "Alice", "start": 8, "end": 13}
+    assert [m[0] for m in masked.mentions] == [0, 1, 0]
+    assert masked.mentions[1] == (1, "Q1", "Alice", 8, 13)
 
 
 def test_other_characters_kept_exactly():
@@ -22,7 +22,7 @@ def test_other_characters_kept_exactly():
     # unmasking gives the original text back
     restored = masked.masked_text
     for mention in masked.mentions:
-        restored = restored.replace(f"[MASK_{mention['mask']}]", mention["surface"], 1)
+        restored = restored.replace(f"[MASK_{mention[0]}]", mention[2], 1)
     assert restored == text
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from ..io.shards import atomic_path, read_manifest, read_table_dir
 from ..layout import DataRoot
 
-MMIR_COLUMNS = ("target_image_url", "masked_text", "entity_image_urls", "entity_ids", "entity_names", "language",
+MMIR_COLUMNS = ("target_image_url", "masked_text", "entity_image_urls", "entity_names", "entity_ids", "language",
                 "page_url", "page_title", "query_type", "query_id")
 EI_COLUMNS = ("image_url", "entity_name", "entity_id", "language", "num_queries")
 RELEASED_SPLITS = {"train": "train", "val": "validation", "test": "test"}

@@ -13,7 +13,7 @@ class Masked:
 
     masked_text: str
     entity_ids: list[str]  # index i is [MASK_i]
-    mentions: list[dict]  # {mask, entity_id, surface, start, end} in the original text
+    mentions: list[tuple]  # (mask, entity_id, surface, start, end), offsets in the original text
     context: str  # the text outside the masks (for the word-count filter)
 
 
@@ -29,9 +29,7 @@ def mask_text(text: str, spans: list[Span]) -> Masked:
         pieces.append(text[cursor:start])
         outside.append(text[cursor:start])
         pieces.append(f"[MASK_{index}]")
-        mentions.append(
-            {"mask": index, "entity_id": entity_id, "surface": text[start:end], "start": start, "end": end}
-        )
+        mentions.append((index, entity_id, text[start:end], start, end))
         cursor = end
     pieces.append(text[cursor:])
     outside.append(text[cursor:])

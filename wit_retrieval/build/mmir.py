@@ -9,6 +9,7 @@ order, corpus is sorted by image_id, qrels follow the queries.
 from __future__ import annotations
 
 import itertools
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -71,6 +72,8 @@ def build_mmir(config: MmirConfig) -> dict:
         if read_manifest(root.table(table)) is None:
             raise ConfigError(f"{root.table(table)} is missing or unfinished: run `wit-retrieval build ei` first")
     tasks = plan_tasks(config)
+    for name in ("queries", "corpus", "qrels"):  # a build replaces every split: no stale split folders
+        shutil.rmtree(root.table(name), ignore_errors=True)
     errors = RowErrors()
     split_stats: dict[str, SplitStats] = {}
     entity_uses: Counter = Counter()

@@ -56,32 +56,62 @@ def fold(text: str) -> str:
     return fold_with_offsets(text)[0]
 
 
+class _Folds(dict):
+    """str.translate table: each character's NFKC + casefold (cached; never empty)."""
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        folded = unicodedata.normalize("NFKC", char).casefold() or char
+        self[code] = folded
+        if len(folded) != 1:
+            _EXPANDING.add(char)
+        return folded
+
+
+_FOLDS = _Folds()
+_EXPANDING: set[str] = set()
+
+
 def fold_with_offsets(text: str) -> tuple[str, list[int] | None]:
     """(folded text, map) where map[i] is the original index of folded index i, or -1.
 
     The map has len(folded) + 1 entries; -1 marks a folded position inside the expansion
     of one original character (a match may not start or end there). None means identity
-    (the common case: folding did not change any length), which keeps the hot path cheap.
+    (no character changed length), which keeps the hot path cheap. Wikipedia stores NFC
+    text, where folding is per character (one C-level translate); other text is folded
+    per base character plus its marks, so decomposed accents compose as in NFKC.
     """
     if text.isascii():
         return text.lower(), None
-    if unicodedata.is_normalized("NFKC", text):
-        folded = text.casefold()
-        if len(folded) == len(text):
-            return folded, None
+    if not unicodedata.is_normalized("NFC", text):
+        return _fold_segments(text)
+    folded = text.casefold()  # all in C; equal to the per-character fold on NFKC-stable text
+    if len(folded) == len(text) and unicodedata.is_normalized("NFKC", folded):
+        return folded, None
+    folded = text.translate(_FOLDS)
+    if len(folded) == len(text):
+        return folded, None
+    offsets: list[int] = []
+    for i, char in enumerate(text):
+        if char in _EXPANDING:
+            offsets.append(i)
+            offsets.extend([-1] * (len(_FOLDS[ord(char)]) - 1))
+        else:
+            offsets.append(i)
+    offsets.append(len(text))
+    return folded, offsets
+
+
+def _fold_segments(text: str) -> tuple[str, list[int]]:
     pieces: list[str] = []
     offsets: list[int] = []
     for start, end in _segments(text):
-        piece = unicodedata.normalize("NFKC", text[start:end]).casefold()
+        piece = unicodedata.normalize("NFKC", text[start:end]).casefold() or text[start:end]
         pieces.append(piece)
         offsets.append(start)
         offsets.extend([-1] * (len(piece) - 1))
     offsets.append(len(text))
-    folded = "".join(pieces)
-    # an empty fold (a dropped character) has no position of its own: drop its offset
-    if len(offsets) != len(folded) + 1:
-        offsets = _realign(text)
-    return folded, offsets
+    return "".join(pieces), offsets
 
 
 def _segments(text: str):
@@ -93,17 +123,6 @@ def _segments(text: str):
             start = i
     if text:
         yield start, len(text)
-
-
-def _realign(text: str) -> list[int]:
-    offsets: list[int] = []
-    for start, end in _segments(text):
-        piece = unicodedata.normalize("NFKC", text[start:end]).casefold()
-        if piece:
-            offsets.append(start)
-            offsets.extend([-1] * (len(piece) - 1))
-    offsets.append(len(text))
-    return offsets
 
 
 def is_word_char(char: str) -> bool:
@@ -127,13 +146,42 @@ def uses_spaces(char: str) -> bool:
     )
 
 
-def joins(left: str, right: str) -> bool:
-    """True when two adjacent characters belong to one word (so a name may not split them)."""
-    return is_word_char(left) and is_word_char(right) and uses_spaces(left) and uses_spaces(right)
+class _Separators(dict):
+    """str.translate table: characters that are not word characters become spaces (cached)."""
+
+    def __missing__(self, code: int) -> int:
+        char = chr(code)
+        self[code] = code if code == 0 or is_word_char(char) else 32
+        return self[code]
+
+
+_SEPARATORS = _Separators()
+
+
+# NUL stays itself: it separates rows when a batch of texts is scanned as one string
+_ASCII_FORM = bytes(
+    (c + 32 if 65 <= c <= 90 else c) if chr(c).isalnum() or c in (0, 95) else 32 for c in range(256)
+)
+
+
+def ascii_match_form(text: str) -> str:
+    """match_form(fold(text)) of an ASCII text in one bytes.translate (the common case)."""
+    return text.encode("ascii").translate(_ASCII_FORM).decode("ascii")
+
+
+def match_form(folded: str) -> str:
+    """A folded text with every non-word character turned into a space (same length).
+
+    Names and texts both go through it, so a name " paris " padded with spaces matches only
+    between separators: word boundaries are checked by the automaton, not per match.
+    """
+    return folded.translate(_SEPARATORS)
 
 
 def count_words(text: str) -> int:
     """Words in a text: runs of word characters; each character counts in scripts without spaces."""
+    if text.isascii() or not _SPACELESS.search(text):
+        return len(_WORD_RUN.findall(text))
     count = 0
     for run in _WORD_RUN.findall(text):
         spaceless = sum(1 for c in run if not uses_spaces(c))
@@ -142,3 +190,5 @@ def count_words(text: str) -> int:
 
 
 _WORD_RUN = re.compile(r"\w+")
+_SPACELESS = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u0f00-\u0fff\u3040-\u30ff\u3400-\u9fff"
+                        "\uac00-\ud7af\uf900-\ufaff\U00020000-\U0010ffff]")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..ids import image_id, query_id
-from ..schema import QUERIES
+from ..schema import MENTION, QUERIES
+from .fast_ids import normal_image_id, normal_url, query_id
 from .linker import LinkerSpec, load_linker
 from .mask import mask_text
 from .names import count_words
@@ -101,45 +101,74 @@ def build_shard(task: ShardTask) -> ShardResult:
 
 def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
     filters = task.filters
-    columns: dict[str, list] = {name: [] for name in QUERIES.names}
     split, needs_row_id = task.split, task.linker.name == "spans"
+    max_entities, min_words = filters.max_entities, filters.min_context_words
+    drop_entity_image = filters.drop_target_is_entity_image
     dropped = stats.dropped
-    for language, page_url, url, title, text in zip(*(batch.column(c).to_pylist() for c in WIT_QUERY_COLUMNS)):
-        row_id = query_id(split, url or "", page_url or "", text) if needs_row_id else ""
-        spans = linker.link(text, language or "", row_id)
-        masked = mask_text(text, spans) if spans else None
-        count = len(masked.entity_ids) if masked else 0
+    kept: list[tuple] = []
+    languages, page_urls, urls, titles, texts = (batch.column(c).to_pylist() for c in WIT_QUERY_COLUMNS)
+    languages = [language or "" for language in languages]
+    row_ids = None
+    if needs_row_id:
+        row_ids = [query_id(split, normal_url(u) if u else "", p or "", t) for u, p, t in zip(urls, page_urls, texts)]
+    linked = linker.link_batch(texts, languages, row_ids)
+    for i, spans in enumerate(linked):
+        count = len({span[2] for span in spans})
         if count < max(filters.min_entities, 1):
             dropped["no_entity"] += 1
             continue
-        if count > filters.max_entities:
+        if count > max_entities:
             dropped["too_many_entities"] += 1
             continue
-        entity = [images.get(e) for e in masked.entity_ids]
-        if any(e is None for e in entity):  # a spans file naming an entity we do not have
-            dropped["unknown_entity"] += 1
-            continue
-        target = image_id(url) if url else None
-        if target is None:
+        url, page_url, text = urls[i], page_urls[i] or "", texts[i]
+        if not url:
             dropped["no_target_image"] += 1
             continue
-        if filters.drop_target_is_entity_image and any(e[1] == target for e in entity):
+        normal = normal_url(url)
+        masked = mask_text(text, spans)
+        entity = [images.get(e) for e in masked.entity_ids]
+        if None in entity:  # a spans file naming an entity we do not have
+            dropped["unknown_entity"] += 1
+            continue
+        target = normal_image_id(normal)
+        if drop_entity_image and any(e[1] == target for e in entity):
             dropped["target_is_entity_image"] += 1
             continue
-        if count_words(masked.context) < filters.min_context_words:
+        if count_words(masked.context) < min_words:
             dropped["too_few_words"] += 1
             continue
-        _append(columns, (
-            row_id or query_id(split, url, page_url or "", text), split, language, title, page_url, target, url,
-            masked.masked_text, masked.entity_ids, [e[0] for e in entity], masked.mentions,
-            "single" if count == 1 else "multi", count, text,
+        kept.append((
+            row_ids[i] if row_ids else query_id(split, normal, page_url, text), languages[i], titles[i], page_url,
+            target, url,
+            masked.masked_text, masked.entity_ids, [e[0] for e in entity], masked.mentions, count, text,
         ))
-    return pa.Table.from_pydict(columns, schema=QUERIES)
+    return _table(kept, split)
 
 
-def _append(columns: dict[str, list], values: tuple) -> None:
-    for name, value in zip(QUERIES.names, values):
-        columns[name].append(value)
+_ROW_COLUMNS = ("query_id", "language", "page_title", "page_url", "target_image_id", "target_image_url",
+                "masked_text", "entity_ids", "entity_image_urls", "mentions", "num_entities", "original_text")
+
+
+def _table(rows: list[tuple], split: str) -> pa.Table:
+    """Kept rows as a QUERIES table; split and query_type are filled in by arrow, not per row."""
+    columns = dict(zip(_ROW_COLUMNS, map(list, zip(*rows)))) if rows else {c: [] for c in _ROW_COLUMNS}
+    arrays = {name: pa.array(columns[name], QUERIES.field(name).type) for name in _ROW_COLUMNS if name != "mentions"}
+    arrays["mentions"] = _mentions_array(columns["mentions"])
+    arrays["split"] = pa.array([split] * len(rows), pa.string())
+    arrays["query_type"] = pc.if_else(pc.greater(arrays["num_entities"], 1), "multi", "single")
+    return pa.table([arrays[name] for name in QUERIES.names], schema=QUERIES)
+
+
+def _mentions_array(per_row: list[list[tuple]]) -> pa.Array:
+    """list<MENTION> from per-row (mask, entity_id, surface, start, end) tuples, column by column."""
+    offsets = [0]
+    for mentions in per_row:
+        offsets.append(offsets[-1] + len(mentions))
+    flat = [m for mentions in per_row for m in mentions]
+    fields = list(zip(*flat)) if flat else [[] for _ in MENTION]
+    children = [pa.array(values, field.type) for values, field in zip(fields, MENTION)]
+    struct = pa.StructArray.from_arrays(children, fields=list(MENTION))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=QUERIES.field("mentions").type)
 
 
 def split_of(path: str | Path) -> str:
