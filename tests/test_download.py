@@ -138,3 +138,44 @@ def test_download_from_the_synthetic_world(tmp_path):
     assert [r.verification for r in results] == ["sha256 ok"] * 2 + ["sha256 ok"] * 3
     for r in results:
         assert r.path.read_bytes() == (world / r.path.relative_to(tmp_path / "out")).read_bytes()
+
+
+def test_plain_server_without_head_or_range(tmp_path):
+    """A bare server (no HEAD, Range ignored): the download restarts and still completes."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body, seen = random.Random(5).randbytes(70_000), []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(405)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("User-Agent"), self.headers.get("Range")))
+            data = body if self.path.endswith("entity_image_dataset.tsv.gz") else None
+            self.send_response(200 if data else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            self.wfile.write(data or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = DownloadConfig(out=tmp_path / "out", base_url=f"http://127.0.0.1:{server.server_port}",
+                                user_agent="lab-bot/2 (me@example.org)", backoff_s=0.01)
+        part = tmp_path / "out" / (EI + ".part")
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"stale bytes")
+        [result] = download_release("ei", config, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.path.read_bytes() == body and result.verification == "size only: no checksum published"
+    assert {ua for _, ua, _ in seen} == {"lab-bot/2 (me@example.org)"}
+    assert [r for p, _, r in seen if p.endswith(".gz")] == ["bytes=11-", None]

@@ -32,8 +32,8 @@ DATASETS = ("ei", "mmir", "wit", "dumps")
 _DATED = re.compile(r"-\d{8}-")
 SPLIT_ALIASES = {"validation": "val", "dev": "val"}
 DEFAULT_USER_AGENT = (
-    f"wit-retrieval/{__version__} (https://github.com/wit-retrieval/wit-retrieval; "
-    "bulk download of the EI/MMIR release; set --user-agent with your contact)"
+    f"wit-retrieval/{__version__} (EI/MMIR benchmark toolkit; bulk download of the released files; "
+    "pass --user-agent with your contact details)"
 )
 
 
@@ -264,8 +264,12 @@ def download_file(
     dest = Path(config.out) / file.relpath
     part, note = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".ok")
     url = config.route(file.url)
-    head = _request(session, "HEAD", url, config)
-    length = head.headers.get("Content-Length")
+    try:
+        length = _request(session, "HEAD", url, config).headers.get("Content-Length")
+    except DownloadError as exc:
+        if not str(exc).startswith("HTTP 405"):
+            raise
+        length = None  # a server without HEAD: the size check is left to the transfer itself
     size = int(length) if length and length.isdigit() else None
     if dest.exists():
         known = _note_matches(note, dest, size, checksum)
