@@ -108,3 +108,16 @@ def test_batch_linking_equals_row_by_row():
     assert batch == [linker.link(t, lang) for t, lang in zip(texts, languages)]
     assert batch[0] == [] and batch[5] == [] and batch[6] == [(0, 4, "Q2")]  # no match across rows
     assert batch[1] == [(0, 4, "Q2"), (9, 17, "Q1")]
+
+
+def test_ambiguous_name_blocks_the_names_inside_it():
+    linker = gazetteer([("Q1", "en", "Western Copper Shield", "title_unqualified"),
+                        ("Q2", "en", "Western Copper Shield", "title_unqualified"),
+                        ("Q3", "en", "Copper Shield", "title")])
+    assert surfaces(linker, "The Western Copper Shield and a Copper Shield") == [("Copper Shield", "Q3")]
+
+
+def test_names_ending_in_punctuation_keep_it():
+    linker = gazetteer([("Q1", "en", "Copper Ring (Ostrand)", "title"), ("Q2", "en", "AC/DC", "title")])
+    assert surfaces(linker, "Near Copper Ring (Ostrand), AC/DC played") == [
+        ("Copper Ring (Ostrand)", "Q1"), ("AC/DC", "Q2")]

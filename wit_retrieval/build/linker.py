@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ..errors import ConfigError, InputError, require
 from ..registry import Registry
-from .names import ascii_match_form, fold, fold_with_offsets, match_form, uses_spaces
+from .names import ascii_match_form, fold, fold_with_offsets, match_form, strip_qualifier, uses_spaces
 
 Span = tuple[int, int, str]  # (start, end, entity_id), offsets in the original text
 
@@ -118,24 +118,33 @@ class Gazetteer:
 
         candidates: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         exact_titles: dict[str, dict[str, str]] = defaultdict(dict)
+        blockers: set[str] = set()
         for entity_id, name, source in zip(
             names["entity_id"].to_pylist(), names["name"].to_pylist(), names["source"].to_pylist()
         ):
-            key = match_form(fold(name)).strip()
-            if not self.usable(key):
+            # punctuation at a name's ends stays in the key (as a separator): "X (band)" ends at ")"
+            key = match_form(fold(name.strip()))
+            if not self.usable(key.strip()):
                 continue
             candidates[key][entity_id].add(source)
             if source == "title":
                 exact_titles[key][name] = entity_id
+                base = strip_qualifier(name)
+                if base:
+                    blockers.add(match_form(fold(base.strip())))
         automaton = ahocorasick.Automaton()
         ambiguous = 0
+        # an ambiguous name stays in as a blocker (target None): it links nothing, and no
+        # shorter name inside it links either ("Copper Shield" inside "Western Copper Shield");
+        # so do the qualifier-less titles `build ei` left out because they collide
+        for key in blockers - candidates.keys():
+            if self.usable(key.strip()):
+                candidates[key] = {}
         for key, entities in candidates.items():
-            target = resolve(entities, exact_titles.get(key, {}))
-            if target is None:
-                ambiguous += 1
-                continue
+            target = resolve(entities, exact_titles.get(key, {})) if entities else None
+            ambiguous += target is None
             # word boundaries live in the keys: " name " only matches between separators
-            left, right = int(uses_spaces(key[0])), int(uses_spaces(key[-1]))
+            left, right = (int(c != " " and uses_spaces(c)) for c in (key[0], key[-1]))
             padded = " " * left + key + " " * right
             automaton.add_word(padded, (len(padded) - left, right, target))
         if len(automaton):
@@ -167,14 +176,10 @@ class Gazetteer:
                 start, end = offsets[start], offsets[end]
                 if start < 0 or end < 0:  # inside one character's expansion
                     continue
-            if not isinstance(target, str):  # several exact titles: the case-exact one
+            if target is not None and not isinstance(target, str):  # several exact titles: the case-exact one
                 target = target.get(text[start:end])
-                if target is None:
-                    continue
             found.append((start, end, target))
-        if len(found) > 1:
-            found = leftmost_longest(found)
-        return found
+        return _select(found)
 
     def link_batch(self, texts: list[str], languages: list[str], row_ids=None) -> list[list[Span]]:
         """link() of many rows: rows of one language are scanned as one string, in C."""
@@ -203,10 +208,7 @@ class Gazetteer:
                 _scan(lang.automaton, forms, ascii_rows, texts, out)
             if plain_rows:
                 _scan(lang.automaton, _ROW_SEPARATOR.join(plain_forms), plain_rows, texts, out)
-        for i, spans in enumerate(out):
-            if len(spans) > 1:
-                out[i] = leftmost_longest(spans)
-        return out
+        return [_select(spans) if spans else spans for spans in out]
 
 
 # Between rows scanned as one string: NUL is in no key, so no name matches across rows,
@@ -228,12 +230,16 @@ def _scan(automaton, joined: str, rows: list[int], texts: list[str], out: list[l
             row += 1
         base = starts[row]
         start, end = last - length - base, last - right - base
-        text = texts[rows[row]]
-        if not isinstance(target, str):
-            target = target.get(text[start:end])
-            if target is None:
-                continue
+        if target is not None and not isinstance(target, str):
+            target = target.get(texts[rows[row]][start:end])
         out[rows[row]].append((start, end, target))
+
+
+def _select(found: list) -> list[Span]:
+    """Leftmost-longest spans, then without the blockers (ambiguous names)."""
+    if len(found) > 1:
+        found = leftmost_longest(found)
+    return [span for span in found if span[2] is not None]
 
 
 def resolve(entities: dict[str, set[str]], exact_titles: dict[str, str]) -> str | dict[str, str] | None:
