@@ -179,3 +179,15 @@ def test_plain_server_without_head_or_range(tmp_path):
     assert result.path.read_bytes() == body and result.verification == "size only: no checksum published"
     assert {ua for _, ua, _ in seen} == {"lab-bot/2 (me@example.org)"}
     assert [r for p, _, r in seen if p.endswith(".gz")] == ["bytes=11-", None]
+
+
+def test_429_retry_after_date_is_honoured(tmp_path, world):
+    import time
+
+    root, server, files = world
+    server.set_faults(FaultPlan(rules=[FaultRule("http_429", paths=("/" + MMIR_TEST,), transient_attempts=1,
+                                                 retry_after="date", retry_after_s=2)]))
+    start = time.monotonic()
+    [result] = download_release("mmir", _config(tmp_path, server), splits=["test"], progress=False)
+    assert time.monotonic() - start >= 0.9  # an HTTP-date 2 s ahead (second resolution): waits at least ~1 s
+    assert result.path.read_bytes() == files[MMIR_TEST] and server.stats()["faults"]["http_429"] == 1

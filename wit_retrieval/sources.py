@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -122,6 +123,16 @@ def _session(config: DownloadConfig):
     return session
 
 
+def _retry_after_s(value: str) -> float:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date); 0 when absent."""
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _request(session, method: str, url: str, config: DownloadConfig, headers=None, stream=False):
     """One HTTP request with retries (backoff and jitter) on 5xx, 429 and connection errors."""
     import requests
@@ -139,8 +150,7 @@ def _request(session, method: str, url: str, config: DownloadConfig, headers=Non
             if response.status_code != 429 and response.status_code < 500:
                 response.close()
                 raise DownloadError(f"{problem}: {url}")
-            retry_after = response.headers.get("Retry-After", "")
-            wait = max(wait, float(retry_after)) if retry_after.isdigit() else wait
+            wait = max(wait, _retry_after_s(response.headers.get("Retry-After", "")))
             response.close()
         if attempt < config.retries:
             time.sleep(wait)
