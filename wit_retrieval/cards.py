@@ -196,3 +196,56 @@ def write_cards(root: str | Path, out: str | Path, *, source: str | None = None)
         write_text_atomic(path, render_card(kind, stats, source))
         paths.append(path)
     return paths
+
+
+DEMO_SOURCE = (
+    "the miniature world of `wit-retrieval synth` with its default config (`WorldConfig()`: 300 entities, "
+    "2,000 scenes, languages en and de, all with dumps, seed 0; images off, which does not change the WIT "
+    "rows), built with the defaults of `wit-retrieval build ei` and `wit-retrieval build mmir`. "
+    "Regenerate with `python -m wit_retrieval.cards data_cards`."
+)
+
+
+def build_demo_stats(workdir: str | Path) -> dict[str, Any]:
+    """Generate the default synth world, build it with default settings, and return its stats."""
+    from .build import EntitiesConfig, MmirConfig, build_entities, build_mmir
+    from .engine import EngineConfig
+    from .synth import WorldConfig, generate_world
+
+    workdir = Path(workdir)
+    world, root = workdir / "world", workdir / "root"
+    generate_world(WorldConfig(images=False), world)
+    files = tuple(str(p) for p in sorted(world.rglob("wit_v1.*.tsv.gz")))
+    build_entities(EntitiesConfig(out=str(root), wit=files, dumps=str(world)))
+    build_mmir(MmirConfig(out=str(root), wit=files, engine=EngineConfig(workers=1), export=False))
+    return read_stats(root)
+
+
+def card_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The part of stats.json the cards render (no timings, no paths): committed beside the cards."""
+    mmir = {k: v for k, v in stats.get("mmir", {}).items() if k not in ("seconds", "files")}
+    mmir["bad_rows"] = {"count": mmir.get("bad_rows", {}).get("count", 0)}
+    entities = {k: v for k, v in stats.get("entities", {}).items() if k not in ("seconds", "bad_rows")}
+    return {"entities": entities, "mmir": mmir, "ei": stats.get("ei", {})}
+
+
+def write_demo_cards(out: str | Path, workdir: str | Path) -> list[Path]:
+    """Rebuild the demo world and write its cards and their stats (stats.json) into `out`."""
+    from .io.shards import write_json_atomic, write_text_atomic
+
+    stats = card_stats(build_demo_stats(workdir))
+    write_json_atomic(Path(out) / "stats.json", stats)
+    paths = []
+    for kind in ("EI", "MMIR"):
+        paths.append(Path(out) / f"{kind}.md")
+        write_text_atomic(paths[-1], render_card(kind, stats, DEMO_SOURCE))
+    return paths
+
+
+if __name__ == "__main__":  # python -m wit_retrieval.cards: refresh data_cards/ from the demo world
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for written in write_demo_cards(sys.argv[1] if len(sys.argv) > 1 else "data_cards", tmp):
+            print(written)
