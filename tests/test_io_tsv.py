@@ -7,6 +7,8 @@ import json
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wit_retrieval.errors import InputError
 from wit_retrieval.io import tsv
@@ -207,3 +209,34 @@ def test_open_quote_in_last_column_does_not_swallow_rows(tmp_path):
     rows = _rows(read_wit_batches(path, errors=errors))
     assert [r["page_title"] for r in rows] == [f"P {i}" for i in range(10)]
     assert errors.count == 1 and errors.samples[0].line == 5
+
+
+def _quote(value: str) -> str:
+    if any(c in value for c in '\t\n"'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.lists(st.text(alphabet='ab "\t\né[]', max_size=8), min_size=3, max_size=3), min_size=1, max_size=25),
+    st.integers(40, 400),
+)
+def test_quoted_values_round_trip_at_any_segment_size(tmp_path, rows, segment):
+    path = tmp_path / "rt.tsv"
+    lines = ["url\ttext\tnote\tmore"] + [
+        "\t".join([f"https://x.org/{i}.jpg", *(_quote(v) for v in row)]) for i, row in enumerate(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    saved = tsv._SEGMENT_BYTES
+    tsv._SEGMENT_BYTES = segment
+    try:
+        errors = RowErrors()
+        got = _rows(read_wit_batches(path, errors=errors))
+    finally:
+        tsv._SEGMENT_BYTES = saved
+    assert errors.count == 0
+    assert [[r["text"], r["note"], r["more"]] for r in got] == [[v or None for v in row] for row in rows]
+    assert [r["url"] for r in got] == [f"https://x.org/{i}.jpg" for i in range(len(rows))]
+    robust = [{k: r[k] for k in ("url", "text", "note", "more")} for r in read_tsv_rows(path)]
+    assert robust == got
