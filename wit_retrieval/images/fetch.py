@@ -66,6 +66,25 @@ class ItemOutcome:
     detail: str = ""
 
 
+# One per worker process, reused across its shards: pooled connections stay open and the token
+# bucket paces the worker continuously instead of restarting at every shard.
+_WORKER_SOURCES: dict[tuple, _Sources] = {}
+
+
+def _worker_sources(task: ShardTask) -> _Sources:
+    key = (task.config.http, task.config.decode, task.config.mirrors, task.rate)
+    if key not in _WORKER_SOURCES:
+        close_worker_sources()
+        _WORKER_SOURCES[key] = _Sources(task)
+    return _WORKER_SOURCES[key]
+
+
+def close_worker_sources() -> None:
+    """Close the sessions this process keeps between shards."""
+    while _WORKER_SOURCES:
+        _WORKER_SOURCES.popitem()[1].close()
+
+
 class _Sources:
     """Mirrors then HTTP for one worker; turns any per-item problem into an outcome."""
 
@@ -170,33 +189,29 @@ def _retry_items(writer: ShardWriter, out: Path, shard: int) -> list[tuple[str, 
 
 
 def _run_items(task: ShardTask, writer: ShardWriter, items: list[tuple[str, str]]) -> dict[str, Any]:
-    counts: dict[str, Any] = {"errors": Counter(), "samples": {}, "sources": Counter()}
+    counts: dict[str, Any] = {"samples": {}, "sources": Counter()}
     if not items:
         return counts
-    sources = _Sources(task)
-    try:
-        for mirror in sources.mirrors:
-            mirror.prepare(items)
-        unreported = [0, 0]
-        for outcome in _outcomes(sources, items, task.config.http.concurrency):
-            if outcome.image is not None:
-                writer.add_ok(outcome.image_id, outcome.url, outcome.image, outcome.source)
-                counts["sources"][outcome.source] += 1
-                unreported[0] += 1
-            else:
-                writer.add_failed(outcome.image_id, outcome.url, outcome.error, outcome.retryable, outcome.source)
-                counts["errors"][outcome.error] += 1
-                samples = counts["samples"].setdefault(outcome.error, [])
-                if len(samples) < _SAMPLES_PER_ERROR:
-                    samples.append({"url": outcome.url, "detail": outcome.detail})
-                unreported[1] += 1
-            if task.progress is not None and sum(unreported) >= 16:
-                task.progress.put(tuple(unreported))
-                unreported = [0, 0]
-        if task.progress is not None and sum(unreported):
+    sources = _worker_sources(task)
+    for mirror in sources.mirrors:
+        mirror.prepare(items)
+    unreported = [0, 0]
+    for outcome in _outcomes(sources, items, task.config.http.concurrency):
+        if outcome.image is not None:
+            writer.add_ok(outcome.image_id, outcome.url, outcome.image, outcome.source)
+            counts["sources"][outcome.source] += 1
+            unreported[0] += 1
+        else:
+            writer.add_failed(outcome.image_id, outcome.url, outcome.error, outcome.retryable, outcome.source)
+            samples = counts["samples"].setdefault(outcome.error, [])
+            if len(samples) < _SAMPLES_PER_ERROR:
+                samples.append({"url": outcome.url, "detail": outcome.detail})
+            unreported[1] += 1
+        if task.progress is not None and sum(unreported) >= 16:
             task.progress.put(tuple(unreported))
-    finally:
-        sources.close()
+            unreported = [0, 0]
+    if task.progress is not None and sum(unreported):
+        task.progress.put(tuple(unreported))
     return counts
 
 
@@ -277,8 +292,11 @@ def _run(config: FetchConfig, shards: list[int], *, retry: bool, show_progress: 
     rate = worker_rate(config.http.rate, workers)
     with _progress_queue(config.engine, show_progress, total) as queue:
         tasks = [ShardTask(config, s, rate, retry, queue) for s in shards]
-        for _ in run_shards(fetch_shard, tasks, config.engine):
-            pass
+        try:
+            for _ in run_shards(fetch_shard, tasks, config.engine):
+                pass
+        finally:
+            close_worker_sources()  # inline runs keep them in this process
 
 
 @contextlib.contextmanager
