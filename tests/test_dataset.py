@@ -43,6 +43,8 @@ def test_build_root_tables_and_splits(tmp_path):
     # a rebuilt table is not served from the old cache
     write_table_dir(root.table_split("corpus", "val"), [_corpus("val", 2)], CORPUS)
     assert len(wit_retrieval.load_dataset(root.root, "corpus", split="val")) == 2
+    caches = sorted(p.name.split("-")[1:3] for p in (tmp_path / "cache" / "arrow").iterdir())
+    assert caches == [["corpus", "all"], ["corpus", "val"], ["ei", "all"]]  # the old val cache was replaced
 
 
 def test_split_restored_from_partition_folder(tmp_path):

@@ -90,9 +90,14 @@ def load_dataset(root: str | os.PathLike, table: str = "queries", split: str | N
         raise InputError("no such file or folder", path=str(path))
     released = _released_files(path)
     data_root = DataRoot(released_root(released) if released else path)
+    split = SPLIT_ALIASES.get(split, split)
     folders = _table_folders(data_root, table, split)
-    cache = cache_home() / "arrow" / f"{table}-{split or 'all'}-{_fingerprint(folders)}.arrow"
+    where = hashlib.sha256(str(data_root.root.resolve()).encode()).hexdigest()[:12]
+    prefix = f"{where}-{table}-{split or 'all'}-"
+    cache = cache_home() / "arrow" / f"{prefix}{_fingerprint(folders)}.arrow"
     if not cache.exists():
+        for stale in cache.parent.glob(f"{prefix}*.arrow"):  # caches of earlier versions of this table
+            stale.unlink(missing_ok=True)
         schema = TABLES[table]
         # The manifests' files only (never a stray temp file); hive partitioning restores `split`
         # should a writer have left it out of the files.
