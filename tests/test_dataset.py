@@ -91,3 +91,4 @@ def test_released_file_and_folder(tmp_path):
     os.utime(path, ns=(1, 1))  # a changed file is imported again
     assert len(wit_retrieval.load_dataset(folder, "corpus", split="test")) == 7
     assert len(list(imports.iterdir())) == 2
+    assert len(wit_retrieval.load_dataset(tmp_path, "queries")) == 7  # found below a download folder

@@ -31,10 +31,17 @@ def cache_home() -> Path:
 
 
 def _released_files(path: Path) -> list[Path]:
+    """A released TSV file itself; or the released EI/MMIR files in (or below) a folder that is no build."""
+    from .io.roles import kind_from_name
+
     if path.is_file():
         return [path] if path.name.endswith(_RELEASED_SUFFIXES) else []
-    if path.is_dir() and not any((path / t).is_dir() for t in TABLES):
-        return sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_RELEASED_SUFFIXES))
+    if not path.is_dir() or any((path / t).is_dir() for t in TABLES):
+        return []
+    for pattern in ("*", "**/*"):  # a download folder keeps them at gresearch/wit-retrieval/
+        found = sorted(p for p in path.glob(pattern) if p.name.endswith(_RELEASED_SUFFIXES) and kind_from_name(p))
+        if found:
+            return found
     return []
 
 
