@@ -112,13 +112,12 @@ def pandas_baseline(files: list[Path], root: Path, sample: int) -> dict:
     """The usual script: pandas.read_csv, then per-entity regex replacement (sample timed)."""
     import pandas as pd
 
-    from wit_retrieval.build.linker import Gazetteer, LinkerSpec
     from wit_retrieval.ids import query_id
 
     started = time.perf_counter()
     frames = [pd.read_csv(p, sep="\t", quotechar='"', keep_default_na=False, dtype=str) for p in files]
     read_seconds = time.perf_counter() - started
-    names = baseline_names(Gazetteer(LinkerSpec(names_path=str(root / "entity_names"))))
+    names = baseline_names(root)
     from wit_retrieval.build.shard import split_of
 
     rows = [(split_of(p), r) for p, f in zip(files, frames) for r in f.itertuples(index=False)
@@ -138,16 +137,28 @@ def pandas_baseline(files: list[Path], root: Path, sample: int) -> dict:
             "estimated_seconds": read_seconds + per_row * with_reference}
 
 
-def baseline_names(gazetteer) -> dict[str, list[tuple[str, str]]]:
-    """The same resolved names as the gazetteer (one entity per name), longest first, per language."""
-    names: dict[str, list[tuple[str, str]]] = {}
-    for language in list(gazetteer._by_language):
-        lang = gazetteer.language(language)
-        if lang is None or lang.automaton is None:
-            continue
-        items = [(key, target) for key, (_, target) in lang.automaton.items() if isinstance(target, str)]
-        names[language] = sorted(items, key=lambda kv: (-len(kv[0]), kv[0]))
-    return names
+def baseline_names(root: Path) -> dict[str, list[tuple[str, str]]]:
+    """The entity names with the gazetteer's rules (length, digits, ambiguity), longest first, per language."""
+    from collections import defaultdict
+
+    from wit_retrieval.build.linker import Gazetteer, LinkerSpec, resolve
+    from wit_retrieval.io.shards import read_table_dir
+
+    usable = Gazetteer(LinkerSpec(names_path=str(root / "entity_names"))).usable
+    groups: dict[tuple[str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    titles: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for row in read_table_dir(root / "entity_names").to_pylist():
+        key = (row["language"], row["name"].lower())
+        if usable(row["name"].lower()):
+            groups[key][row["entity_id"]].add(row["source"])
+            if row["source"] == "title":
+                titles[key][row["name"]] = row["entity_id"]
+    names: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for (language, name), entities in groups.items():
+        target = resolve(entities, titles.get((language, name), {}))
+        if isinstance(target, str):
+            names[language].append((name, target))
+    return {lang: sorted(items, key=lambda kv: (-len(kv[0]), kv[0])) for lang, items in names.items()}
 
 
 def mask_usual(text: str, names: list[tuple[str, str]]) -> str | None:

@@ -189,3 +189,17 @@ def test_local_and_ray_give_identical_tables(world, tmp_path):
     for name in ("queries", "corpus", "qrels"):
         assert read_split_table(root, name).equals(read_split_table(other, name))
     assert read_table_dir(root / "ei").equals(read_table_dir(other / "ei"))
+
+
+def test_gazetteer_cached_beside_entity_names(world):
+    from wit_retrieval.build.linker import GAZETTEER_CACHE, Gazetteer, LinkerSpec
+
+    root, _, _ = world
+    spec = LinkerSpec(names_path=str(root / "entity_names"))
+    text = "Angela Merkel visits Paris"
+    expected = Gazetteer(spec).link(text, "en")
+    cached = list((root / "entity_names" / GAZETTEER_CACHE).glob("en-*.pkl"))
+    assert len(cached) == 1 and expected == [(0, 13, "Q3"), (21, 26, "Q1")]
+    assert Gazetteer(spec).link(text, "en") == expected  # loaded from the cache
+    cached[0].write_bytes(b"not a pickle")
+    assert Gazetteer(spec).link(text, "en") == expected  # a damaged cache is rebuilt

@@ -9,6 +9,7 @@ ties). Pages sharing a Wikidata QID are one entity; `prefer_lang` picks whose im
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -238,6 +239,9 @@ def build_entities(config: EntitiesConfig) -> dict:
         row.update(image_id=image_id(row["image_url"]), mime_type=mime, width=width, height=height)
     names.sort(key=lambda r: (r["language"], r["name"], r["entity_id"], r["source"]))
     provenance = {"builder": "build_entities", "config": asdict(config)}
+    from .linker import GAZETTEER_CACHE
+
+    shutil.rmtree(root.table("entity_names") / GAZETTEER_CACHE, ignore_errors=True)
     write_table_dir(root.table("entities"), [pa.Table.from_pylist(entities, ENTITIES)], ENTITIES, meta=provenance)
     write_table_dir(root.table("entity_names"), [pa.Table.from_pylist(names, ENTITY_NAMES)], ENTITY_NAMES,
                     meta=provenance)

@@ -53,6 +53,8 @@ class LinkerSpec:
 
 
 _CACHE: dict[LinkerSpec, Linker] = {}
+_CACHE_VERSION = 2  # bump when the automaton's keys or values change shape
+GAZETTEER_CACHE = "_gazetteer"  # folder inside entity_names (ignored by readers: leading underscore)
 
 
 def load_linker(spec: LinkerSpec) -> Linker:
@@ -107,11 +109,38 @@ class Gazetteer:
         self._languages: dict[str, _Language | None] = {}
 
     def language(self, language: str) -> _Language | None:
-        """The automaton of one language (None when it has no names)."""
+        """The automaton of one language (None when it has no names); built once, cached on disk."""
         if language not in self._languages:
             names = self._by_language.pop(language, None)
-            self._languages[language] = None if names is None else self._build(names)
+            self._languages[language] = None if names is None else self._cached(language, names)
         return self._languages[language]
+
+    def _cached(self, language: str, names) -> _Language:
+        """Load the language's automaton from the table's cache, or build and store it there.
+
+        The cache key covers the table's manifest and the matching options, so a rebuilt
+        entity_names table or other options never reuse a stale automaton.
+        """
+        import hashlib
+        import pickle
+
+        from ..io.shards import read_manifest, write_bytes_atomic
+
+        manifest = read_manifest(self.spec.names_path) if self.spec.names_path else None
+        if manifest is None:
+            return self._build(names)
+        key = json.dumps([manifest, language, self.spec.min_length, self.spec.allow_digit_names, _CACHE_VERSION],
+                         sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = Path(self.spec.names_path) / GAZETTEER_CACHE / f"{language}-{digest}.pkl"
+        if path.exists():
+            try:
+                return pickle.loads(path.read_bytes())
+            except Exception:  # a damaged cache file is rebuilt, never trusted
+                path.unlink(missing_ok=True)
+        built = self._build(names)
+        write_bytes_atomic(path, pickle.dumps(built, protocol=pickle.HIGHEST_PROTOCOL))
+        return built
 
     def _build(self, names) -> _Language:
         import ahocorasick
