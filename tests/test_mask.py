@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wit_retrieval.build.mask import mask_text
+from wit_retrieval.build.mask import context_words, mask_text
 from wit_retrieval.build.names import count_words
 
 
@@ -31,6 +31,7 @@ def test_no_spans_is_identity():
 
 
 def test_word_count_outside_masks():
-    assert count_words(mask_text("Bob and Alice", [(0, 3, "a"), (8, 13, "b")]).context) == 1
+    assert context_words(mask_text("Bob and Alice", [(0, 3, "a"), (8, 13, "b")])) == 1
+    assert context_words(mask_text("東京の[x]", [(0, 2, "a")])) == 2
     assert count_words("東京 に住む") == 5  # each character counts where words are not spaced
     assert count_words(" , . ") == 0

@@ -30,9 +30,11 @@ _LISTS = frozenset({"entity_image_urls", "entity_ids", "entity_names"})
 
 def export_all(root: str | DataRoot, *, train_shards: int = 5) -> list[Path]:
     """Write every export file a build has tables for; returns their paths."""
+    from ..io.shards import write_json_atomic
     from .mmir import read_split_table
 
     root = root if isinstance(root, DataRoot) else DataRoot(root)
+    write_json_atomic(root.config / "build_export.json", {"train_shards": train_shards})
     written = []
     if read_manifest(root.table("ei")) is not None:
         written.append(export_ei(root))

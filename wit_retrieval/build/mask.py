@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .linker import Span
+from .names import count_words
+
+_MASKS = [f"[MASK_{i}]" for i in range(64)]
 
 
-@dataclass(frozen=True)
-class Masked:
+class Masked(NamedTuple):
     """A masked reference description and what each mask stands for."""
 
     masked_text: str
     entity_ids: list[str]  # index i is [MASK_i]
     mentions: list[tuple]  # (mask, entity_id, surface, start, end), offsets in the original text
-    context: str  # the text outside the masks (for the word-count filter)
 
 
 def mask_text(text: str, spans: list[Span]) -> Masked:
     """Mask non-overlapping, sorted spans; repeated entities reuse their id; all else is kept."""
     order: dict[str, int] = {}
     pieces: list[str] = []
-    outside: list[str] = []
-    mentions: list[dict] = []
+    mentions: list[tuple] = []
     cursor = 0
     for start, end, entity_id in spans:
-        index = order.setdefault(entity_id, len(order))
+        index = order.get(entity_id)
+        if index is None:
+            index = order[entity_id] = len(order)
         pieces.append(text[cursor:start])
-        outside.append(text[cursor:start])
-        pieces.append(f"[MASK_{index}]")
+        pieces.append(_MASKS[index] if index < len(_MASKS) else f"[MASK_{index}]")
         mentions.append((index, entity_id, text[start:end], start, end))
         cursor = end
     pieces.append(text[cursor:])
-    outside.append(text[cursor:])
-    return Masked("".join(pieces), list(order), mentions, " ".join(outside))
+    return Masked("".join(pieces), list(order), mentions)
+
+
+def context_words(masked: Masked) -> int:
+    """Words outside the masks: each `[MASK_i]` is exactly one word run, so subtract them."""
+    return count_words(masked.masked_text) - len(masked.mentions)

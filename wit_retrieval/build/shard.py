@@ -15,8 +15,7 @@ import pyarrow.compute as pc
 from ..schema import MENTION, QUERIES
 from .fast_ids import normal_image_id, normal_url, query_id
 from .linker import LinkerSpec, load_linker
-from .mask import mask_text
-from .names import count_words
+from .mask import context_words, mask_text
 from .stats import SplitStats
 
 WIT_QUERY_COLUMNS = ["language", "page_url", "image_url", "page_title", "caption_reference_description"]
@@ -134,7 +133,7 @@ def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: Spli
         if drop_entity_image and any(e[1] == target for e in entity):
             dropped["target_is_entity_image"] += 1
             continue
-        if count_words(masked.context) < min_words:
+        if context_words(masked) < min_words:
             dropped["too_few_words"] += 1
             continue
         kept.append((
