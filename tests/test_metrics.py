@@ -155,3 +155,24 @@ def test_graded_relevance_and_zero_judgments():
     assert values["nDCG@3"] == pytest.approx(dcg / (2 + 1 / np.log2(3)))
     assert values["AP@3"] == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert values["R@2"] == 0.5
+
+
+def test_row_order_and_layout_do_not_matter():
+    """Shuffled rows (queries split across the file) and fixed-depth runs take other code paths."""
+    import pyarrow as pa
+
+    run, qrels = random_case(6, ties=True)
+    rows = [(q, d, s) for q, items in run.items() for d, s in items]
+    names = [f"{n}@{k}" for k in CUTOFFS for n in MEASURES.names()]
+    reference = ir_measures_values(run, qrels)
+    order = np.random.default_rng(0).permutation(len(rows))
+    shuffled = pa.table({c: [rows[i][j] for i in order] for j, c in enumerate(("query_id", "image_id", "score"))})
+    ours = per_query(shuffled, qrels, names)
+    for name, values in reference.items():
+        np.testing.assert_allclose(ours[name], values, atol=1e-9, err_msg=name)
+    fixed = {q: (items * 10)[:10] for q, items in run.items()}
+    fixed = {q: list({d: (d, s) for d, s in items}.values()) for q, items in fixed.items()}
+    fixed = {q: items for q, items in fixed.items() if len(items) == len(fixed["q000"])}
+    assert len(fixed) > 5
+    np.testing.assert_allclose(per_query(fixed, qrels, ["nDCG@10"])["nDCG@10"],
+                               ir_measures_values(fixed, qrels)["nDCG@10"], atol=1e-9)

@@ -98,7 +98,7 @@ def test_json_run_urls_lines_and_meta(tmp_path):
     lines = text.splitlines()
     found = kinds_at(report)
     assert found["format"] == {lines.index('  "test-q2": [') + 1, lines.index('  "test-q3": "oops"') + 1}
-    dup = '{"test-q1": ["%s"],\n"test-q1": ["%s"]}' % (IDS[0], IDS[1])
+    dup = f'{{"test-q1": ["{IDS[0]}"],\n"test-q1": ["{IDS[1]}"]}}'
     assert kinds_at(check(tmp_path, dup, name="dup.json")[0])["duplicate_query"] == {1}
     assert kinds_at(check(tmp_path, '{"test-q1": [', name="bad.json")[0])["format"] == {1}
 

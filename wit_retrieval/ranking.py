@@ -68,8 +68,10 @@ def qrels_columns(qrels: Qrels | pa.Table) -> pa.Table:
 
 
 def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """One contiguous array (chunked arrays are combined)."""
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    """One contiguous array (chunked arrays are combined; a single chunk is used as it is)."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
 
 
 def _index(values: pa.Array | pa.ChunkedArray, universe: pa.Array) -> np.ndarray:
@@ -121,23 +123,27 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
         run_t = run_t.take(pa.array(np.argsort(row_q, kind="stable")))
         starts, lengths = group_runs(run_t["query_id"])
         head_q = _index(pc.take(run_t["query_id"], pa.array(starts)), query_ids)
-    row_group = np.repeat(np.arange(len(starts)), lengths)
-    row_q = head_q[row_group] if len(starts) else np.zeros(0, np.int64)
-    doc = _index(run_t["image_id"], rel_docs)
-    cand = np.flatnonzero((row_q >= 0) & (doc >= 0))
+    # Rows whose image is relevant to some query: a boolean hash pass over all rows, then ids
+    # looked up for those few rows only (cheaper than an index for 100M rows).
+    cand = np.flatnonzero(pc.is_in(run_t["image_id"], value_set=rel_docs).to_numpy(zero_copy_only=False))
+    doc = _index(pc.take(run_t["image_id"], pa.array(cand)), rel_docs) if len(cand) else cand
+    cand_group = np.searchsorted(starts, cand, side="right") - 1
+    cand_q = head_q[cand_group] if len(cand) else np.zeros(0, np.int64)
     gain_of = np.zeros(len(cand))
     if len(cand) and len(rel_keys):
-        key = row_q[cand] * max(len(rel_docs), 1) + doc[cand]
+        key = cand_q * max(len(rel_docs), 1) + doc
         pos = np.minimum(np.searchsorted(rel_keys, key), len(rel_keys) - 1)
-        hit = rel_keys[pos] == key
-        cand, gain_of = cand[hit], rel_gains[pos[hit]]
-    score = np.nan_to_num(run_t["score"].to_numpy(zero_copy_only=False), nan=-np.inf)
-    ranks = _ranks_of(cand, row_group, starts, lengths, score, run_t["image_id"])
+        hit = (rel_keys[pos] == key) & (cand_q >= 0)
+        cand, cand_group, cand_q, gain_of = cand[hit], cand_group[hit], cand_q[hit], rel_gains[pos[hit]]
+    score = run_t["score"].to_numpy(zero_copy_only=False)
+    if np.isnan(score).any():  # NaN would compare false both ways; rank it last, deterministically
+        score = np.where(np.isnan(score), -np.inf, score)
+    ranks = _ranks_of(cand, cand_group, starts, lengths, score, run_t["image_id"])
     return RankedHits(np.asarray(query_ids.to_pylist(), dtype=object), num_relevant, *ideal,
-                      row_q[cand], ranks, gain_of)
+                      cand_q, ranks, gain_of)
 
 
-def _ranks_of(rel_rows: np.ndarray, row_group: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+def _ranks_of(rel_rows: np.ndarray, groups: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
               score: np.ndarray, image_id: pa.ChunkedArray) -> np.ndarray:
     """0-based rank of each relevant row among the rows of its group, by (score, image id) descending.
 
@@ -147,26 +153,50 @@ def _ranks_of(rel_rows: np.ndarray, row_group: np.ndarray, starts: np.ndarray, l
     ranks = np.zeros(len(rel_rows), np.int64)
     if not len(rel_rows):
         return ranks
-    groups = row_group[rel_rows]
     # Slot of each relevant row within its group (rows come in group order already).
-    first = np.searchsorted(groups, groups)
-    slot = np.arange(len(rel_rows)) - first
-    flat_ids = flat(image_id)
+    slot = np.arange(len(rel_rows)) - np.searchsorted(groups, groups)
+    ids = flat(image_id)
     for j in range(int(slot.max()) + 1):
         sel = np.flatnonzero(slot == j)
         g, r = groups[sel], rel_rows[sel]
-        rows = _rows_of_groups(g, starts, lengths)
-        ref = np.repeat(np.arange(len(g)), lengths[g])  # index into sel for each row
-        s_ref = score[r][ref]
-        s_row = score[rows]
-        above = np.bincount(ref, weights=(s_row > s_ref), minlength=len(g))
-        tied = np.flatnonzero((s_row == s_ref) & (rows != r[ref]))
-        if len(tied):
-            later = pc.greater(pc.take(flat_ids, pa.array(rows[tied])),
-                               pc.take(flat_ids, pa.array(r[ref[tied]]))).to_numpy(zero_copy_only=False)
-            above += np.bincount(ref[tied], weights=later, minlength=len(g))
-        ranks[sel] = above.astype(np.int64)
+        if 4 * len(g) >= len(starts):
+            above, tied, tied_ref = _compare_all_rows(g, r, starts, lengths, score)
+        else:
+            above, tied, tied_ref = _compare_group_rows(g, r, starts, lengths, score)
+        if len(tied):  # equal scores: the larger image id (byte order) ranks first, as in trec_eval
+            later = pc.greater(pc.take(ids, pa.array(tied)), pc.take(ids, pa.array(r[tied_ref])))
+            above += np.bincount(tied_ref, weights=later.to_numpy(zero_copy_only=False), minlength=len(g)
+                                 ).astype(np.int64)
+        ranks[sel] = above
     return ranks
+
+
+def _compare_all_rows(g, r, starts, lengths, score):
+    """Dense pass over every row: rows above each reference, and tied rows (row, reference index)."""
+    ref = np.full(len(starts), np.nan)
+    ref[g] = score[r]
+    ref_rows = np.repeat(ref, lengths)
+    greater = score > ref_rows
+    if lengths.min() == lengths.max():  # every query has the same depth: a reshape beats reduceat
+        above = np.count_nonzero(greater.reshape(len(starts), -1), axis=1)[g]
+    else:
+        above = np.add.reduceat(greater, starts, dtype=np.int64)[g]
+    tied = np.flatnonzero(score == ref_rows)
+    slot_of_group = np.full(len(starts), -1)
+    slot_of_group[g] = np.arange(len(g))
+    tied_ref = slot_of_group[np.searchsorted(starts, tied, side="right") - 1]
+    keep = tied != r[tied_ref]
+    return above, tied[keep], tied_ref[keep]
+
+
+def _compare_group_rows(g, r, starts, lengths, score):
+    """Sparse pass over the rows of the given groups only."""
+    rows = _rows_of_groups(g, starts, lengths)
+    ref = np.repeat(np.arange(len(g)), lengths[g])  # reference index for each row
+    s_ref, s_row = score[r][ref], score[rows]
+    above = np.bincount(ref, weights=(s_row > s_ref), minlength=len(g)).astype(np.int64)
+    tied = np.flatnonzero((s_row == s_ref) & (rows != r[ref]))
+    return above, rows[tied], ref[tied]
 
 
 def _rows_of_groups(groups: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -102,7 +102,7 @@ def _read_trec(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
     try:
         table = pcsv.read_csv(
             path,
-            read_options=pcsv.ReadOptions(column_names=TREC_COLUMNS, block_size=64 << 20),
+            read_options=pcsv.ReadOptions(column_names=TREC_COLUMNS),
             parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False, quote_char=False),
             convert_options=pcsv.ConvertOptions(column_types=types, include_columns=TREC_COLUMNS[:5],
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
@@ -234,9 +234,9 @@ def _read_parquet(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
 def map_urls(table: pa.Table) -> pa.Table:
     """Replace image URLs (http[s]://...) in image_id by their image ids (ids.image_id)."""
     col = table["image_id"]
-    is_url = pc.match_substring_regex(col, "^https?://")
-    if not pc.any(is_url).as_py():
+    if not pc.any(pc.starts_with(col, "http")).as_py():  # cheap pre-check: most runs carry ids
         return table
+    is_url = pc.match_substring_regex(col, "^https?://")
     urls = pc.unique(pc.filter(col, is_url))
     mapped = pa.array([url_image_id(u) for u in urls.to_pylist()], pa.string())
     replaced = pc.take(mapped, pc.index_in(col, value_set=urls))

@@ -1,0 +1,225 @@
+"""Benchmark: our scorer against ranx and ir_measures on the same run, and reading a TREC run file.
+
+Data (one seed): `--queries` queries x `--depth` results (default 1M x 100 = 100M rows) with
+16-hex image ids, scores strictly decreasing within a query (tie-free, duplicate-free, so every
+tool must agree exactly), one relevant image per query (found in 70% of runs) and 1-2 more
+for 20% of queries, relevance 1 or 2. Measures: R@1, R@5, R@10, MRR@10, nDCG@10.
+
+1. ours: `evaluate_queries` on the columnar run (what `read_run_table` returns), full size.
+2. ranx: `evaluate` on prebuilt Qrels/Run after a JIT warm-up call, on the first
+   `--ranx-queries` queries (building a ranx Run takes minutes and ~6 GB per 100k queries, so
+   1M does not fit this machine); its time is extrapolated linearly and ours is also timed on
+   the same subset. Run construction is reported separately, not counted.
+3. ir_measures (`calc_aggregate`, default providers: pytrec_eval for R/nDCG, its own for
+   RR@10), on the first `--ir-measures-queries` queries, extrapolated linearly.
+4. Reading a TREC file of the full run with `read_run_table` (pyarrow.csv fast path), against
+   pandas.read_csv (C engine) on the ranx subset's file, extrapolated.
+Values are checked equal to 1e-9 on each subset. Timings are the best of `--reps`.
+
+Writes benchmarks/out/scoring.json and benchmarks/results/scoring.md.
+Run: .venv/bin/python benchmarks/bench_scoring.py [--queries 1000000] [--depth 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from wit_retrieval.io.runs import read_run_table, write_trec  # noqa: E402
+from wit_retrieval.metrics import evaluate_queries  # noqa: E402
+
+MEASURES = ["R@1", "R@5", "R@10", "MRR@10", "nDCG@10"]
+RANX = {"R@1": "recall@1", "R@5": "recall@5", "R@10": "recall@10", "MRR@10": "mrr@10", "nDCG@10": "ndcg@10"}
+
+
+def make_data(num_queries: int, depth: int, seed: int = 0) -> tuple[pa.Table, pa.Table]:
+    """A tie-free, duplicate-free run and its qrels (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    num_docs = 10 * num_queries
+    hexes = pa.array([f"{x:016x}" for x in rng.choice(2**62, num_docs + 3 * num_queries, replace=False)])
+    qids = pa.array([f"q{i:07d}" for i in range(num_queries)])
+    # Docs of query q: base_q + j * stride (mod num_docs), distinct within the query.
+    stride = max(1, num_docs // depth - 1)
+    base = rng.integers(0, num_docs, num_queries)
+    doc = (base[:, None] + np.arange(depth)[None, :] * stride) % num_docs
+    targets = num_docs + np.arange(3 * num_queries).reshape(num_queries, 3)  # fresh ids, never in the base docs
+    first = rng.integers(0, depth, num_queries)
+    second = (first + 1 + rng.integers(0, depth - 1, num_queries)) % depth  # another slot than `first`
+    found = np.flatnonzero(rng.random(num_queries) < 0.7)
+    doc[found, first[found]] = targets[found, 0]
+    extra = rng.random(num_queries) < 0.2
+    found = np.flatnonzero(extra & (rng.random(num_queries) < 0.5))
+    doc[found, second[found]] = targets[found, 1]
+    score = -np.arange(depth)[None, :] + rng.random((num_queries, 1)) * 0.5
+    run = pa.table({"query_id": qids.take(pa.array(np.repeat(np.arange(num_queries), depth))),
+                    "image_id": hexes.take(pa.array(doc.ravel())),
+                    "score": np.broadcast_to(score, (num_queries, depth)).ravel().copy()})
+    q_rel, d_rel, rel = [np.arange(num_queries)], [targets[:, 0]], [rng.integers(1, 3, num_queries)]
+    for column in (1, 2):
+        pick = np.flatnonzero(extra if column == 1 else extra & (rng.random(num_queries) < 0.5))
+        q_rel.append(pick)
+        d_rel.append(targets[pick, column])
+        rel.append(rng.integers(1, 3, len(pick)))
+    qrels = pa.table({"query_id": qids.take(pa.array(np.concatenate(q_rel))),
+                      "image_id": hexes.take(pa.array(np.concatenate(d_rel))),
+                      "relevance": np.concatenate(rel).astype(np.int64)})
+    return run, qrels
+
+
+def best_of(reps: int, fn):
+    """(best seconds, last result) of `reps` calls."""
+    best, result = float("inf"), None
+    for _ in range(reps):
+        gc.collect()
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def subset(run: pa.Table, qrels: pa.Table, num_queries: int, depth: int) -> tuple[pa.Table, pa.Table]:
+    """The first `num_queries` queries (runs are grouped by query)."""
+    import pyarrow.compute as pc
+
+    run_part = run.slice(0, num_queries * depth)
+    keep = pc.is_in(qrels["query_id"], value_set=pc.unique(run_part["query_id"]))
+    return run_part, qrels.filter(keep)
+
+
+def time_ranx(run: pa.Table, qrels: pa.Table, reps: int) -> dict:
+    from ranx import Qrels, Run, evaluate
+
+    def frame(table, names):
+        df = table.to_pandas()
+        df.columns = names
+        for c in names[:2]:
+            df[c] = df[c].astype(object)  # ranx wants object (str) columns
+        return df
+
+    start = time.perf_counter()
+    ranx_run = Run.from_df(frame(run, ["q_id", "doc_id", "score"]), q_id_col="q_id", doc_id_col="doc_id",
+                           score_col="score")
+    ranx_qrels = Qrels.from_df(frame(qrels, ["q_id", "doc_id", "score"]), q_id_col="q_id", doc_id_col="doc_id",
+                               score_col="score")
+    build = time.perf_counter() - start
+    evaluate(ranx_qrels, ranx_run, list(RANX.values()))  # JIT warm-up (and its cache)
+    seconds, values = best_of(reps, lambda: evaluate(ranx_qrels, ranx_run, list(RANX.values())))
+    return {"seconds": seconds, "build_seconds": build, "values": {m: float(values[RANX[m]]) for m in MEASURES}}
+
+
+def time_ir_measures(run: pa.Table, qrels: pa.Table, reps: int) -> dict:
+    import ir_measures
+    from ir_measures import RR, R, nDCG
+
+    objs = {"R@1": R @ 1, "R@5": R @ 5, "R@10": R @ 10, "MRR@10": RR @ 10, "nDCG@10": nDCG @ 10}
+    qrels_list = [ir_measures.Qrel(q, d, int(r)) for q, d, r in zip(*(qrels[c].to_pylist() for c in qrels.column_names))]
+    run_list = [ir_measures.ScoredDoc(q, d, s) for q, d, s in zip(*(run[c].to_pylist() for c in run.column_names))]
+    seconds, values = best_of(reps, lambda: ir_measures.calc_aggregate(list(objs.values()), qrels_list, run_list))
+    return {"seconds": seconds, "values": {m: float(values[o]) for m, o in objs.items()}}
+
+
+def time_reading(run: pa.Table, ranx_queries: int, depth: int, reps: int) -> dict:
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        full, part = Path(tmp) / "full.trec", Path(tmp) / "part.trec"
+        write_trec(run, full, tag="bench")
+        write_trec(run.slice(0, ranx_queries * depth), part, tag="bench")
+        ours, table = best_of(reps, lambda: read_run_table(full).table)
+        rows, size = table.num_rows, full.stat().st_size
+        del table
+        names = ["query_id", "q0", "image_id", "rank", "score", "tag"]
+        pandas_part, _ = best_of(reps, lambda: pd.read_csv(part, sep=" ", header=None, names=names, engine="c"))
+    scale = run.num_rows / (ranx_queries * depth)
+    return {"rows": rows, "bytes": size, "ours_seconds": ours, "pandas_subset_seconds": pandas_part,
+            "pandas_extrapolated_seconds": pandas_part * scale}
+
+
+def time_peer(peer: str, timer, data: tuple[pa.Table, pa.Table], size: int, ours_full: float, args) -> dict:
+    """A peer and ours on the same subset; the peer's time extrapolated linearly to the full size."""
+    run_part, qrels_part = data
+    ours_part, ours_values = best_of(args.reps, lambda: evaluate_queries(run_part, qrels_part, MEASURES).mean())
+    result = timer(run_part, qrels_part, args.reps if peer == "ranx" else 1)
+    result.update(queries=size, ours_seconds=ours_part, max_abs_difference=check_equal(ours_values, result["values"], peer),
+                  extrapolated_seconds=result["seconds"] * args.queries / size)
+    result["speedup_same_subset"] = result["seconds"] / ours_part
+    result["speedup_full"] = result["extrapolated_seconds"] / ours_full
+    print(f"{peer}, {size} queries: {result['seconds']:.2f} s (ours {ours_part:.2f} s); "
+          f"extrapolated {result['extrapolated_seconds']:.1f} s -> {result['speedup_full']:.1f}x", flush=True)
+    return result
+
+
+def check_equal(ours: dict, theirs: dict, name: str) -> float:
+    worst = max(abs(ours[m] - theirs[m]) for m in MEASURES)
+    if worst > 1e-9:
+        raise SystemExit(f"{name} disagrees with us by {worst}: {ours} vs {theirs}")
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=1_000_000)
+    parser.add_argument("--depth", type=int, default=100)
+    parser.add_argument("--ranx-queries", type=int, default=100_000)
+    parser.add_argument("--ir-measures-queries", type=int, default=20_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--skip-reading", action="store_true", help="Do not time reading a TREC file.")
+    args = parser.parse_args()
+    run, qrels = make_data(args.queries, args.depth)
+    out: dict = {"queries": args.queries, "depth": args.depth, "rows": run.num_rows, "measures": MEASURES}
+    seconds, scores = best_of(args.reps, lambda: evaluate_queries(run, qrels, MEASURES).mean())
+    out["ours"] = {"seconds": seconds, "values": scores}
+    print(f"ours, {args.queries} queries: {seconds:.2f} s", flush=True)
+
+    for peer, size, timer in (("ranx", args.ranx_queries, time_ranx),
+                              ("ir_measures", args.ir_measures_queries, time_ir_measures)):
+        out[peer] = time_peer(peer, timer, subset(run, qrels, size, args.depth), size, seconds, args)
+        gc.collect()
+    if not args.skip_reading:
+        out["reading"] = time_reading(run, args.ranx_queries, args.depth, max(1, args.reps - 1))
+        print(f"reading: {out['reading']}", flush=True)
+    write_outputs(out)
+
+
+def write_outputs(out: dict) -> None:
+    (HERE / "out").mkdir(exist_ok=True)
+    (HERE / "out" / "scoring.json").write_text(json.dumps(out, indent=2) + "\n")
+    ranx, irm = out["ranx"], out["ir_measures"]
+    lines = [
+        f"Scoring {out['queries']:,} queries x {out['depth']} results ({out['rows']:,} rows), measures "
+        f"{', '.join(out['measures'])}; tie-free runs, values equal to 1e-9 (max difference: ranx "
+        f"{ranx['max_abs_difference']:.1e}, ir_measures {irm['max_abs_difference']:.1e}).", "",
+        "| tool | queries timed | seconds | ours, same queries | speed-up, same queries | "
+        "extrapolated to full size | speed-up at full size |",
+        "|---|---|---|---|---|---|---|",
+        f"| wit-retrieval | {out['queries']:,} | {out['ours']['seconds']:.2f} | - | - | - | - |",
+    ]
+    for name, r in (("ranx (after JIT warm-up)", ranx), ("ir_measures", irm)):
+        lines.append(f"| {name} | {r['queries']:,} | {r['seconds']:.2f} | {r['ours_seconds']:.2f} | "
+                     f"{r['speedup_same_subset']:.1f}x | {r['extrapolated_seconds']:.1f} | {r['speedup_full']:.1f}x |")
+    lines += ["", f"ranx Run/Qrels construction for {ranx['queries']:,} queries (not counted; includes numba "
+              f"compilation on a cold cache): {ranx['build_seconds']:.0f} s. Machine: {os.cpu_count()} cores, "
+              "shared with other jobs while measured; peers extrapolated linearly from the subsets."]
+    if "reading" in out:
+        r = out["reading"]
+        lines += ["", f"Reading a TREC run of {r['rows']:,} lines ({r['bytes'] / 2**30:.1f} GiB) with `read_run_table`: "
+                  f"{r['ours_seconds']:.1f} s; pandas.read_csv (C engine) would take ~{r['pandas_extrapolated_seconds']:.0f} s "
+                  f"(timed on {ranx['queries']:,} queries: {r['pandas_subset_seconds']:.1f} s, extrapolated)."]
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "scoring.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
