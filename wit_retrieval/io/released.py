@@ -7,6 +7,7 @@ entity image; the corpus of a split is the set of its queries' target images.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -16,7 +17,8 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import ConfigError
-from ..ids import image_id, query_id
+from ..ids import image_id as _image_id
+from ..ids import query_id
 from ..layout import DataRoot
 from ..schema import CORPUS, EI, QRELS, QUERIES
 from .roles import EXTRA, ColumnMapping, detect_columns, kind_from_name, split_list
@@ -25,7 +27,8 @@ from .tsv import RowErrors, read_tsv_rows
 
 __all__ = ["ColumnMapping", "detect_columns", "import_released", "read_released", "split_from_name"]
 
-_MASK = re.compile(r"\[MASK_(\d+)\]")
+# Entity images repeat across millions of queries: hash each URL once.
+image_id = functools.lru_cache(maxsize=1 << 20)(_image_id)
 _URL = re.compile(r"^https?://\S+$")
 PART_ROWS = 50_000
 

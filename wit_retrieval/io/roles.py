@@ -9,6 +9,7 @@ are the entity images, ...). Every decision carries its evidence, and the user c
 from __future__ import annotations
 
 import ast
+import codecs
 import json
 import os
 import re
@@ -32,6 +33,36 @@ _LANG = re.compile(r"^[a-z]{2,3}(-[a-z0-9]+)*$")
 _QID = re.compile(r"^Q\d+$")
 
 
+# Unrolled loops ("normal* (special normal*)*"): Python's re is slow on per-character alternation.
+_ITEM = r"""b?(?:'[^'\\]*(?:\\.[^'\\]*)*'|"[^"\\]*(?:\\.[^"\\]*)*")"""
+_PY_LIST = re.compile(rf"\[\s*(?:{_ITEM}\s*(?:,\s*{_ITEM}\s*)*,?\s*)?\]", re.S)
+_PY_ITEM = re.compile(r"""(b?)(?:'([^'\\]*(?:\\.[^'\\]*)*)'|"([^"\\]*(?:\\.[^"\\]*)*)")""", re.S)
+
+
+def _unrepr(is_bytes: str, body: str) -> str:
+    """One item of a Python list repr, without calling the compiler (as ast.literal_eval does)."""
+    if "\\" not in body:
+        return body
+    if is_bytes:
+        return codecs.escape_decode(body.encode("utf-8"))[0].decode("utf-8", "replace")
+    return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
+def _bracketed_list(text: str) -> tuple[list[str], str] | None:
+    """A JSON list or a Python list repr of strings / byte strings; None if neither."""
+    if not text.startswith('["') and _PY_LIST.fullmatch(text):  # '["' is JSON's way (or repr of "it's")
+        return [_unrepr(b, s1 or s2) for b, s1, s2 in _PY_ITEM.findall(text)], "python"
+    try:
+        return [str(v) for v in json.loads(text)], "json"
+    except (ValueError, TypeError):
+        pass
+    try:
+        items = ast.literal_eval(text)
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in items], "python"
+    except (ValueError, SyntaxError, TypeError, MemoryError):
+        return None
+
+
 def split_list(value: str | list | None, *, names: bool = False) -> tuple[list[str], str]:
     """(items, encoding) of a list cell: JSON list, Python list repr, '|' or ' ' separated, or single.
 
@@ -43,15 +74,9 @@ def split_list(value: str | list | None, *, names: bool = False) -> tuple[list[s
         return [str(v) for v in value], "fields"
     text = value.strip()
     if text.startswith("[") and text.endswith("]"):
-        try:
-            return [str(v) for v in json.loads(text)], "json"
-        except (ValueError, TypeError):
-            pass
-        try:
-            items = ast.literal_eval(text)
-            return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in items], "python"
-        except (ValueError, SyntaxError, TypeError, MemoryError):
-            pass
+        parsed = _bracketed_list(text)
+        if parsed is not None:
+            return parsed
     if "|" in text:
         return [decode_byte_literal(t.strip()) for t in text.split("|") if t.strip()], "pipe"
     tokens = text.split()
