@@ -6,6 +6,8 @@ import gzip
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from wit_retrieval.cli import app
@@ -195,3 +197,11 @@ def test_import_the_synthetic_worlds_released_files(tmp_path):
     queries = read_table_dir(DataRoot(tmp_path / "root").table_split("queries", "val")).to_pylist()
     assert all(q["entity_ids"] and not q["entity_ids"][0].startswith("img:") for q in queries)
     assert all(q["masked_text"].count("[MASK_") >= q["num_entities"] for q in queries)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10), max_size=5),
+       st.booleans())
+def test_python_list_reprs_round_trip(items, as_bytes):
+    text = repr([i.encode("utf-8") for i in items]) if as_bytes else repr(items)
+    assert split_list(text, names=True)[0] == items
