@@ -13,7 +13,7 @@ import codecs
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from ..errors import InputError
@@ -96,10 +96,12 @@ def sql_quote(value) -> str:
 class DumpReader:
     """Iterates `(table, values)` over every tuple of a dump; learns columns from CREATE TABLE."""
 
-    def __init__(self, path: str | os.PathLike, *, chunk_size: int = 1 << 20, errors: RowErrors | None = None):
+    def __init__(self, path: str | os.PathLike, *, chunk_size: int = 1 << 20, errors: RowErrors | None = None,
+                 keep: Callable[[str], bool] | None = None):
         self.path = str(path)
         self.chunk_size = chunk_size
         self.errors = errors
+        self.keep = keep  # a cheap test on a tuple's raw text: the others are never converted
         self.columns: dict[str, tuple[str, ...]] = {}
 
     def _chunks(self) -> Iterator[str]:
@@ -136,7 +138,8 @@ class DumpReader:
                     continue
                 m = _TUPLE.match(buf, pos) if not after_tuple else None
                 if m:
-                    yield table, parse_tuple(m.group(1))
+                    if self.keep is None or self.keep(m.group(1)):
+                        yield table, parse_tuple(m.group(1))
                     pos, after_tuple = m.end(), True
                     continue
                 if pos < len(buf) and not after_tuple and (
@@ -171,9 +174,9 @@ def iter_dump_tuples(path: str | os.PathLike, *, table: str | None = None) -> It
             yield values
 
 
-def _table_rows(path, table: str, wanted: tuple[str, ...]) -> Iterator[tuple]:
+def _table_rows(path, table: str, wanted: tuple[str, ...], keep=None) -> Iterator[tuple]:
     """The `wanted` columns of each tuple of `table`, located by the dump's CREATE TABLE if any."""
-    reader = DumpReader(path)
+    reader = DumpReader(path, keep=keep)
     positions = None
     for name, values in reader:
         if name != table:
@@ -201,7 +204,9 @@ def read_page_props(
     path: str | os.PathLike, props: frozenset[str] | None = DEFAULT_PROPS
 ) -> Iterator[PageProp]:
     """Page properties (all when `props` is None) from a `page_props` dump."""
-    for page_id, name, value in _table_rows(path, "page_props", ("pp_page", "pp_propname", "pp_value")):
+    quoted = None if props is None else tuple(f"'{p}'" for p in props)
+    keep = None if quoted is None else (lambda inner: any(q in inner for q in quoted))
+    for page_id, name, value in _table_rows(path, "page_props", ("pp_page", "pp_propname", "pp_value"), keep):
         if props is None or name in props:
             yield PageProp(page_id, name, None if value is None else str(value))
 
