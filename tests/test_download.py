@@ -111,6 +111,13 @@ def test_cli_one_line_errors_and_success(tmp_path, world):
                                  "--user-agent", "tests/1.0 (me@example.org)", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "downloaded" in result.output and "sha256 ok" in result.output
+    result = runner.invoke(app, ["download", "dumps", "--lang", "de", "--out", out, "--quiet",
+                                 "--host-alias", f"dumps.wikimedia.org={server.url}",
+                                 "--host-alias", f"storage.googleapis.com={server.url}"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("md5 ok") == 3
+    result = runner.invoke(app, ["download", "dumps", "--lang", "de", "--out", out, "--host-alias", "nonsense"])
+    assert result.exit_code == 1 and "expected HOST=URL" in result.output
 
 
 def test_release_catalogue():

@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         lang: list[str] = typer.Option(None, "--lang", help="Wikipedia language of the dumps, e.g. en. Repeatable."),
         base_url: str = typer.Option(None, "--base-url", help="Mirror to use instead of the official hosts "
                                      "(replaces scheme and host, keeps the path)."),
+        host_alias: list[str] = typer.Option(None, "--host-alias", help="HOST=URL: send requests for HOST to URL, "
+                                             "keeping the path (repeatable), e.g. dumps.wikimedia.org=http://127.0.0.1:8123."),
         user_agent: str = typer.Option(None, "--user-agent", help="User-Agent to send; please include your "
                                        "contact (Wikimedia policy), e.g. 'my-lab-bot/1.0 (me@example.org)'."),
         retries: int = typer.Option(5, "--retries", help="Retries on 5xx, 429 and connection errors."),
@@ -28,10 +30,17 @@ def register(app: typer.Typer) -> None:
 
         Example: wit-retrieval download mmir --split test --out downloads
         """
+        from ..errors import ConfigError
         from ..sources import DEFAULT_USER_AGENT, DownloadConfig, download_release
 
-        config = DownloadConfig(out=out, base_url=base_url, user_agent=user_agent or DEFAULT_USER_AGENT,
-                                retries=retries)
+        aliases = {}
+        for value in host_alias or []:
+            host, sep, url = value.partition("=")
+            if not sep or not host or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--host-alias {value!r}: expected HOST=URL, e.g. dumps.wikimedia.org=http://127.0.0.1:8123")
+            aliases[host.strip()] = url
+        config = DownloadConfig(out=out, base_url=base_url, host_aliases=aliases,
+                                user_agent=user_agent or DEFAULT_USER_AGENT, retries=retries)
         results = download_release(dataset, config, splits=split, languages=lang, progress=not quiet)
         for r in results:
             typer.echo(f"{r.status:<10} {r.path}  ({r.size:,} bytes; {r.verification})")

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Import released files as canonical queries/corpus/qrels (per split) and ei tables.
 
-        Example: wit-retrieval released import downloads/wit-retrieval/*.tsv.gz --out data/released
+        Example: wit-retrieval released import downloads/gresearch/wit-retrieval/*.tsv.gz --out data/released
         """
         from ..io.released import import_released
 
