@@ -106,6 +106,7 @@ def test_shuffled_columns_and_wide_rows(tmp_path):
     mapping = detect_columns(path)
     assert mapping.roles["target_image_url"] == "a" and mapping.roles["masked_text"] == "c"
     assert mapping.roles["entity_image_urls"] == "_extra" and mapping.roles["language"] == "b"
+    assert mapping.evidence["entity_image_urls"].startswith("fields beyond the header: 9/9")
     rows = list(read_released(path, mapping))
     assert len(rows) == 9 and rows[0]["num_entities"] == 2
 

@@ -123,7 +123,8 @@ class _Profile:
         return count / self.values if self.values else 0.0
 
     def describe(self, count: int, what: str) -> str:
-        return f"column {self.index} {self.name!r}: {count}/{self.values} sampled values {what}"
+        where = "fields beyond the header" if self.name == EXTRA else f"column {self.index} {self.name!r}"
+        return f"{where}: {count}/{self.values} sampled values {what}"
 
 
 @dataclass(frozen=True)
