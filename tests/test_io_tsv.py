@@ -240,3 +240,12 @@ def test_quoted_values_round_trip_at_any_segment_size(tmp_path, rows, segment):
     assert [r["url"] for r in got] == [f"https://x.org/{i}.jpg" for i in range(len(rows))]
     robust = [{k: r[k] for k in ("url", "text", "note", "more")} for r in read_tsv_rows(path)]
     assert robust == got
+
+
+def test_bom_and_crlf(tmp_path):
+    path = tmp_path / "crlf.tsv"
+    text = "\ufeff" + "\t".join(WIT_COLUMNS) + "\r\n" + "".join(_wit_line(i).replace("\n", "\r\n") for i in range(3))
+    path.write_bytes(text.encode("utf-8"))
+    rows = _rows(read_wit_batches(path))
+    assert [r["language"] for r in rows] == ["en"] * 3 and rows[2]["context_section_description"] is None
+    assert [r["page_title"] for r in read_tsv_rows(path)] == ["P 0", "P 1", "P 2"]

@@ -144,7 +144,7 @@ def read_header(path: str | os.PathLike) -> list[str]:
         first = f.readline()
     if not first.strip():
         raise InputError("empty file or empty header row; expected a tab-separated header", path=str(path))
-    names = first.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+    names = first.decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n").split("\t")
     return [decode_byte_literal(n.strip().strip('"')) or f"column_{i}" for i, n in enumerate(names)]
 
 
