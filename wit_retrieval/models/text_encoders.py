@@ -36,9 +36,15 @@ class Prompts:
     document: str = ""
 
     def document_text(self, text: str, title: str | None) -> str:
-        """The document with its prompt (title 'none' when unknown, as EmbeddingGemma expects)."""
-        prefix = self.document.replace("{title}", title or "none") if "{title}" in self.document else self.document
-        return prefix + text
+        """The document with its prompt (title 'none' when unknown, as EmbeddingGemma expects).
+
+        Without a `{title}` slot a title is prepended to the text, so no model loses it.
+        """
+        if "{title}" in self.document:
+            return self.document.replace("{title}", title or "none") + text
+        if title:
+            text = f"{title} | {text}" if text else title
+        return self.document + text
 
 
 def l2_normalise(matrix: np.ndarray, dim: int | None = None) -> np.ndarray:

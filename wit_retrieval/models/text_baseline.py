@@ -1,0 +1,163 @@
+"""Text-side baseline: images indexed by their WIT texts, queries with the entities' names filled in.
+
+Each corpus image becomes a document from what WIT says about the image itself: its Commons
+attribution description and alt text (several rows of one image are merged, distinct texts
+kept), titled by the pages that show it. The query is the masked text with each [MASK_i]
+replaced by entity i's name. This is the `names` reference of a text encoder: it needs no
+pixels, and shows how far the images' own captions get without seeing the entity images.
+
+`caption_reference_description` can be added to the fields, but MMIR queries are made from
+it, so the baseline then reads the answer: `WitTextConfig.leaks_query_text` says so, and the
+run metadata carries it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ConfigError, InputError
+
+IMAGE_FIELDS = ("caption_attribution_description", "caption_alt_text_description")
+QUERY_SOURCE_FIELDS = ("caption_reference_description",)  # MMIR masks these: using them leaks the query
+KNOWN_FIELDS = (*IMAGE_FIELDS, *QUERY_SOURCE_FIELDS, "context_section_description", "context_page_description",
+                "section_title", "hierarchical_section_title")
+
+Run = dict[str, list[tuple[str, float]]]
+
+
+class DocumentText(NamedTuple):
+    """What an image is indexed by: a title (the page(s) showing it) and its texts."""
+
+    title: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class WitTextConfig:
+    """Which WIT columns make an image's document, and how much of them to keep."""
+
+    fields: tuple[str, ...] = IMAGE_FIELDS
+    title_field: str | None = "page_title"
+    max_texts: int = 4             # distinct texts kept per image (WIT repeats an image on many pages)
+    max_titles: int = 2
+    max_chars: int = 1000          # per document; encoders truncate tokens anyway
+
+    def __post_init__(self):
+        unknown = [f for f in (*self.fields, self.title_field) if f and f not in (*KNOWN_FIELDS, "page_title")]
+        if unknown:
+            raise ConfigError(f"unknown WIT text field(s) {unknown}; known: {', '.join(KNOWN_FIELDS)}, page_title")
+        if not self.fields and not self.title_field:
+            raise ConfigError("no WIT field selected for the documents")
+
+    @property
+    def leaks_query_text(self) -> bool:
+        """True when a field MMIR queries are made from is part of the documents."""
+        return any(f in QUERY_SOURCE_FIELDS for f in self.fields)
+
+
+def collect_wit_texts(files: Iterable[str | Path], image_ids: Collection[str] | None = None,
+                      config: WitTextConfig = WitTextConfig(), errors=None) -> dict[str, DocumentText]:
+    """Documents per image_id from WIT TSV(.gz) files, streamed; only `image_ids` when given."""
+    from ..build.fast_ids import image_id
+    from ..io.tsv import RowErrors, read_wit_batches
+
+    wanted = set(image_ids) if image_ids is not None else None
+    errors = errors if errors is not None else RowErrors()
+    texts: dict[str, list[str]] = {}
+    titles: dict[str, list[str]] = {}
+    columns = ["image_url", *config.fields, *([config.title_field] if config.title_field else [])]
+    for path in files:
+        for batch in read_wit_batches(path, columns=columns, errors=errors):
+            values = {c: batch.column(c).to_pylist() for c in columns}
+            for row, url in enumerate(values["image_url"]):
+                if not url:
+                    continue
+                key = image_id(url)
+                if wanted is not None and key not in wanted:
+                    continue
+                kept = texts.setdefault(key, [])
+                for field in config.fields:
+                    _add_distinct(kept, values[field][row], config.max_texts)
+                if config.title_field:
+                    _add_distinct(titles.setdefault(key, []), values[config.title_field][row], config.max_titles)
+    return {key: DocumentText("; ".join(titles.get(key, [])) or None, " | ".join(kept)[: config.max_chars])
+            for key, kept in texts.items() if kept or titles.get(key)}
+
+
+def _add_distinct(kept: list[str], value: str | None, limit: int) -> None:
+    if value and len(kept) < limit:
+        value = " ".join(value.split())
+        if value and value not in kept:
+            kept.append(value)
+
+
+def shuffled_documents(wit_texts: Mapping[str, DocumentText | str], seed: int = 0) -> dict:
+    """The same documents dealt to other images: a control that keeps the text but breaks the link."""
+    keys = sorted(wit_texts)
+    values = [wit_texts[k] for k in keys]
+    random.Random(seed).shuffle(values)
+    return dict(zip(keys, values))
+
+
+def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
+                  wit_texts: Mapping[str, DocumentText | str], k: int = 100, *,
+                  names: Sequence[Sequence[str | None]] | None = None, counts: dict | None = None) -> Run:
+    """Rank the corpus images (by their texts) for each query (names filled in), by exact search.
+
+    `names[i][j]` is the name of query i's entity j; without it the table's `entity_names`
+    column is used. Images without any text cannot be retrieved; `counts` (if given) says how many.
+    """
+    from ..index import IndexConfig, build_index
+
+    query_ids = queries_table.column("query_id").to_pylist()
+    masked = queries_table.column("masked_text").to_pylist()
+    if names is None:
+        if "entity_names" not in queries_table.column_names:
+            raise ConfigError("the text-side baseline needs the entities' names: pass names= "
+                              "(see text_side_baseline) or a queries table with an entity_names column")
+        names = queries_table.column("entity_names").to_pylist()
+    corpus = [i for i in corpus_table.column("image_id").to_pylist() if i in wit_texts]
+    if not corpus:
+        raise InputError("no corpus image has a WIT text; check that the WIT files are those of this split")
+    documents = [_as_document(wit_texts[i]) for i in corpus]
+    doc_vectors = encoder.encode_documents([d.text for d in documents], [d.title for d in documents])
+    query_vectors = encoder.encode_queries(masked, None, fusion="names", names=[list(n or []) for n in names])
+    index = build_index(doc_vectors, corpus, IndexConfig(kind="exact"))
+    scores, ranked = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(corpus)))
+    if counts is not None:
+        counts.update({"queries": len(query_ids), "corpus": corpus_table.num_rows, "corpus_with_text": len(corpus),
+                       "corpus_without_text": corpus_table.num_rows - len(corpus),
+                       "queries_missing_a_name": sum(1 for n in names if not n or not all(n))})
+    return {q: [(d, float(s)) for d, s in zip(ids, row)] for q, ids, row in zip(query_ids, ranked, scores)}
+
+
+def _as_document(value: DocumentText | str) -> DocumentText:
+    return value if isinstance(value, DocumentText) else DocumentText(None, value)
+
+
+def text_side_baseline(root: str | Path, split: str, encoder, wit_files: Sequence[str | Path], *, k: int = 100,
+                       config: WitTextConfig = WitTextConfig(), max_queries: int = 0) -> tuple[Run, dict]:
+    """The text-side run of one split of a build, and counts (documents, missing names, leak flag)."""
+    from ..evaluate import load_query_names
+    from ..io.shards import read_table_dir
+    from ..layout import DataRoot
+
+    data = DataRoot(root)
+    queries = read_table_dir(data.table_split("queries", split),
+                             columns=["query_id", "masked_text", "entity_ids", "language"])
+    if max_queries:
+        queries = queries.slice(0, max_queries)
+    corpus = read_table_dir(data.table_split("corpus", split), columns=["image_id"])
+    names = load_query_names(data, queries.to_pylist())
+    texts = collect_wit_texts(wit_files, corpus.column("image_id").to_pylist(), config)
+    counts: dict = {"leaks_query_text": config.leaks_query_text, "fields": list(config.fields),
+                    "title_field": config.title_field}
+    run = text_side_run(encoder, queries, corpus, texts, k, names=names, counts=counts)
+    return run, counts
