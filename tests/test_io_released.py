@@ -206,3 +206,13 @@ def test_import_the_synthetic_worlds_released_files(tmp_path):
 def test_python_list_reprs_round_trip(items, as_bytes):
     text = repr([i.encode("utf-8") for i in items]) if as_bytes else repr(items)
     assert split_list(text, names=True)[0] == items
+
+
+def test_truncated_gzip_released_file(tmp_path):
+    whole = tmp_path / "mmir_dataset_test.tsv.gz"
+    write_mmir(whole, HEADERS[0], "json", False, _scenes(3000))
+    data = whole.read_bytes()
+    whole.write_bytes(data[: len(data) // 2])
+    mapping = detect_columns(whole)  # the sample at the start is still readable
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        list(read_released(whole, mapping))

@@ -249,3 +249,12 @@ def test_bom_and_crlf(tmp_path):
     rows = _rows(read_wit_batches(path))
     assert [r["language"] for r in rows] == ["en"] * 3 and rows[2]["context_section_description"] is None
     assert [r["page_title"] for r in read_tsv_rows(path)] == ["P 0", "P 1", "P 2"]
+
+
+def test_truncated_gzip_is_a_clear_input_error(tmp_path):
+    whole = tmp_path / "whole.tsv.gz"
+    _write(whole, [_wit_line(i) for i in range(3000)])
+    cut = tmp_path / "cut.tsv.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut.tsv.gz: unreadable after line .*truncated or corrupt"):
+        list(read_wit_batches(cut))

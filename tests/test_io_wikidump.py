@@ -122,3 +122,13 @@ def test_round_trip_random_values(tmp_path_factory, values, chunk_size):
     path.write_bytes(_insert("x", [row, row]).encode("utf-8"))
     assert list(iter_dump_tuples(path)) == [row, row]
     assert [v for _, v in DumpReader(path, chunk_size=chunk_size)] == [row, row]
+
+
+def test_truncated_gzip_dump_is_a_clear_input_error(tmp_path):
+    whole = tmp_path / "whole.sql.gz"
+    _write_gz(whole, "".join(_insert("page", [_page(k * 100 + i, 0, f"T{k}_{i}") for i in range(100)])
+                             for k in range(50)))
+    cut = tmp_path / "cut.sql.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut.sql.gz: unreadable after line .*download it again"):
+        list(read_pages(cut))

@@ -128,6 +128,15 @@ def decode_byte_literals_array(array: pa.Array | pa.ChunkedArray) -> pa.Array | 
     return pa.array(values, pa.string())
 
 
+READ_ERRORS = (OSError, EOFError, pa.ArrowInvalid)
+
+
+def damaged(path, line: int, exc: BaseException) -> InputError:
+    """The error for a file that cannot be read on (a damaged .gz, e.g. an interrupted download)."""
+    return InputError(f"unreadable after line {line} ({exc}); the file is truncated or corrupt: download it again",
+                      path=str(path))
+
+
 def open_binary(path: str | os.PathLike):
     """Open a plain or gzip file (detected by its magic bytes) for binary reading."""
     path = Path(path)
@@ -197,6 +206,15 @@ def _cut_pattern(path, header: list[str]) -> re.Pattern:
 
 def _segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
     """(first line number, bytes) of consecutive blocks of whole rows (cut before a row-start line)."""
+    line = 2
+    try:
+        for line, segment in _raw_segments(path, cut, size):
+            yield line, segment
+    except READ_ERRORS as exc:
+        raise damaged(path, line, exc) from None
+
+
+def _raw_segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
     with open_binary(path) as probe:
         compressed = isinstance(probe, gzip.GzipFile)
     line, rest = 2, b""

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .tsv import RowErrors, column_types, decode_byte_literal, open_binary
+from .tsv import READ_ERRORS, RowErrors, column_types, damaged, decode_byte_literal, open_binary
 
 _MAX_RECORD_CHARS = 512 << 20
 _SHAPES = (
@@ -199,10 +199,14 @@ def text_lines(data: bytes, first_line: int) -> Iterator[tuple[int, str]]:
 
 
 def _file_lines(path) -> Iterator[tuple[int, str]]:
-    with open_binary(path) as f:
-        f.readline()  # header
-        for number, raw in enumerate(f, start=2):
-            yield number, raw.decode("utf-8", errors="replace").rstrip("\n").removesuffix("\r")
+    number = 1
+    try:
+        with open_binary(path) as f:
+            f.readline()  # header
+            for number, raw in enumerate(f, start=2):
+                yield number, raw.decode("utf-8", errors="replace").rstrip("\n").removesuffix("\r")
+    except READ_ERRORS as exc:
+        raise damaged(path, number, exc) from None
 
 
 def _converter(dtype: pa.DataType):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from ..errors import InputError
-from .tsv import RowErrors, open_binary
+from .tsv import READ_ERRORS, RowErrors, damaged, open_binary
 
 # Documented column orders (reference/domain.md section 3), used when a dump has no CREATE TABLE.
 DEFAULT_COLUMNS = {
@@ -103,12 +103,16 @@ class DumpReader:
         self.errors = errors
         self.keep = keep  # a cheap test on a tuple's raw text: the others are never converted
         self.columns: dict[str, tuple[str, ...]] = {}
+        self.lines_read = 1  # lines consumed so far, for error messages
 
     def _chunks(self) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        with open_binary(self.path) as f:
-            while chunk := f.read(self.chunk_size):
-                yield decoder.decode(chunk)
+        try:
+            with open_binary(self.path) as f:
+                while chunk := f.read(self.chunk_size):
+                    yield decoder.decode(chunk)
+        except READ_ERRORS as exc:
+            raise damaged(self.path, self.lines_read, exc) from None
         yield decoder.decode(b"", final=True)
 
     def __iter__(self) -> Iterator[tuple[str, tuple]]:
@@ -150,6 +154,7 @@ class DumpReader:
             if eof:
                 return
             line += buf.count("\n", 0, pos)
+            self.lines_read = line
             buf, pos = buf[pos:], 0
             try:
                 buf += next(chunks)
