@@ -60,6 +60,9 @@ def test_fetch_status_and_errors(tmp_path):
     result = runner.invoke(app, ["images", "fetch", "--urls", str(_url_file(tmp_path, urls)), "--out",
                                  str(tmp_path / "x"), "--user-agent", "bot/1.0", "--no-progress"])
     assert result.exit_code == 1 and "error:" in result.output and "contact" in result.output
+    result = runner.invoke(app, ["images", "retry-failed", str(tmp_path / "out"), "--no-progress", "--rate", "5"])
+    assert result.exit_code == 0, result.output  # nothing retryable: no request, same store
+    assert json.loads((tmp_path / "out" / "_fetch.json").read_text())["http"]["rate"] == 10.0
     result = runner.invoke(app, ["images", "retry-failed", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "images fetch" in result.output
 

@@ -193,3 +193,28 @@ def test_mirrors_come_first(tmp_path):
         again = FetchConfig(str(tmp_path / "out2"), _http(server), mirrors=(parse_mirror(str(tmp_path / "out")),))
         assert fetch_images(again, urls)["sources"] == {"mirror": 10}
         assert server.stats()["requests"] == 0
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_store(tmp_path):
+    pytest.importorskip("ray")
+    from wit_retrieval.engine import EngineConfig
+
+    urls = make_world(tmp_path / "world", 60)
+    gone = FaultRule("http_404", paths=(urlsplit(urls[3]).path,))
+    with serve_directory(tmp_path / "world", faults=FaultPlan(rules=(gone,))) as server:
+        for name, engine in (("local", EngineConfig("local", 1)), ("ray", EngineConfig("ray", 2))):
+            config = FetchConfig(str(tmp_path / name), _http(server, timeout=2.0), shard_size=20, engine=engine)
+            assert fetch_images(config, urls)["ok"] == 59
+    strip = [{k: v for k, v in r.items() if k != "offset"} for r in _rows(tmp_path / "local")]
+    assert strip == [{k: v for k, v in r.items() if k != "offset"} for r in _rows(tmp_path / "ray")]
+
+
+def test_resume_refuses_other_image_settings(tmp_path):
+    urls = make_world(tmp_path / "world", 3)
+    with serve_directory(tmp_path / "world") as server:
+        fetch_images(FetchConfig(str(tmp_path / "out"), _http(server, timeout=2.0)), urls)
+        with pytest.raises(ConfigError, match="resize"):
+            fetch_images(FetchConfig(str(tmp_path / "out"), _http(server), DecodeConfig(resize="keep-ratio")), urls)
+        again = fetch_images(FetchConfig(str(tmp_path / "out"), _http(server, rate=5.0)), urls)  # resumes
+        assert again["ok"] == 3 and server.stats()["requests"] == 3

@@ -233,6 +233,22 @@ def resolve_config(config: FetchConfig) -> FetchConfig:
     return FetchConfig(config.out, config.http, config.decode, mirrors, config.shard_size, config.engine)
 
 
+def _check_same_decode(config: FetchConfig) -> None:
+    """Resuming with other resize/encode settings would mix two kinds of images in one store."""
+    import json
+
+    from ..errors import ConfigError
+
+    path = Path(config.out) / CONFIG_FILE
+    if not path.exists():
+        return
+    before = json.loads(path.read_text(encoding="utf-8")).get("decode", {})
+    if before and DecodeConfig(**before) != config.decode:
+        changed = ", ".join(k for k, v in asdict(config.decode).items() if before.get(k) != v)
+        raise ConfigError(f"{config.out} was fetched with other image settings ({changed}); "
+                          "resume with the same --resize/--image-size/--encode/--quality or use another --out")
+
+
 def write_config(config: FetchConfig) -> None:
     """Record the resolved fetch config next to the shards."""
     from ..io.shards import write_json_atomic
@@ -246,6 +262,7 @@ def fetch_images(config: FetchConfig, urls: Iterable[str], *, show_progress: boo
     out.mkdir(parents=True, exist_ok=True)
     plan = make_plan(urls, out, config.shard_size)
     check_politeness(config.http, plan_hosts(out))  # before any request
+    _check_same_decode(config)
     config = resolve_config(config)
     write_config(config)
     pending = [s for s in range(plan.shards) if read_done(out, s) is None]
