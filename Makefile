@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/wit-retrieval docs cli --out docs/cli.md
+	$(VENV)/bin/wit-retrieval docs formats --path docs/formats.md
 
 bench: $(STAMP)
 	bash benchmarks/run.sh

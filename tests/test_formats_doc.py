@@ -14,4 +14,4 @@ def test_every_column_is_described():
 def test_formats_doc_tables_are_in_sync():
     text = (REPO / "docs" / "formats.md").read_text(encoding="utf-8")
     section = text.split("<!-- TABLES START -->\n", 1)[1].split("<!-- TABLES END -->", 1)[0]
-    assert section == render_tables_markdown(), "docs/formats.md is stale: re-render its TABLES section"
+    assert section == render_tables_markdown(), "docs/formats.md is stale: run `make docs`"

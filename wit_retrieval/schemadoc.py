@@ -99,3 +99,18 @@ def render_tables_markdown() -> str:
             lines.append(f"| `{fld.name}` | `{fld.type}` | {DESCRIPTIONS.get(table, {}).get(fld.name, '')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+START, END = "<!-- TABLES START -->\n", "<!-- TABLES END -->"
+
+
+def refresh_formats_doc(path) -> None:
+    """Re-render the TABLES section of docs/formats.md in place (atomically)."""
+    from pathlib import Path
+
+    from .io.shards import write_text_atomic
+
+    text = Path(path).read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    write_text_atomic(path, f"{head}{START}{render_tables_markdown()}{END}{tail}")

@@ -30,3 +30,16 @@ def register(app: typer.Typer) -> None:
 
         write_text_atomic(out, render_cli_markdown(root_app))
         typer.echo(f"wrote {out}")
+
+    @docs.command("formats")
+    def formats_reference(
+        path: Path = typer.Option(Path("docs/formats.md"), "--path", help="The formats page to refresh."),
+    ):
+        """Re-render the canonical tables' columns in docs/formats.md from schema.py.
+
+        Example: wit-retrieval docs formats --path docs/formats.md
+        """
+        from ..schemadoc import refresh_formats_doc
+
+        refresh_formats_doc(path)
+        typer.echo(f"refreshed {path}")
