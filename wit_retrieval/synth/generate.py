@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -12,9 +13,9 @@ from ..errors import ConfigError
 from ..io.shards import atomic_path, write_text_atomic
 from . import lexicon as lx
 from .dump_writer import write_dumps
-from .files import ProgressFn, commons_path, commons_url, file_digest, write_file
+from .files import ProgressFn, commons_path, file_digest, write_file
 from .released_writer import write_released
-from .scenes import build_scenes, mask_caption
+from .scenes import build_scenes
 from .wit_writer import map_file, write_wit
 from .world import World, WorldConfig, build_entities, with_files
 
@@ -69,6 +70,8 @@ def generate_world(config: WorldConfig, out: Path, progress: ProgressFn | None =
     files.append(WORLD_JSON)
     sums = "".join(f"{file_digest(out / rel, 'sha256')}  {rel}\n" for rel in sorted(files))
     write_text_atomic(out / SHA256SUMS, sums)
+    for name in (WORLD_JSON, SHA256SUMS):
+        (out / name).chmod(0o644)  # atomic writes start private; the world is meant to be served
     return WorldSummary(out, len(entities), len(world.scenes), config.languages, config.dump_langs,
                         wit["rows"], released["mmir_rows"], released["ei_rows"], dumps["counts"], images,
                         [*files, SHA256SUMS], round(time.perf_counter() - start, 3))
@@ -90,6 +93,9 @@ def _prepare_out(out: Path) -> None:
         rel = line.partition("  ")[2]
         if rel and ".." not in Path(rel).parts:
             (out / rel).unlink(missing_ok=True)
+            for parent in Path(rel).parents[:-1]:  # drop folders the old world leaves empty
+                with contextlib.suppress(OSError):
+                    (out / parent).rmdir()
     shutil.rmtree(out / IMAGES_DIR, ignore_errors=True)
     (out / SHA256SUMS).unlink()
 
@@ -125,7 +131,7 @@ def _entity_json(world: World, e, qid: list[str]) -> dict:
         sources[code] = prop if prop != "none" else ("wit_main_image" if e.main_row[code] else None)
     return {
         "qid": e.qid, "index": e.index, "kind": lx.KINDS[e.kind][0], "names": e.names, "titles": e.titles,
-        "alias": e.alias, "file": e.file, "image_url": commons_url(e.file), "image_source": sources,
+        "alias": e.alias, "file": e.file, "image_url": world.entity_urls[e.index], "image_source": sources,
         "visual": {"shape": lx.SHAPES[e.visual.shape][0], "colour": lx.COLOURS[e.visual.colour][0],
                    "pattern": lx.PATTERNS[e.visual.pattern], "accent": e.visual.accent},
         "split": e.split, "wit_main_row": e.main_row,
@@ -135,12 +141,10 @@ def _entity_json(world: World, e, qid: list[str]) -> dict:
 def _scene_json(world: World, scene, qid: list[str]) -> dict:
     captions = []
     for c in scene.captions:
-        masked, order = mask_caption(c)
-        captions.append({"language": c.language, "text": c.text, "masked_text": masked,
-                         "mask_entities": [qid[i] for i in order],
-                         "page_title": world.entities[scene.entities[0]].titles[c.language],
+        captions.append({"language": c.language, "text": c.text, "masked_text": c.masked,
+                         "mask_entities": [qid[i] for i in c.order],
                          "mentions": [[m.start, m.end, qid[m.entity], m.surface] for m in c.mentions]})
-    return {"index": scene.index, "file": scene.file, "image_url": commons_url(scene.file),
+    return {"index": scene.index, "file": scene.file, "image_url": world.scene_urls[scene.index],
             "entities": [qid[i] for i in scene.entities], "relation": scene.relation, "setting": scene.setting,
             "split": scene.split, "larger": scene.larger, "captions": captions}
 
@@ -153,10 +157,10 @@ def write_world_json(world: World, path: Path, files: list[str]) -> None:
             "ambiguous": {code: {name: [qid[i] for i in members] for name, members in sorted(names.items())}
                           for code, names in world.ambiguous.items()}}
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(head, ensure_ascii=False)[:-1])
+        f.write(json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1])
         for key, items, render in (("entities", world.entities, _entity_json), ("scenes", world.scenes, _scene_json)):
-            f.write(f', "{key}": [\n')
+            f.write(f',"{key}":[\n')
             for k, item in enumerate(items):
-                f.write(("" if k == 0 else ",\n") + json.dumps(render(world, item, qid), ensure_ascii=False))
+                f.write(("" if k == 0 else ",\n") + json.dumps(render(world, item, qid), ensure_ascii=False, separators=(",", ":")))
             f.write("\n]")
         f.write("}\n")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 # (English, German, RGB): twelve colours far apart from each other on a light background.
 COLOURS = (
     ("Crimson", "Karmin", (200, 16, 46)),
@@ -137,8 +139,6 @@ LANGUAGES = {
 
 def language(code: str) -> Language:
     """The words of one language; raises ConfigError for a language the world cannot speak."""
-    from ..errors import ConfigError
-
     if code not in LANGUAGES:
         raise ConfigError(f"synth: unsupported language {code!r}; supported: {', '.join(LANGUAGES)}")
     return LANGUAGES[code]

@@ -11,8 +11,7 @@ import contextlib
 import zlib
 from pathlib import Path
 
-from .files import ProgressFn, commons_url, gzip_text, page_url
-from .scenes import mask_caption
+from .files import ProgressFn, gzip_text, page_url
 from .world import World
 
 RELEASED_DIR = "gresearch/wit-retrieval"
@@ -44,7 +43,7 @@ def _line(fields: list[str], key: int) -> str:
 
 def write_released(world: World, out: Path, progress: ProgressFn | None = None) -> dict:
     """Write EI and MMIR files; returns {"files": [...], "mmir_rows": {split: n}, "ei_rows": n}."""
-    entities = world.entities
+    entities, urls = world.entities, world.entity_urls
     names = {"train": [mmir_file_name("train", k) for k in range(MMIR_TRAIN_SHARDS)],
              "val": [mmir_file_name("val")], "test": [mmir_file_name("test")]}
     used: set[tuple[int, str]] = set()
@@ -56,18 +55,17 @@ def write_released(world: World, out: Path, progress: ProgressFn | None = None) 
             for k, name in enumerate(file_names):
                 streams[split, k] = stack.enter_context(gzip_text(out / RELEASED_DIR / name))
                 streams[split, k].write("\t".join(MMIR_COLUMNS) + "\n")
-        for scene in world.scenes:
-            target = commons_url(scene.file)
+        for scene, target in zip(world.scenes, world.scene_urls):
             for caption in scene.captions:
                 code = caption.language
                 key = zlib.crc32(f"{scene.index}:{code}".encode())
                 as_bytes = key % 4 == 0
-                masked, order = mask_caption(caption)
+                masked, order = caption.masked, caption.order
                 ents = [entities[i] for i in order]
                 used.update((i, code) for i in order)
                 entity_names = [e.names[code] for e in ents]
                 host = entities[scene.entities[0]]
-                fields = [target, _text(masked, as_bytes), repr([commons_url(e.file) for e in ents]),
+                fields = [target, _text(masked, as_bytes), repr([urls[i] for i in order]),
                           repr([n.encode("utf-8") for n in entity_names] if as_bytes else entity_names),
                           code, page_url(code, host.titles[code]), _text(host.titles[code], as_bytes)]
                 shard = key % MMIR_TRAIN_SHARDS if scene.split == "train" else 0
@@ -81,6 +79,6 @@ def write_released(world: World, out: Path, progress: ProgressFn | None = None) 
         for i, code in sorted(used):
             e = entities[i]
             key = zlib.crc32(f"ei:{i}:{code}".encode())
-            f.write(_line([commons_url(e.file), _text(e.titles[code], key % 4 == 0), code,
+            f.write(_line([urls[i], _text(e.titles[code], key % 4 == 0), code,
                            page_url(code, e.titles[code]), e.qid], key))
     return {"files": [ei_rel, *files], "mmir_rows": rows, "ei_rows": len(used)}

@@ -97,18 +97,24 @@ class _Templates:
             values["rel"] = words.relations[relation]
             values["extra"] = words.extra_vertical if relation in _VERTICAL else words.extra_horizontal
         slots = {slot: (e, _surface(e, code, rng)) for slot, e in zip("ABC", picked)}
-        text, mentions, pos = [], [], 0
+        text, masked, mentions, order, pos = [], [], [], [], 0
         for n, piece in enumerate(self.parts[len(picked), larger]):
             # The split alternates literal text (even n) and field names (odd n).
             if n % 2 and piece in slots:
                 e, surface = slots[piece]
                 mentions.append(Mention(pos, pos + len(surface), e.index, surface))
-                piece = surface
-            elif n % 2:
+                if e.index not in order:
+                    order.append(e.index)
+                masked.append(f"[MASK_{order.index(e.index)}]")
+                text.append(surface)
+                pos += len(surface)
+                continue
+            if n % 2:
                 piece = values[piece]
             text.append(piece)
+            masked.append(piece)
             pos += len(piece)
-        return Caption(code, "".join(text), tuple(mentions))
+        return Caption(code, "".join(text), tuple(mentions), "".join(masked), tuple(order))
 
 
 def render_caption(code: str, picked: list[Entity], relation: str | None, setting: str, larger: bool,

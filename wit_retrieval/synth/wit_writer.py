@@ -9,7 +9,7 @@ quote, with inner quotes doubled (csv.QUOTE_MINIMAL).
 from __future__ import annotations
 
 import contextlib
-import csv
+import re
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +21,7 @@ from .world import Entity, World
 
 WIT_DIR = "gresearch/wit"
 _LANG_NAMES = {"en": "English", "de": "Deutsch"}
+_NEEDS_QUOTES = re.compile(r'[\t\n\r"]')
 
 
 def wit_shard_name(split: str, k: int, n: int) -> str:
@@ -52,42 +53,58 @@ def page_context(world: World, e: Entity, code: str) -> tuple[str, str]:
         page += ("\n" if code == "en" else "\n\n") + (
             f"{title} appears in many pictures." if code == "en" else f"{title} ist auf vielen Bildern zu sehen.")
     if e.index == 0:  # one huge field, as real pages have
-        page += ("\n" + words.intro.format(title=title, kind=kind_phrase)) * 400
+        page += ("\n" + words.intro.format(title=title, kind=kind_phrase)) * 150
     section = (f"Pictures of {title} in different settings." if code == "en"
                else f"Bilder von {title} in verschiedenen Umgebungen.")
     return page, section
 
 
-def _entity_rows(world: World, e: Entity, code: str, context: tuple[str, str]) -> list[list]:
+def tsv_field(value) -> str:
+    """A field as the WIT files write it: quoted (inner quotes doubled) when it holds \t, \n, \r or "."""
+    value = str(value)
+    if _NEEDS_QUOTES.search(value):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _line(fields: list) -> str:
+    return "\t".join(map(tsv_field, fields)) + "\n"
+
+
+def _entity_rows(world: World, e: Entity, code: str, context: tuple[str, str]) -> list[str]:
     size = world.config.image_size
     title, lang_name = e.titles[code], _LANG_NAMES.get(code, code)
     url = page_url(code, title)
+    page_context_field = tsv_field(context[0])
     rows = []
     if e.main_row[code]:
         reference = e.names[code] if e.main_row[code] == 2 else ""
         alt = title if e.index % 4 == 0 else ""
-        rows.append([code, url, commons_url(e.file), title, "", title, reference,
-                     f"{lang_name}: {title}", alt, "image/png", size, size, "true",
-                     _bool(e.index % 3 != 0), _bool(e.index % 7 == 0), context[0], context[0]])
+        rows.append(_line([code, url, world.entity_urls[e.index], title, "", title, reference,
+                           f"{lang_name}: {title}", alt, "image/png", size, size, "true",
+                           _bool(e.index % 3 != 0), _bool(e.index % 7 == 0)])[:-1]
+                    + f"\t{page_context_field}\t{page_context_field}\n")
     if (mf := map_file(e)) is not None:
         section = "Geography" if code == "en" else "Geographie"
-        rows.append([code, url, commons_url(mf), title, section, f"{title} / {section}", "",
-                     f"{lang_name}: Locator map of {title}", "Map" if e.index % 2 else "", "image/png", size,
-                     size, "false", "true", "false", context[0], ""])
+        rows.append(_line([code, url, commons_url(mf), title, section, f"{title} / {section}", "",
+                           f"{lang_name}: Locator map of {title}", "Map" if e.index % 2 else "", "image/png",
+                           size, size, "false", "true", "false"])[:-1] + f"\t{page_context_field}\t\n")
     return rows
 
 
-def _scene_rows(world: World, e: Entity, code: str, hosted: list, context: tuple[str, str]) -> list[list]:
+def _scene_rows(world: World, e: Entity, code: str, hosted: list, context: tuple[str, str]) -> list[str]:
     size = world.config.image_size
     title, words = e.titles[code], lx.language(code)
-    url = page_url(code, title)
-    rows = []
-    for scene, caption in hosted:
-        rows.append([code, url, commons_url(scene.file), title, words.gallery, f"{title} / {words.gallery}",
-                     caption.text, f"{_LANG_NAMES.get(code, code)}: Scene {scene.index}",
-                     "" if scene.index % 3 else "Picture", "image/png", size, size, "false",
-                     _bool(scene.index % 4 != 0), _bool(scene.index % 9 == 0), context[0], context[1]])
-    return rows
+    # Fields shared by the page's rows are formatted once.
+    head = _line([code, page_url(code, title)])[:-1]
+    middle = _line([title, words.gallery, f"{title} / {words.gallery}"])[:-1]
+    tail = f"\timage/png\t{size}\t{size}\tfalse\t"
+    contexts = f"\t{tsv_field(context[0])}\t{tsv_field(context[1])}\n"
+    lang_name = _LANG_NAMES.get(code, code)
+    urls = world.scene_urls
+    return [f"{head}\t{urls[scene.index]}\t{middle}\t{tsv_field(caption.text)}\t{lang_name}: Scene {scene.index}"
+            f"\t{'' if scene.index % 3 else 'Picture'}{tail}{_bool(scene.index % 4 != 0)}"
+            f"\t{_bool(scene.index % 9 == 0)}{contexts}" for scene, caption in hosted]
 
 
 def write_wit(world: World, out: Path, progress: ProgressFn | None = None) -> dict:
@@ -106,10 +123,8 @@ def write_wit(world: World, out: Path, progress: ProgressFn | None = None) -> di
             for k in range(n):
                 rel = f"{WIT_DIR}/{wit_shard_name(split, k, n)}"
                 files.append(rel)
-                w = csv.writer(stack.enter_context(gzip_text(out / rel)), delimiter="\t", quotechar='"',
-                               quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-                w.writerow(WIT_COLUMNS)
-                writers[split, k] = w
+                writers[split, k] = stack.enter_context(gzip_text(out / rel))
+                writers[split, k].write("\t".join(WIT_COLUMNS) + "\n")
         for e in world.entities:
             for code in world.page_languages(e):
                 context = page_context(world, e, code)
@@ -117,10 +132,11 @@ def write_wit(world: World, out: Path, progress: ProgressFn | None = None) -> di
                 page_rows = {s: [] for s in SPLITS}
                 page_rows[e.split] += _entity_rows(world, e, code, context)
                 for split in SPLITS:
-                    page_rows[split] += _scene_rows(world, e, code, hosted.get((e.index, code, split), ()), context)
+                    if (key := (e.index, code, split)) in hosted:
+                        page_rows[split] += _scene_rows(world, e, code, hosted[key], context)
                 for split, batch in page_rows.items():
                     if batch:
-                        writers[split, shard_key % config.wit_shards[split]].writerows(batch)
+                        writers[split, shard_key % config.wit_shards[split]].write("".join(batch))
                         rows[split] += len(batch)
             if progress:
                 progress("WIT shards", 1, len(world.entities))

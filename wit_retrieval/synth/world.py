@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 from ..errors import ConfigError
@@ -16,7 +17,6 @@ from . import lexicon as lx
 from .lexicon import language
 
 SPLIT_SHARES = (("train", 0.8), ("val", 0.1), ("test", 0.1))
-NUM_VISUALS = len(lx.SHAPES) * len(lx.COLOURS) * (1 + (len(lx.PATTERNS) - 1) * len(lx.ACCENTS))
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ class Caption(NamedTuple):
     language: str
     text: str
     mentions: tuple[Mention, ...]
+    masked: str                 # [MASK_i] numbered by first occurrence of each distinct entity
+    order: tuple[int, ...]      # entity index of [MASK_i]
 
 
 class Scene(NamedTuple):
@@ -128,6 +130,20 @@ class World:
     entities: list[Entity]
     scenes: list[Scene]
     ambiguous: dict[str, dict[str, list[int]]]  # lang -> unqualified name -> entity indices
+
+    @cached_property
+    def entity_urls(self) -> list[str]:
+        """Canonical image URL of each entity (computed once: every scene row needs some)."""
+        from .files import commons_url
+
+        return [commons_url(e.file) for e in self.entities]
+
+    @cached_property
+    def scene_urls(self) -> list[str]:
+        """Image URL of each scene."""
+        from .files import commons_url
+
+        return [commons_url(s.file) for s in self.scenes]
 
     def page_languages(self, entity: Entity) -> list[str]:
         """Languages (config order) in which the entity has a page."""
@@ -162,9 +178,15 @@ def _all_visuals(seed: int) -> list[Visual]:
     """Every distinct icon design, in a seeded order (plain icons ignore the accent)."""
     out = [Visual(s, c, 0, 0) for s in range(len(lx.SHAPES)) for c in range(len(lx.COLOURS))]
     out += [Visual(s, c, p, a) for s in range(len(lx.SHAPES)) for c in range(len(lx.COLOURS))
-            for p in range(1, len(lx.PATTERNS)) for a in range(len(lx.ACCENTS))]
+            for p in range(1, len(lx.PATTERNS)) for a in range(len(lx.ACCENTS)) if _contrast(c, a)]
     random.Random(f"{seed}:visuals").shuffle(out)
     return out
+
+
+def _contrast(colour: int, accent: int) -> bool:
+    """Whether a pattern in this accent stays visible on this colour (RGB distance)."""
+    a, b = lx.COLOURS[colour][2], lx.ACCENTS[accent]
+    return sum((x - y) ** 2 for x, y in zip(a, b)) > 130**2
 
 
 def _variant(base_en: str, base_de: str, k: int, rotation: int) -> tuple[str, str]:
@@ -227,7 +249,7 @@ def _entity_visuals(n: int, seed: int, groups: list[list[int]]) -> list[Visual]:
             pattern = 1 + (lead.pattern + j * 2) % (len(lx.PATTERNS) - 1)
             for accent in range(len(lx.ACCENTS)):
                 candidate = Visual(lead.shape, lead.colour, pattern, (lead.accent + j + accent) % len(lx.ACCENTS))
-                if candidate not in used or n > len(pool):
+                if _contrast(candidate.colour, candidate.accent) and (candidate not in used or n > len(pool)):
                     break
             used.add(candidate)
             visuals[member] = candidate
