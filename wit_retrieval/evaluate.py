@@ -50,6 +50,19 @@ class EvalConfig:
         return self.model or f"local-dir:{self.checkpoint}"
 
 
+def load_eval_config(path: str | Path, **overrides: Any) -> EvalConfig:
+    """EvalConfig from the [evaluate] table of a TOML file (baselines/zs-*.toml); non-empty overrides win."""
+    from .models.train_config import read_toml, section_from_dict
+
+    data = read_toml(path)
+    unknown = set(data) - {"evaluate"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; an evaluation config has [evaluate]")
+    values = {**data.get("evaluate", {}), **{k: v for k, v in overrides.items() if v not in ("", None)}}
+    values.setdefault("data", "")
+    return section_from_dict(EvalConfig, values, f"{path}: [evaluate]")
+
+
 def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
     """Run the whole evaluation; writes run.trec (+ .meta.json), results.json and plots; returns results."""
     from .metrics import load_qrels, score

@@ -56,38 +56,51 @@ def train(
 
 
 def evaluate(
-    data: str = typer.Option(..., "--data", help="Data root of a build (queries, corpus, qrels)."),
+    config: Path = typer.Option(None, "--config", help="An evaluation TOML with an [evaluate] table "
+                                "(baselines/zs-*.toml); options given here override it."),
+    data: str = typer.Option("", "--data", help="Data root of a build (queries, corpus, qrels)."),
     model: str = typer.Option("", "--model", help="Encoder name: open_clip:ARCH:TAG or local-dir:PATH."),
     checkpoint: str = typer.Option("", "--checkpoint", help="A checkpoint folder (e.g. runs/inject-mini/model)."),
     fusion: str = typer.Option("", "--fusion", help="text-only, image-only, sum, names, combiner, inject "
                                "(default: the model's own)."),
-    split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
+    split: str = typer.Option("", "--split", help="Split to evaluate: train, val or test (default: test)."),
     images: str = typer.Option("", "--images", help="Image store folder (default: DATA/images)."),
     out: str = typer.Option("", "--out", help="Output folder (default: DATA/results/MODEL-FUSION-SPLIT)."),
-    measures: str = typer.Option("R@1,R@5,R@10,MRR@10,nDCG@10", "--measures", help="Measures to report."),
-    k: int = typer.Option(100, "--k", help="Ranked images kept per query."),
-    index: str = typer.Option("exact", "--index", help="exact, auto or a faiss factory string."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
-    workers: int = typer.Option(4, "--workers", help="Image decoding threads."),
+    measures: str = typer.Option("", "--measures", help="Measures (default: R@1,R@5,R@10,MRR@10,nDCG@10)."),
+    k: int = typer.Option(None, "--k", help="Ranked images kept per query (default: 100)."),
+    index: str = typer.Option("", "--index", help="exact (default), auto or a faiss factory string."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per encoder batch (default: 64)."),
+    workers: int = typer.Option(None, "--workers", help="Image decoding threads (default: 4)."),
     device: str = typer.Option("", "--device", help="cpu or cuda (default: cuda when available)."),
-    max_queries: int = typer.Option(0, "--max-queries", help="Evaluate only the first N queries (0: all)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap samples for confidence intervals."),
+    max_queries: int = typer.Option(None, "--max-queries", help="Evaluate only the first N queries."),
+    bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap samples for confidence intervals "
+                                  "(default: 1000)."),
     cache_dir: str = typer.Option("", "--cache-dir", help="Embedding cache (default: DATA/embeddings)."),
 ):
     """Encode, index, search and score one split; writes the run, results.json and plots.
 
     Example: wit-retrieval evaluate --checkpoint runs/inject-mini/model --fusion inject --data mini/root --split test
     """
-    from ..evaluate import EvalConfig
+    from ..evaluate import EvalConfig, load_eval_config
     from ..evaluate import evaluate as run_evaluation
+    from ..models.train_config import section_from_dict
 
-    config = EvalConfig(data=data, model=model, checkpoint=checkpoint, fusion=fusion, split=split, images=images,
-                        out=out, measures=measures, k=k, index=index, batch_size=batch_size, workers=workers,
-                        device=device, max_queries=max_queries, bootstrap=bootstrap, cache_dir=cache_dir)
-    results = run_evaluation(config)
-    scores = results.get("scores", results)
-    typer.echo(json.dumps({"out": results["out"], "fusion": results["fusion"], "scores": scores}, indent=2,
-                          default=str))
+    given = {"data": data, "model": model, "checkpoint": checkpoint, "fusion": fusion, "split": split,
+             "images": images, "out": out, "measures": measures, "k": k, "index": index, "batch_size": batch_size,
+             "workers": workers, "device": device, "max_queries": max_queries, "bootstrap": bootstrap,
+             "cache_dir": cache_dir}
+    given = {key: value for key, value in given.items() if value not in ("", None)}
+    if config is not None:
+        eval_config = load_eval_config(config, **given)
+    else:
+        eval_config = section_from_dict(EvalConfig, {"data": "", **given}, "options")
+    if not eval_config.data:
+        from ..errors import ConfigError
+
+        raise ConfigError("--data ROOT is required (or data = ... in the [evaluate] table)")
+    results = run_evaluation(eval_config)
+    typer.echo(json.dumps({"out": results["out"], "fusion": results["fusion"],
+                           "scores": results.get("scores", {})}, indent=2, default=str))
 
 
 def embed(

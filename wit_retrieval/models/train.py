@@ -155,7 +155,7 @@ def train_step(trainer: Trainer) -> dict:
     with torch.no_grad():
         model.clip.logit_scale.clamp_(0, math.log(100))
     trainer.step += 1
-    totals["temperature"] = float(1 / model.clip.logit_scale.exp())
+    totals["temperature"] = float(1 / model.clip.logit_scale.detach().exp())
     return {k: round(v, 6) for k, v in totals.items()}
 
 
@@ -264,7 +264,8 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
         exclude = param.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "logit_scale", "embedding"))
         (no_decay if exclude else decay).append(param)
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.optim.weight_decay}]
-    return torch.optim.AdamW(groups, lr=config.optim.lr)
+    # fused AdamW runs the update in one kernel per group (CPU and CUDA): cheaper steps on small models
+    return torch.optim.AdamW(groups, lr=config.optim.lr, fused=True)
 
 
 def _schedule(config: TrainConfig):
@@ -364,7 +365,8 @@ def plot_training(log_path: Path, png: Path) -> None:
         if points:
             right.plot(*zip(*points), marker="o", label=name)
     right.set(title="validation recall", xlabel="step", ylim=(0, 1))
-    right.legend(loc="lower right")
+    if vals:
+        right.legend(loc="lower right")
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -105,15 +105,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Parse a TOML config; `overrides` maps 'section.key' to values (CLI --set, --data, ...)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Parse a TOML config; `overrides` maps 'section.key' to values (CLI --set, --data, ...)."""
+    data = read_toml(path)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not key:
@@ -132,11 +137,12 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfi
             raise ConfigError(f"{source}: unknown section [{name}]{_hint(name, sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{name}] must be a table of keys")
-        built[name] = _section(hints[name], values, f"{source}: [{name}]")
+        built[name] = section_from_dict(hints[name], values, f"{source}: [{name}]")
     return TrainConfig(**built)
 
 
-def _section(cls, values: dict[str, Any], where: str):
+def section_from_dict(cls, values: dict[str, Any], where: str):
+    """A frozen dataclass `cls` from a dict; unknown keys and mistyped values are ConfigErrors."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -149,6 +155,8 @@ def _section(cls, values: dict[str, Any], where: str):
 def _coerce(value: Any, hint, where: str):
     origin = typing.get_origin(hint)
     if origin is tuple:
+        if isinstance(value, str):  # from the command line: "512,256"
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list")
         return tuple(_coerce(v, typing.get_args(hint)[0], where) for v in value)
