@@ -132,3 +132,31 @@ def test_text_side_baseline_beats_shuffled_documents(mini_world, minilm):
           f"shuffled control R@10 {control['R@10']:.3f} MRR@10 {control['MRR@10']:.3f}")
     assert ours["R@10"] > control["R@10"] + 0.3
     assert ours["MRR@10"] > 2 * control["MRR@10"]
+
+
+def test_text_baseline_command_writes_a_scored_run(mini_world, model_dir, tmp_path):
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from wit_retrieval.cli.text_baseline import register
+    from wit_retrieval.io.runs import read_run
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    root, files = mini_world
+    args = ["text-baseline", "--data", str(root), "--model", f"st:{model_dir}", "--device", "cpu", "--k", "10",
+            "--max-queries", "20", "--out", str(tmp_path / "out")]
+    for file in files:
+        args += ["--wit", file]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["num_queries"] == 20 and results["zero_shot"] and results["text_side"]
+    assert results["scores"]["R@10"] > 0.5 and results["counts"]["leaks_query_text"] is False
+    run = read_run(tmp_path / "out" / "run.trec")
+    assert len(run) == 20 and all(len(ranked) == 10 for ranked in run.values())
+    bad = CliRunner().invoke(app, [*args, "--fields", "attribution,caption"])
+    assert bad.exit_code != 0 and "unknown WIT text field" in str(bad.exception)

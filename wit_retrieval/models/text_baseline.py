@@ -161,3 +161,63 @@ def text_side_baseline(root: str | Path, split: str, encoder, wit_files: Sequenc
                     "title_field": config.title_field}
     run = text_side_run(encoder, queries, corpus, texts, k, names=names, counts=counts)
     return run, counts
+
+
+@dataclass(frozen=True)
+class TextBaselineConfig:
+    """One text-side evaluation: which text encoder, which build split, which WIT files, written where."""
+
+    data: str
+    model: str                       # sentence-transformers:PATH[:DIM] (st:...) or gemini:MODEL[:DIM]
+    wit: tuple[str, ...]             # the WIT files the build was made from (the documents' source)
+    split: str = "test"
+    out: str = ""                    # default: DATA/results/<model>-text-side-<split>
+    k: int = 100
+    measures: str = "R@1,R@5,R@10,MRR@10,nDCG@10"
+    texts: WitTextConfig = WitTextConfig()
+    max_queries: int = 0
+    bootstrap: int = 1000
+    device: str = ""
+
+
+def evaluate_text_baseline(config: TextBaselineConfig, *, encoder=None) -> dict:
+    """Run, score and write (run.trec, run.trec.meta.json, results.json) the text-side baseline."""
+    import dataclasses
+    import re
+    import time
+
+    import pyarrow.compute as pc
+
+    from ..io.runs import write_trec
+    from ..io.shards import write_json_atomic
+    from ..layout import DataRoot
+    from ..results import load_split_inputs, score_run
+    from . import gemini, text_encoders  # noqa: F401 - register their encoder schemes
+    from .encoders import load_encoder
+
+    if not config.wit:
+        raise ConfigError("the text-side baseline needs the WIT files of the build (--wit FILES)")
+    started = time.perf_counter()
+    encoder = encoder or load_encoder(config.model, device=config.device or None)
+    run, counts = text_side_baseline(config.data, config.split, encoder, config.wit, k=config.k,
+                                     config=config.texts, max_queries=config.max_queries)
+    inputs = load_split_inputs(config.data, config.split)
+    qrels = inputs.qrels
+    if config.max_queries:
+        qrels = qrels.filter(pc.is_in(qrels["query_id"], value_set=pa.array(list(run), pa.string())))
+    results = score_run(run, qrels, config.measures, queries_table=inputs.queries, bootstrap=config.bootstrap,
+                        corpus_size=inputs.corpus_size, dataset_revision=inputs.revision, split=config.split,
+                        metadata={"model": encoder.metadata.to_dict(), "fusion": "names", "text_side": True}).to_dict()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.metadata.name).strip("_")[-60:]
+    out = Path(config.out) if config.out else DataRoot(config.data).results / f"{slug}-text-side-{config.split}"
+    results.update({"model": encoder.metadata.to_dict(), "fusion": "names", "text_side": True, "counts": counts,
+                    "zero_shot": encoder.metadata.zero_shot_on("mmir"), "config": dataclasses.asdict(config),
+                    "evaluation_seconds": round(time.perf_counter() - started, 3)})
+    out.mkdir(parents=True, exist_ok=True)
+    write_trec(run, out / "run.trec", tag=f"{slug}-text-side"[:64])
+    write_json_atomic(out / "run.trec.meta.json", {"model": results["model"], "fusion": "names", "text_side": True,
+                                                   "split": config.split, "data": config.data, "k": config.k,
+                                                   "leaks_query_text": counts["leaks_query_text"]})
+    write_json_atomic(out / "results.json", results)
+    results["out"] = str(out)
+    return results
