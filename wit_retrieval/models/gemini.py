@@ -209,6 +209,9 @@ class GeminiEncoder(TextEncoder):
 
     def encode_documents(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> np.ndarray:
         """Documents with the document task type (and titles, which the API takes for documents)."""
+        titles = list(titles) if titles is not None else [None] * len(texts)
+        # the API refuses empty content: a document known only by its title is its title
+        texts = [t or title or "none" for t, title in zip(texts, titles)]
         return self.client.embed(texts, self.config.document_task, titles)
 
     def encode_query_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -111,6 +111,9 @@ def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
                   names: Sequence[Sequence[str | None]] | None = None, counts: dict | None = None) -> Run:
     """Rank the corpus images (by their texts) for each query (names filled in), by exact search.
 
+    `encoder` is a text encoder (text_encoders, gemini) or any Encoder with `encode_texts`
+    (e.g. a CLIP text tower, for a text-side run of the same model).
+
     `names[i][j]` is the name of query i's entity j; without it the table's `entity_names`
     column is used. Images without any text cannot be retrieved; `counts` (if given) says how many.
     """
@@ -126,9 +129,8 @@ def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
     corpus = [i for i in corpus_table.column("image_id").to_pylist() if i in wit_texts]
     if not corpus:
         raise InputError("no corpus image has a WIT text; check that the WIT files are those of this split")
-    documents = [_as_document(wit_texts[i]) for i in corpus]
-    doc_vectors = encoder.encode_documents([d.text for d in documents], [d.title for d in documents])
-    query_vectors = encoder.encode_queries(masked, None, fusion="names", names=[list(n or []) for n in names])
+    doc_vectors = _encode_documents(encoder, [_as_document(wit_texts[i]) for i in corpus])
+    query_vectors = _encode_name_queries(encoder, masked, [list(n or []) for n in names])
     index = build_index(doc_vectors, corpus, IndexConfig(kind="exact"))
     scores, ranked = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(corpus)))
     if counts is not None:
@@ -140,6 +142,24 @@ def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
 
 def _as_document(value: DocumentText | str) -> DocumentText:
     return value if isinstance(value, DocumentText) else DocumentText(None, value)
+
+
+def _encode_documents(encoder, documents: list[DocumentText]) -> np.ndarray:
+    """Text encoders take titles their own way; any other encoder (a CLIP text tower) gets 'title | text'."""
+    from .text_encoders import Prompts, TextEncoder
+
+    if isinstance(encoder, TextEncoder):
+        return encoder.encode_documents([d.text for d in documents], [d.title for d in documents])
+    return encoder.encode_texts([Prompts().document_text(d.text, d.title) for d in documents])
+
+
+def _encode_name_queries(encoder, masked: list[str], names: list[list[str | None]]) -> np.ndarray:
+    from .fusion import fill_masks
+    from .text_encoders import TextEncoder
+
+    if isinstance(encoder, TextEncoder):
+        return encoder.encode_queries(masked, None, fusion="names", names=names)
+    return encoder.encode_texts([fill_masks(t, n) for t, n in zip(masked, names)])
 
 
 def text_side_baseline(root: str | Path, split: str, encoder, wit_files: Sequence[str | Path], *, k: int = 100,
