@@ -259,6 +259,18 @@ def test_language_without_dumps_gets_main_image_rows(tmp_path):
     assert not list(out.rglob("*.png"))
 
 
+def test_regenerating_replaces_the_previous_world(tmp_path):
+    out = tmp_path / "w"
+    generate_world(WorldConfig(entities=20, scenes=20, images=True, image_size=16,
+                               wit_shards={"train": 3, "val": 1, "test": 1}), out)
+    generate_world(WorldConfig(entities=20, scenes=20, images=False, languages=("en",)), out)
+    assert len(list((out / "gresearch/wit").glob("wit_v1.train.*"))) == 2
+    assert not (out / "dewiki").exists() and not (out / "wikipedia").exists()
+    listed = {line.split("  ")[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert on_disk == listed | {"SHA256SUMS"}
+
+
 def test_bad_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="language"):
         WorldConfig(languages=("en", "xx"))

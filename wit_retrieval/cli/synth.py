@@ -74,6 +74,7 @@ def synth(
     for code, counts in summary.dump_counts.items():
         typer.echo(f"  {code}wiki dumps: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     typer.echo(f"  ground truth {summary.world_json}")
+    typer.echo(f"serve it at the real hosts' paths with: wit-retrieval serve {summary.out} --port 8123")
 
 
 def register(app: typer.Typer) -> None:

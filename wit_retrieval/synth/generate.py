@@ -97,6 +97,8 @@ def _prepare_out(out: Path) -> None:
                 with contextlib.suppress(OSError):
                     (out / parent).rmdir()
     shutil.rmtree(out / IMAGES_DIR, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (out / IMAGES_DIR).parent.rmdir()
     (out / SHA256SUMS).unlink()
 
 

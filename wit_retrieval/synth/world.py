@@ -6,6 +6,7 @@ seeded by strings ("{seed}:entities"), never from `hash()`, so runs are byte-ide
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import NamedTuple
 
 from ..errors import ConfigError
 from . import lexicon as lx
+from .files import commons_url
 from .lexicon import language
 
 SPLIT_SHARES = (("train", 0.8), ("val", 0.1), ("test", 0.1))
@@ -134,15 +136,11 @@ class World:
     @cached_property
     def entity_urls(self) -> list[str]:
         """Canonical image URL of each entity (computed once: every scene row needs some)."""
-        from .files import commons_url
-
         return [commons_url(e.file) for e in self.entities]
 
     @cached_property
     def scene_urls(self) -> list[str]:
         """Image URL of each scene."""
-        from .files import commons_url
-
         return [commons_url(s.file) for s in self.scenes]
 
     def page_languages(self, entity: Entity) -> list[str]:
@@ -157,7 +155,7 @@ def split_assigner(total: int, salt: str) -> Callable[[int], str]:
     rng = random.Random(f"{salt}:perm:{total}")
     # An affine map modulo total is a bijection when the step is coprime with total.
     step = rng.randrange(1, max(2, total)) | 1
-    while _gcd(step, total) != 1:
+    while math.gcd(step, total) != 1:
         step += 2
     offset = rng.randrange(max(1, total))
 
@@ -166,12 +164,6 @@ def split_assigner(total: int, salt: str) -> Callable[[int], str]:
         return "train" if rank < n_train else ("val" if rank < n_train + n_val else "test")
 
     return split
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def _all_visuals(seed: int) -> list[Visual]:
