@@ -102,12 +102,13 @@ def test_batch_linking_equals_row_by_row():
                         ("Q3", "en", "Straße", "title"), ("Q4", "en", "Café Müller", "title"),
                         ("Q5", "de", "Berlin", "title"), ("Q6", "en", "NASA", "title"), ("Q7", "en", "Nasa", "title")])
     texts = ["I love New", "York and New York", "die STRASSE", "Café Müller, York", "Berlin", "new", "york",
-             "NASA Nasa", "Cafe\u0301 Müller", "", "Newyork York"]
-    languages = ["en"] * 4 + ["de"] + ["en"] * 6
+             "NASA Nasa", "Cafe\u0301 Müller", "", "Newyork York", "Die ﬁne Straße, größer als Café Müller"]
+    languages = ["en"] * 4 + ["de"] + ["en"] * 7
     batch = linker.link_batch(texts, languages)
     assert batch == [linker.link(t, lang) for t, lang in zip(texts, languages)]
     assert batch[0] == [] and batch[5] == [] and batch[6] == [(0, 4, "Q2")]  # no match across rows
     assert batch[1] == [(0, 4, "Q2"), (9, 17, "Q1")]
+    assert [texts[-1][s:e] for s, e, _ in batch[-1]] == ["Straße", "Café Müller"]
 
 
 def test_ambiguous_name_blocks_the_names_inside_it():

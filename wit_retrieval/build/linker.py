@@ -10,6 +10,7 @@ language on first use, never per row.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ class LinkerSpec:
 
 
 _CACHE: dict[LinkerSpec, Linker] = {}
-_CACHE_VERSION = 2  # bump when the automaton's keys or values change shape
+_CACHE_VERSION = 3  # bump when the automaton's keys or values change shape
 GAZETTEER_CACHE = "_gazetteer"  # folder inside entity_names (ignored by readers: leading underscore)
 
 
@@ -172,10 +173,11 @@ class Gazetteer:
         for key, entities in candidates.items():
             target = resolve(entities, exact_titles.get(key, {})) if entities else None
             ambiguous += target is None
-            # word boundaries live in the keys: " name " only matches between separators
+            # the right word boundary lives in the key ("name " ends before a separator); the left
+            # one is checked per match (a space there would be eaten by the previous match)
             left, right = (int(c != " " and uses_spaces(c)) for c in (key[0], key[-1]))
-            padded = " " * left + key + " " * right
-            automaton.add_word(padded, (len(padded) - left, right, target))
+            padded = key + " " * right
+            automaton.add_word(padded, (len(padded), right, left, target))
         if len(automaton):
             automaton.make_automaton()
         return _Language(automaton if len(automaton) else None, ambiguous, len(candidates))
@@ -198,9 +200,12 @@ class Gazetteer:
             folded, offsets = fold_with_offsets(text)
             form = match_form(folded)
         found: list[Span] = []
-        # positions in " " + form + " " are one more than in the folded text
-        for last, (length, right, target) in lang.automaton.iter(" " + form + " "):
-            start, end = last - length, last - right
+        scanned = " " + form + " "  # positions in it are one more than in the folded text
+        for last, (length, right, left, target) in lang.automaton.iter_long(scanned):
+            first = last - length + 1
+            if left and scanned[first - 1] not in _SEPARATORS:  # starts inside a word
+                continue
+            start, end = first - 1, last - right
             if offsets is not None:
                 start, end = offsets[start], offsets[end]
                 if start < 0 or end < 0:  # inside one character's expansion
@@ -220,23 +225,21 @@ class Gazetteer:
             lang = self.language(language)
             if lang is None or lang.automaton is None:
                 continue
-            ascii_rows, plain_rows, plain_forms = [], [], []
+            ascii_rows, nfc_rows = [], []
             for i in rows:
                 text = texts[i]
                 if text.isascii():
                     ascii_rows.append(i)
-                    continue
-                folded, offsets = fold_with_offsets(text)
-                if offsets is None:
-                    plain_rows.append(i)
-                    plain_forms.append(match_form(folded))
-                else:
+                elif unicodedata.is_normalized("NFC", text):
+                    nfc_rows.append(i)
+                else:  # decomposed text: folded row by row (rare: Wikipedia stores NFC)
                     out[i] = self.link(text, language)
             if ascii_rows:
                 forms = ascii_match_form(_ROW_SEPARATOR.join([texts[i] for i in ascii_rows]))
-                _scan(lang.automaton, forms, ascii_rows, texts, out)
-            if plain_rows:
-                _scan(lang.automaton, _ROW_SEPARATOR.join(plain_forms), plain_rows, texts, out)
+                _scan(lang.automaton, forms, None, ascii_rows, texts, out)
+            if nfc_rows:
+                folded, offsets = fold_with_offsets(_ROW_SEPARATOR.join([texts[i] for i in nfc_rows]))
+                _scan(lang.automaton, match_form(folded), offsets, nfc_rows, texts, out)
         return [_select(spans) if spans else spans for spans in out]
 
 
@@ -245,8 +248,8 @@ class Gazetteer:
 _ROW_SEPARATOR = " \x00 "
 
 
-def _scan(automaton, joined: str, rows: list[int], texts: list[str], out: list[list[Span]]) -> None:
-    """Match the names in rows joined by _ROW_SEPARATOR (forms of equal length as the texts)."""
+def _scan(automaton, form: str, offsets, rows: list[int], texts: list[str], out: list[list[Span]]) -> None:
+    """Match the names in the match form of rows joined by _ROW_SEPARATOR (offsets: fold's map)."""
     starts = []
     position = 0
     for i in rows:
@@ -254,20 +257,29 @@ def _scan(automaton, joined: str, rows: list[int], texts: list[str], out: list[l
         position += len(texts[i]) + len(_ROW_SEPARATOR)
     starts.append(position)
     row = 0
-    for last, (length, right, target) in automaton.iter(" " + joined + " "):
-        while last >= starts[row + 1]:
+    scanned = " " + form + " "
+    for last, (length, right, left, target) in automaton.iter_long(scanned):
+        first = last - length + 1
+        if left and scanned[first - 1] not in _SEPARATORS:
+            continue
+        start, end = first - 1, last - right  # in the joined folded text
+        if offsets is not None:
+            start, end = offsets[start], offsets[end]
+            if start < 0 or end < 0:
+                continue
+        while start >= starts[row + 1]:
             row += 1
-        base = starts[row]
-        start, end = last - length - base, last - right - base
+        start, end = start - starts[row], end - starts[row]
         if target is not None and not isinstance(target, str):
             target = target.get(texts[rows[row]][start:end])
         out[rows[row]].append((start, end, target))
 
 
+_SEPARATORS = frozenset(" \x00")
+
+
 def _select(found: list) -> list[Span]:
-    """Leftmost-longest spans, then without the blockers (ambiguous names)."""
-    if len(found) > 1:
-        found = leftmost_longest(found)
+    """The spans without the blockers (ambiguous names); iter_long already gave leftmost-longest."""
     return [span for span in found if span[2] is not None]
 
 

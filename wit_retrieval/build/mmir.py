@@ -77,7 +77,8 @@ def build_mmir(config: MmirConfig) -> dict:
     errors = RowErrors()
     split_stats: dict[str, SplitStats] = {}
     entity_uses: Counter = Counter()
-    results = run_shards(build_shard, tasks, config.engine)
+    workers = {"cpu_seconds": 0.0, "peak_rss_mib": 0.0}
+    results = _measured(run_shards(build_shard, tasks, config.engine), workers)
     for split, group in itertools.groupby(results, key=lambda r: r.split):
         stats = split_stats[split] = SplitStats()
         write_split(root, split, group, stats, errors, entity_uses)
@@ -90,6 +91,8 @@ def build_mmir(config: MmirConfig) -> dict:
         "linker": config.linker,
         "filters": asdict(config.filters),
         "seconds": round(time.time() - started, 2),
+        "worker_cpu_seconds": round(workers["cpu_seconds"], 2),
+        "worker_peak_rss_mib": round(workers["peak_rss_mib"], 1),
     }
     update_stats(root, "mmir", section)
     update_stats(root, "ei", {"entities": len(entity_uses), "uses": sum(entity_uses.values())})
@@ -98,6 +101,14 @@ def build_mmir(config: MmirConfig) -> dict:
 
         export_all(root, train_shards=config.train_shards)
     return section
+
+
+def _measured(results: Iterator[ShardResult], workers: dict) -> Iterator[ShardResult]:
+    """Pass results through, summing the workers' CPU time and keeping their peak memory."""
+    for result in results:
+        workers["cpu_seconds"] += result.cpu_seconds
+        workers["peak_rss_mib"] = max(workers["peak_rss_mib"], result.peak_rss_mib)
+        yield result
 
 
 def plan_tasks(config: MmirConfig) -> list[ShardTask]:

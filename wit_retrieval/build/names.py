@@ -61,15 +61,11 @@ class _Folds(dict):
 
     def __missing__(self, code: int) -> str:
         char = chr(code)
-        folded = unicodedata.normalize("NFKC", char).casefold() or char
-        self[code] = folded
-        if len(folded) != 1:
-            _EXPANDING.add(char)
-        return folded
+        self[code] = unicodedata.normalize("NFKC", char).casefold() or char
+        return self[code]
 
 
 _FOLDS = _Folds()
-_EXPANDING: set[str] = set()
 
 
 def fold_with_offsets(text: str) -> tuple[str, list[int] | None]:
@@ -78,27 +74,29 @@ def fold_with_offsets(text: str) -> tuple[str, list[int] | None]:
     The map has len(folded) + 1 entries; -1 marks a folded position inside the expansion
     of one original character (a match may not start or end there). None means identity
     (no character changed length), which keeps the hot path cheap. Wikipedia stores NFC
-    text, where folding is per character (one C-level translate); other text is folded
-    per base character plus its marks, so decomposed accents compose as in NFKC.
+    text, where folding is per character (C-level casefold or translate); other text is
+    folded per base character plus its marks, so decomposed accents compose as in NFKC.
     """
     if text.isascii():
         return text.lower(), None
     if not unicodedata.is_normalized("NFC", text):
         return _fold_segments(text)
-    folded = text.casefold()  # all in C; equal to the per-character fold on NFKC-stable text
+    folded = text.casefold()  # equal to the per-character fold on NFKC-stable text
     if len(folded) == len(text) and unicodedata.is_normalized("NFKC", folded):
         return folded, None
     folded = text.translate(_FOLDS)
     if len(folded) == len(text):
         return folded, None
+    # only the few characters that expand ("ß" -> "ss") are visited in Python
+    expanding = "".join(re.escape(c) for c in set(text) if len(_FOLDS[ord(c)]) != 1)
     offsets: list[int] = []
-    for i, char in enumerate(text):
-        if char in _EXPANDING:
-            offsets.append(i)
-            offsets.extend([-1] * (len(_FOLDS[ord(char)]) - 1))
-        else:
-            offsets.append(i)
-    offsets.append(len(text))
+    cursor = 0
+    for match in re.finditer(f"[{expanding}]", text):
+        i = match.start()
+        offsets.extend(range(cursor, i + 1))
+        offsets.extend([-1] * (len(_FOLDS[ord(text[i])]) - 1))
+        cursor = i + 1
+    offsets.extend(range(cursor, len(text) + 1))
     return folded, offsets
 
 

@@ -6,6 +6,8 @@ are loaded once per process (module-level caches), never per row.
 
 from __future__ import annotations
 
+import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,8 @@ class ShardResult:
     queries: pa.Table
     stats: SplitStats
     errors: object  # io.tsv.RowErrors
+    cpu_seconds: float = 0.0  # CPU time of this shard in its worker
+    peak_rss_mib: float = 0.0  # the worker's peak memory so far
 
 
 _ENTITY_IMAGES: dict[str, dict[str, tuple[str, str]]] = {}
@@ -80,6 +84,7 @@ def build_shard(task: ShardTask) -> ShardResult:
     """Link, mask and filter every row of one WIT file that has a reference description."""
     from ..io.tsv import RowErrors, read_wit_batches
 
+    started = time.process_time()
     errors = RowErrors()
     stats = SplitStats()
     linker = load_linker(task.linker)
@@ -95,7 +100,8 @@ def build_shard(task: ShardTask) -> ShardResult:
         if batch.num_rows:
             parts.append(_queries(batch, task, linker, images, stats))
     queries = pa.concat_tables(parts) if parts else QUERIES.empty_table()
-    return ShardResult(task.split, task.path, queries, stats, errors)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return ShardResult(task.split, task.path, queries, stats, errors, time.process_time() - started, peak)
 
 
 def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
@@ -137,21 +143,26 @@ def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: Spli
             dropped["too_few_words"] += 1
             continue
         kept.append((
-            row_ids[i] if row_ids else query_id(split, normal, page_url, text), languages[i], titles[i], page_url,
-            target, url,
-            masked.masked_text, masked.entity_ids, [e[0] for e in entity], masked.mentions, count, text,
+            i, row_ids[i] if row_ids else query_id(split, normal, page_url, text), target,
+            masked.masked_text, masked.entity_ids, [e[0] for e in entity], masked.mentions, count,
         ))
-    return _table(kept, split)
+    return _table(kept, split, batch)
 
 
-_ROW_COLUMNS = ("query_id", "language", "page_title", "page_url", "target_image_id", "target_image_url",
-                "masked_text", "entity_ids", "entity_image_urls", "mentions", "num_entities", "original_text")
+_ROW_COLUMNS = ("row", "query_id", "target_image_id", "masked_text", "entity_ids", "entity_image_urls", "mentions",
+                "num_entities")
+# columns copied from the WIT batch as they are (arrow take, no Python round trip)
+_COPIED = {"language": "language", "page_title": "page_title", "page_url": "page_url",
+           "target_image_url": "image_url", "original_text": "caption_reference_description"}
 
 
-def _table(rows: list[tuple], split: str) -> pa.Table:
-    """Kept rows as a QUERIES table; split and query_type are filled in by arrow, not per row."""
+def _table(rows: list[tuple], split: str, batch: pa.RecordBatch) -> pa.Table:
+    """Kept rows as a QUERIES table; copied columns, split and query_type are filled in by arrow."""
     columns = dict(zip(_ROW_COLUMNS, map(list, zip(*rows)))) if rows else {c: [] for c in _ROW_COLUMNS}
-    arrays = {name: pa.array(columns[name], QUERIES.field(name).type) for name in _ROW_COLUMNS if name != "mentions"}
+    arrays = {name: pa.array(columns[name], QUERIES.field(name).type)
+              for name in _ROW_COLUMNS[1:] if name != "mentions"}
+    taken = batch.take(pa.array(columns["row"], pa.int64()))
+    arrays.update({name: taken.column(source) for name, source in _COPIED.items()})
     arrays["mentions"] = _mentions_array(columns["mentions"])
     arrays["split"] = pa.array([split] * len(rows), pa.string())
     arrays["query_type"] = pc.if_else(pc.greater(arrays["num_entities"], 1), "multi", "single")
