@@ -31,7 +31,7 @@ def build_ei(
                                       ".sql.gz dumps (also inside {lang}wiki/latest/ subfolders)."),
     wit: list[Path] | None = typer.Option(None, "--wit", help=WIT_HELP + " Used for languages without dumps "
                                           "(their is_main_image rows) and image sizes."),
-    more: list[Path] | None = typer.Argument(None, metavar="[FILES]...", help="More WIT files (so `--wit FILES...` works)."),
+    more: list[Path] | None = typer.Argument(None, metavar="FILES", help="More WIT files (so `--wit FILES...` works)."),
     prefer_lang: str = typer.Option("en", "--prefer-lang", help="Comma-separated languages whose page image wins "
                                     "when one Wikidata entity has pages in several; others follow alphabetically."),
 ):
@@ -55,7 +55,7 @@ def build_ei(
 def build_mmir(
     out: Path = typer.Option(..., "--out", help="Data root (with entities from `build ei`) to write MMIR to."),
     wit: list[Path] | None = typer.Option(None, "--wit", help=WIT_HELP),
-    more: list[Path] | None = typer.Argument(None, metavar="[FILES]...", help="More WIT files (so `--wit FILES...` works)."),
+    more: list[Path] | None = typer.Argument(None, metavar="FILES", help="More WIT files (so `--wit FILES...` works)."),
     engine: str = typer.Option("local", "--engine", help="Where shards run: local (processes) or ray."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU; 1: in this process)."),
     linker: str = typer.Option("gazetteer", "--linker", help="Entity linker: gazetteer (entity_names) or spans."),
