@@ -200,3 +200,29 @@ def test_registered_encoder_queries_with_names(api, monkeypatch):
         encoder.encode_images([object()])
     with pytest.raises(ConfigError, match="needs images"):
         encoder.encode_queries(["[MASK_0]"], [[None]], fusion="inject")
+
+
+def test_text_side_run_through_the_api_reuses_cached_documents(api, tmp_path):
+    import pyarrow as pa
+
+    from wit_retrieval.models.text_baseline import DocumentText, text_side_run
+
+    encoder = GeminiEncoder(config(api, dim=64))
+    queries = pa.table({"query_id": ["q1", "q2"], "masked_text": ["[MASK_0] at dusk", "[MASK_0] and [MASK_1]"]})
+    corpus = pa.table({"image_id": ["i1", "i2", "i3"]})
+    texts = {"i1": DocumentText("Paris", "English: skyline"), "i2": DocumentText(None, "a bridge"),
+             "i3": DocumentText("Rome", "")}
+    names = [["Paris"], ["Rome", None]]
+    first = text_side_run(encoder, queries, corpus, texts, 3, names=names, cache_dir=tmp_path / "cache")
+    sent = [r for c in api.calls for r in c["body"]["requests"]]
+    documents = {r["content"]["parts"][0]["text"]: r for r in sent if r["taskType"] == "RETRIEVAL_DOCUMENT"}
+    assert documents["English: skyline"]["title"] == "Paris" and documents["Rome"]["title"] == "Rome"
+    assert {r["content"]["parts"][0]["text"] for r in sent if r["taskType"] == "RETRIEVAL_QUERY"} == {
+        "Paris at dusk", "Rome and something"}
+    api.calls.clear()
+    again = text_side_run(encoder, queries, corpus, texts, 3, names=names, cache_dir=tmp_path / "cache")
+    assert again == first and len(list((tmp_path / "cache").glob("*.parquet"))) == 1
+    assert all(r["taskType"] == "RETRIEVAL_QUERY" for c in api.calls for r in c["body"]["requests"])
+    texts["i2"] = DocumentText(None, "a different bridge")
+    text_side_run(encoder, queries, corpus, texts, 3, names=names, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.parquet"))) == 2, "changed texts must not reuse old vectors"

@@ -27,6 +27,8 @@ def text_baseline(
     measures: str = typer.Option("R@1,R@5,R@10,MRR@10,nDCG@10", "--measures", help="Measures to report."),
     max_queries: int = typer.Option(0, "--max-queries", help="Evaluate only the first N queries (0: all)."),
     device: str = typer.Option("", "--device", help="cpu or cuda (default: cuda when available)."),
+    cache_dir: str = typer.Option("", "--cache-dir", help="Where document embeddings are cached and reused "
+                                  "(default: DATA/embeddings; 'none' turns the cache off)."),
 ):
     """Text-side baseline: index images by their WIT texts, query with entity names, and score the run.
 
@@ -43,7 +45,7 @@ def text_baseline(
     texts = WitTextConfig(fields=chosen, title_field="page_title" if title else None)
     config = TextBaselineConfig(data=str(data), model=model, wit=files, split=split,
                                 out=str(out) if out else "", k=k, measures=measures, texts=texts,
-                                max_queries=max_queries, device=device)
+                                max_queries=max_queries, device=device, cache_dir=cache_dir)
     results = evaluate_text_baseline(config)
     if texts.leaks_query_text:
         typer.echo("warning: the reference description is what MMIR queries are made from; these scores are an "

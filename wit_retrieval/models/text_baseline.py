@@ -108,7 +108,8 @@ def shuffled_documents(wit_texts: Mapping[str, DocumentText | str], seed: int = 
 
 def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
                   wit_texts: Mapping[str, DocumentText | str], k: int = 100, *,
-                  names: Sequence[Sequence[str | None]] | None = None, counts: dict | None = None) -> Run:
+                  names: Sequence[Sequence[str | None]] | None = None, counts: dict | None = None,
+                  cache_dir: str | Path | None = None) -> Run:
     """Rank the corpus images (by their texts) for each query (names filled in), by exact search.
 
     `encoder` is a text encoder (text_encoders, gemini) or any Encoder with `encode_texts`
@@ -116,6 +117,7 @@ def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
 
     `names[i][j]` is the name of query i's entity j; without it the table's `entity_names`
     column is used. Images without any text cannot be retrieved; `counts` (if given) says how many.
+    With `cache_dir`, document embeddings are kept there (keyed by model and texts) and reused.
     """
     from ..index import IndexConfig, build_index
 
@@ -129,7 +131,7 @@ def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
     corpus = [i for i in corpus_table.column("image_id").to_pylist() if i in wit_texts]
     if not corpus:
         raise InputError("no corpus image has a WIT text; check that the WIT files are those of this split")
-    doc_vectors = _encode_documents(encoder, [_as_document(wit_texts[i]) for i in corpus])
+    doc_vectors = document_vectors(encoder, corpus, [_as_document(wit_texts[i]) for i in corpus], cache_dir)
     query_vectors = _encode_name_queries(encoder, masked, [list(n or []) for n in names])
     index = build_index(doc_vectors, corpus, IndexConfig(kind="exact"))
     scores, ranked = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(corpus)))
@@ -142,6 +144,31 @@ def text_side_run(encoder, queries_table: pa.Table, corpus_table: pa.Table,
 
 def _as_document(value: DocumentText | str) -> DocumentText:
     return value if isinstance(value, DocumentText) else DocumentText(None, value)
+
+
+def document_vectors(encoder, ids: Sequence[str], documents: list[DocumentText],
+                     cache_dir: str | Path | None = None) -> np.ndarray:
+    """Document embeddings; with `cache_dir`, read from or written to an embedding file named by a
+    hash of the model (name, revision, preprocessing) and of every id, title and text."""
+    if cache_dir is None:
+        return _encode_documents(encoder, documents)
+    import hashlib
+    import json
+
+    from ..io.embeddings import read_embeddings, write_embeddings
+
+    digest = hashlib.sha256(json.dumps(encoder.metadata.to_dict(), sort_keys=True).encode())
+    for key, document in zip(ids, documents):
+        digest.update(f"{key}\0{document.title or ''}\0{document.text}\0".encode())
+    path = Path(cache_dir) / f"text-documents-{digest.hexdigest()[:20]}.parquet"
+    if path.exists():
+        cached_ids, matrix = read_embeddings(path)
+        if cached_ids == list(ids):
+            return matrix
+    vectors = _encode_documents(encoder, documents)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_embeddings(path, list(ids), vectors, {"model": encoder.metadata.to_dict(), "what": "text-side documents"})
+    return vectors
 
 
 def _encode_documents(encoder, documents: list[DocumentText]) -> np.ndarray:
@@ -163,7 +190,8 @@ def _encode_name_queries(encoder, masked: list[str], names: list[list[str | None
 
 
 def text_side_baseline(root: str | Path, split: str, encoder, wit_files: Sequence[str | Path], *, k: int = 100,
-                       config: WitTextConfig = WitTextConfig(), max_queries: int = 0) -> tuple[Run, dict]:
+                       config: WitTextConfig = WitTextConfig(), max_queries: int = 0,
+                       cache_dir: str | Path | None = None) -> tuple[Run, dict]:
     """The text-side run of one split of a build, and counts (documents, missing names, leak flag)."""
     from ..evaluate import load_query_names
     from ..io.shards import read_table_dir
@@ -179,7 +207,7 @@ def text_side_baseline(root: str | Path, split: str, encoder, wit_files: Sequenc
     texts = collect_wit_texts(wit_files, corpus.column("image_id").to_pylist(), config)
     counts: dict = {"leaks_query_text": config.leaks_query_text, "fields": list(config.fields),
                     "title_field": config.title_field}
-    run = text_side_run(encoder, queries, corpus, texts, k, names=names, counts=counts)
+    run = text_side_run(encoder, queries, corpus, texts, k, names=names, counts=counts, cache_dir=cache_dir)
     return run, counts
 
 
@@ -198,6 +226,7 @@ class TextBaselineConfig:
     max_queries: int = 0
     bootstrap: int = 1000
     device: str = ""
+    cache_dir: str = ""              # document embeddings; default: DATA/embeddings ("none": no cache)
 
 
 def evaluate_text_baseline(config: TextBaselineConfig, *, encoder=None) -> dict:
@@ -219,8 +248,9 @@ def evaluate_text_baseline(config: TextBaselineConfig, *, encoder=None) -> dict:
         raise ConfigError("the text-side baseline needs the WIT files of the build (--wit FILES)")
     started = time.perf_counter()
     encoder = encoder or load_encoder(config.model, device=config.device or None)
+    cache = None if config.cache_dir == "none" else (config.cache_dir or DataRoot(config.data).embeddings)
     run, counts = text_side_baseline(config.data, config.split, encoder, config.wit, k=config.k,
-                                     config=config.texts, max_queries=config.max_queries)
+                                     config=config.texts, max_queries=config.max_queries, cache_dir=cache)
     inputs = load_split_inputs(config.data, config.split)
     qrels = inputs.qrels
     if config.max_queries:
