@@ -94,7 +94,8 @@ class GeminiClient:
         self.sleep = sleep
         self._headers = {"x-goog-api-key": config.key(), "Content-Type": "application/json"}
         self._local = threading.local()
-        self.retries = 0
+        self._lock = threading.Lock()
+        self.retries = 0                 # retried requests, over all threads
 
     @property
     def session(self):
@@ -177,7 +178,8 @@ class GeminiClient:
                                             "try again later or raise max_retry_after")
             if attempt == self.config.max_retries:
                 break
-            self.retries += 1
+            with self._lock:
+                self.retries += 1
             self.sleep(backoff_delay(attempt, self.config, retry_after))
         raise EmbeddingApiError(f"Gemini API failed after {self.config.max_retries + 1} attempts ({problem})")
 
