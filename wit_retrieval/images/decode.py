@@ -21,6 +21,9 @@ _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x0
 _MARKUP_PREFIXES = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"{", b"<svg")
 
 
+_RESAMPLE = 3  # PIL.Image.Resampling.BICUBIC: close to Lanczos for photos, about half the cost
+
+
 class ImageRejected(Exception):
     """Bytes that are not a usable image; `error` is the manifest's error class."""
 
@@ -62,7 +65,18 @@ class StoredImage:
     sha256: str
 
 
-def _open_checked(data: bytes, max_pixels: int):
+def _draft_size(width: int, height: int, resize: str, size: int) -> tuple[int, int] | None:
+    """The smallest size a resize needs, so JPEG decoding can scale down in the DCT (much faster)."""
+    if resize == "keep-ratio":
+        scale = size / max(width, height)
+    elif resize == "center-crop":
+        scale = size / min(width, height)
+    else:
+        return None
+    return (max(1, int(width * scale) + 1), max(1, int(height * scale) + 1)) if scale < 0.5 else None
+
+
+def _open_checked(data: bytes, max_pixels: int, resize: str = "none", size: int = 0):
     """Open and verify `data`, refusing bombs before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
@@ -82,6 +96,9 @@ def _open_checked(data: bytes, max_pixels: int):
                 raise ImageRejected("too_many_pixels", f"{probe.width}x{probe.height}")
             probe.verify()
             img = Image.open(io.BytesIO(data))
+            draft = _draft_size(img.width, img.height, resize, size) if img.format == "JPEG" else None
+            if draft is not None:
+                img.draft("RGB", draft)
             img.load()
     except ImageRejected:
         raise
@@ -119,7 +136,6 @@ def to_rgb(img):
 
 def resize_image(img, mode: str, size: int):
     """Resize per `mode`: keep-ratio shrinks the longest side to `size`; center-crop gives size x size."""
-    from PIL import Image
 
     if mode == "none":
         return img
@@ -128,17 +144,17 @@ def resize_image(img, mode: str, size: int):
         scale = size / max(w, h)
         if scale >= 1:
             return img
-        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), _RESAMPLE, reducing_gap=3.0)
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    img = img.resize((nw, nh), _RESAMPLE, reducing_gap=3.0 if scale < 1 else None)
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
 def process_image(data: bytes, config: DecodeConfig) -> StoredImage:
     """Validate `data` and turn it into the bytes to store (or raise ImageRejected)."""
-    img = _open_checked(data, config.max_pixels)
+    img = _open_checked(data, config.max_pixels, config.resize, config.size)
     if config.encode == "original":
         ext = EXTENSIONS.get(img.format or "", (img.format or "bin").lower())
         return StoredImage(data, ext, img.width, img.height, hashlib.sha256(data).hexdigest())

@@ -10,6 +10,7 @@ each hop is checked against the allow-list, rate-limited and counted.
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import re
 import time
@@ -215,6 +216,8 @@ class HttpFetcher:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"User-Agent": config.full_user_agent, "Accept": "image/*,*/*;q=0.5"})
+        if not any(k.lower().endswith("_proxy") for k in os.environ):
+            self.session.trust_env = False  # else requests re-reads the environment on every request
         self._rng = random.Random()
 
     def close(self) -> None:
