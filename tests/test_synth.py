@@ -85,10 +85,13 @@ def test_layout_is_the_real_url_paths(world):
                         *(f"mmir_dataset_train-0000{k}-of-00005.tsv.gz" for k in range(5))}
     for code in ("en", "de"):
         latest = world / f"{code}wiki/latest"
-        sums = dict(reversed(line.split("  ")) for line in (latest / f"{code}wiki-latest-md5sums.txt").read_text().splitlines())
-        assert set(sums) == {f"{code}wiki-latest-{t}.sql.gz" for t in ("page", "page_props", "redirect")}
-        for name, md5 in sums.items():
-            assert hashlib.md5((latest / name).read_bytes()).hexdigest() == md5
+        lines = (latest / f"{code}wiki-latest-md5sums.txt").read_text().splitlines()
+        # Dated names, as the real list has them (latest/ links to the dated files).
+        sums = {name.replace("-20261101-", "-latest-"): md5 for md5, name in (line.split("  ") for line in lines)}
+        tables = {f"{code}wiki-latest-{t}.sql.gz" for t in ("page", "page_props", "redirect")}
+        assert tables < set(sums)
+        for name in tables:
+            assert hashlib.md5((latest / name).read_bytes()).hexdigest() == sums[name]
     for line in (world / "SHA256SUMS").read_text().splitlines():
         digest, rel = line.split("  ")
         assert hashlib.sha256((world / rel).read_bytes()).hexdigest() == digest

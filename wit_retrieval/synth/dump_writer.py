@@ -7,6 +7,7 @@ with backslash escapes, NULL. Titles use underscores and carry no namespace pref
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .files import ProgressFn, file_digest, gzip_text, write_file
 from .world import World
 
 TUPLES_PER_INSERT = 250
+DUMP_DATE = "20261101"
 _ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\0": "\\0",
                           "\x1a": "\\Z"})
 
@@ -160,7 +162,7 @@ def _write_table(path: Path, code: str, table: str, rows) -> None:
         f.writelines(_insert_lines(table, rows))
         f.write(f"/*!40000 ALTER TABLE `{table}` ENABLE KEYS */;\n"
                 "/*!40103 SET TIME_ZONE=@OLD_TIME_ZONE */;\n\n"
-                "-- Dump completed on 2026-11-01  0:00:00\n")
+                f"-- Dump completed on {DUMP_DATE[:4]}-{DUMP_DATE[4:6]}-{DUMP_DATE[6:]}  0:00:00\n")
 
 
 def write_dumps(world: World, out: Path, progress: ProgressFn | None = None) -> dict:
@@ -190,7 +192,11 @@ def write_dumps(world: World, out: Path, progress: ProgressFn | None = None) -> 
             _write_table(out / base / name, code, table, rows)
             names.append(name)
             files.append(f"{base}/{name}")
-        sums = "".join(f"{file_digest(out / base / n, 'md5')}  {n}\n" for n in names)
+        # Like the real list: dated names (latest/ links to them) and files this world does not have.
+        listed = [(file_digest(out / base / n, "md5"), n.replace("-latest-", f"-{DUMP_DATE}-")) for n in names]
+        listed.append((hashlib.md5(f"{code}:categorylinks".encode()).hexdigest(),
+                       f"{code}wiki-{DUMP_DATE}-categorylinks.sql.gz"))
+        sums = "".join(f"{digest}  {name}\n" for digest, name in sorted(listed, key=lambda x: x[1]))
         write_file(out / base / f"{code}wiki-latest-md5sums.txt", sums.encode())
         files.append(f"{base}/{code}wiki-latest-md5sums.txt")
         counts[code] = {"pages": len(page_rows), "page_props": len(prop_rows), "redirects": len(redirect_rows)}

@@ -74,6 +74,8 @@ class WorldConfig:
 
 
 class Visual(NamedTuple):
+    """An icon design: indices into lexicon SHAPES, COLOURS, PATTERNS, ACCENTS."""
+
     shape: int
     colour: int
     pattern: int
@@ -81,6 +83,8 @@ class Visual(NamedTuple):
 
 
 class Entity(NamedTuple):
+    """One entity: a QID with a page (title) per language, an icon and a canonical file."""
+
     index: int
     qid: str
     kind: int
@@ -95,6 +99,8 @@ class Entity(NamedTuple):
 
 
 class Mention(NamedTuple):
+    """A span of a caption naming an entity (character offsets)."""
+
     start: int
     end: int
     entity: int
@@ -102,6 +108,8 @@ class Mention(NamedTuple):
 
 
 class Caption(NamedTuple):
+    """A scene's reference description in one language, its mentions and masked form."""
+
     language: str
     text: str
     mentions: tuple[Mention, ...]
@@ -110,6 +118,8 @@ class Caption(NamedTuple):
 
 
 class Scene(NamedTuple):
+    """A scene image: 1-3 entities in a relation and a setting, in one WIT split."""
+
     index: int
     entities: tuple[int, ...]
     relation: str | None
