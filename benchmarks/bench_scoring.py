@@ -26,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,34 +131,44 @@ def time_ir_measures(run: pa.Table, qrels: pa.Table, reps: int) -> dict:
     return {"seconds": seconds, "values": {m: float(values[o]) for m, o in objs.items()}}
 
 
-def time_reading(run: pa.Table, ranx_queries: int, depth: int, reps: int) -> dict:
+def time_reading(data: Path, reps: int) -> dict:
+    """Our TREC reader on the full run, pandas.read_csv (C engine) on the ranx subset."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        full, part = Path(tmp) / "full.trec", Path(tmp) / "part.trec"
-        write_trec(run, full, tag="bench")
-        write_trec(run.slice(0, ranx_queries * depth), part, tag="bench")
-        ours, table = best_of(reps, lambda: read_run_table(full).table)
-        rows, size = table.num_rows, full.stat().st_size
-        del table
-        names = ["query_id", "q0", "image_id", "rank", "score", "tag"]
-        pandas_part, _ = best_of(reps, lambda: pd.read_csv(part, sep=" ", header=None, names=names, engine="c"))
-    scale = run.num_rows / (ranx_queries * depth)
-    return {"rows": rows, "bytes": size, "ours_seconds": ours, "pandas_subset_seconds": pandas_part,
-            "pandas_extrapolated_seconds": pandas_part * scale}
+    full, part = data / "full.trec", data / "part.trec"
+    write_trec(pq.read_table(data / "run.parquet"), full, tag="bench")
+    write_trec(pq.read_table(data / "run_ranx.parquet"), part, tag="bench")
+    gc.collect()
+    ours, table = best_of(reps, lambda: read_run_table(full).table)
+    rows, size = table.num_rows, full.stat().st_size
+    del table
+    names = ["query_id", "q0", "image_id", "rank", "score", "tag"]
+    pandas_part, frame = best_of(reps, lambda: pd.read_csv(part, sep=" ", header=None, names=names, engine="c"))
+    scale = rows / len(frame)
+    full.unlink()
+    return {"rows": rows, "bytes": size, "ours_seconds": ours, "pandas_subset_rows": len(frame),
+            "pandas_subset_seconds": pandas_part, "pandas_extrapolated_seconds": pandas_part * scale}
 
 
-def time_peer(peer: str, timer, data: tuple[pa.Table, pa.Table], size: int, ours_full: float, args) -> dict:
-    """A peer and ours on the same subset; the peer's time extrapolated linearly to the full size."""
-    run_part, qrels_part = data
-    ours_part, ours_values = best_of(args.reps, lambda: evaluate_queries(run_part, qrels_part, MEASURES).mean())
-    result = timer(run_part, qrels_part, args.reps if peer == "ranx" else 1)
-    result.update(queries=size, ours_seconds=ours_part, max_abs_difference=check_equal(ours_values, result["values"], peer),
-                  extrapolated_seconds=result["seconds"] * args.queries / size)
-    result["speedup_same_subset"] = result["seconds"] / ours_part
-    result["speedup_full"] = result["extrapolated_seconds"] / ours_full
-    print(f"{peer}, {size} queries: {result['seconds']:.2f} s (ours {ours_part:.2f} s); "
-          f"extrapolated {result['extrapolated_seconds']:.1f} s -> {result['speedup_full']:.1f}x", flush=True)
+def worker(phase: str, data: Path, reps: int) -> dict:
+    """One measurement in a fresh process (so one phase's memory never weighs on the next)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if phase == "reading":
+        return time_reading(data, reps)
+    suffix = "" if phase == "ours" else f"_{phase}"
+    run, qrels = pq.read_table(data / f"run{suffix}.parquet"), pq.read_table(data / f"qrels{suffix}.parquet")
+    evaluate_queries(run.slice(0, 1000), qrels, MEASURES)  # warm-up: first-call costs, like ranx's JIT
+    ours, values = best_of(reps, lambda: evaluate_queries(run, qrels, MEASURES).mean())
+    result = {"ours_seconds": ours, "ours_values": values, "rows": run.num_rows,
+              "queries": pc.count_distinct(qrels["query_id"]).as_py()}
+    if phase != "ours":
+        timer = time_ranx if phase == "ranx" else time_ir_measures
+        result.update(timer(run, qrels, reps if phase == "ranx" else 1))
+        result["max_abs_difference"] = check_equal(values, result["values"], phase)
+        result["speedup_same_subset"] = result["seconds"] / ours
     return result
 
 
@@ -176,20 +187,39 @@ def main() -> None:
     parser.add_argument("--ir-measures-queries", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--skip-reading", action="store_true", help="Do not time reading a TREC file.")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    run, qrels = make_data(args.queries, args.depth)
-    out: dict = {"queries": args.queries, "depth": args.depth, "rows": run.num_rows, "measures": MEASURES}
-    seconds, scores = best_of(args.reps, lambda: evaluate_queries(run, qrels, MEASURES).mean())
-    out["ours"] = {"seconds": seconds, "values": scores}
-    print(f"ours, {args.queries} queries: {seconds:.2f} s", flush=True)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.data, args.reps)))
+        return
+    import pyarrow.parquet as pq
 
-    for peer, size, timer in (("ranx", args.ranx_queries, time_ranx),
-                              ("ir_measures", args.ir_measures_queries, time_ir_measures)):
-        out[peer] = time_peer(peer, timer, subset(run, qrels, size, args.depth), size, seconds, args)
-        gc.collect()
-    if not args.skip_reading:
-        out["reading"] = time_reading(run, args.ranx_queries, args.depth, max(1, args.reps - 1))
-        print(f"reading: {out['reading']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-", dir=os.environ.get("BENCH_TMP")) as tmp:
+        data = Path(tmp)
+        run, qrels = make_data(args.queries, args.depth)
+        pq.write_table(run, data / "run.parquet")
+        pq.write_table(qrels, data / "qrels.parquet")
+        for peer, size in (("ranx", args.ranx_queries), ("ir_measures", args.ir_measures_queries)):
+            run_part, qrels_part = subset(run, qrels, size, args.depth)
+            pq.write_table(run_part, data / f"run_{peer}.parquet")
+            pq.write_table(qrels_part, data / f"qrels_{peer}.parquet")
+        rows = run.num_rows
+        del run, qrels, run_part, qrels_part
+        out: dict = {"queries": args.queries, "depth": args.depth, "rows": rows, "measures": MEASURES,
+                     "cpu_count": os.cpu_count(), "load_average": os.getloadavg()[0]}
+        phases = ["ours", "ranx", "ir_measures"] + ([] if args.skip_reading else ["reading"])
+        for phase in phases:
+            done = subprocess.run([sys.executable, __file__, "--worker", phase, "--data", str(data),
+                                   "--reps", str(args.reps)], capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
+            out[phase] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{phase}: {json.dumps(out[phase])[:300]}", flush=True)
+    for peer in ("ranx", "ir_measures"):
+        r = out[peer]
+        r["extrapolated_seconds"] = r["seconds"] * args.queries / r["queries"]
+        r["speedup_full"] = r["extrapolated_seconds"] / out["ours"]["ours_seconds"]
     write_outputs(out)
 
 
@@ -204,19 +234,20 @@ def write_outputs(out: dict) -> None:
         "| tool | queries timed | seconds | ours, same queries | speed-up, same queries | "
         "extrapolated to full size | speed-up at full size |",
         "|---|---|---|---|---|---|---|",
-        f"| wit-retrieval | {out['queries']:,} | {out['ours']['seconds']:.2f} | - | - | - | - |",
+        f"| wit-retrieval | {out['queries']:,} | {out['ours']['ours_seconds']:.2f} | - | - | - | - |",
     ]
     for name, r in (("ranx (after JIT warm-up)", ranx), ("ir_measures", irm)):
         lines.append(f"| {name} | {r['queries']:,} | {r['seconds']:.2f} | {r['ours_seconds']:.2f} | "
                      f"{r['speedup_same_subset']:.1f}x | {r['extrapolated_seconds']:.1f} | {r['speedup_full']:.1f}x |")
     lines += ["", f"ranx Run/Qrels construction for {ranx['queries']:,} queries (not counted; includes numba "
-              f"compilation on a cold cache): {ranx['build_seconds']:.0f} s. Machine: {os.cpu_count()} cores, "
-              "shared with other jobs while measured; peers extrapolated linearly from the subsets."]
+              f"compilation on a cold cache): {ranx['build_seconds']:.0f} s. Machine: {out['cpu_count']} cores, "
+              f"shared with other jobs while measured (load average {out['load_average']:.1f}); each tool in a "
+              "fresh process; peers extrapolated linearly from their subsets."]
     if "reading" in out:
         r = out["reading"]
         lines += ["", f"Reading a TREC run of {r['rows']:,} lines ({r['bytes'] / 2**30:.1f} GiB) with `read_run_table`: "
                   f"{r['ours_seconds']:.1f} s; pandas.read_csv (C engine) would take ~{r['pandas_extrapolated_seconds']:.0f} s "
-                  f"(timed on {ranx['queries']:,} queries: {r['pandas_subset_seconds']:.1f} s, extrapolated)."]
+                  f"(timed on {r['pandas_subset_rows']:,} lines: {r['pandas_subset_seconds']:.1f} s, extrapolated)."]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "scoring.md").write_text("\n".join(lines) + "\n")
 

@@ -147,3 +147,14 @@ def test_broken_trec_lines_are_named(tmp_path, rows, sep):
 def test_validate_does_not_raise_on_a_missing_file(tmp_path):
     report, run = validate_run(tmp_path / "nope.trec", TRUTH)
     assert run is None and not report.ok
+
+
+def test_duplicates_in_fixed_depth_blocks_and_split_mismatch(tmp_path):
+    text = "".join(trec_line(q, IDS[j % 3], j + 1, 1.0 - j / 10) for q in QUERIES for j in range(4))
+    report, _ = check(tmp_path, text)  # every query repeats IDS[0] at its 4th line
+    assert kinds_at(report)["duplicate_image"] == {4, 8, 12}
+    assert "first at line 1" in report.problems[0].message
+    truth = SplitTruth(TRUTH.query_ids, TRUTH.image_ids, split="test")
+    (tmp_path / "val.json").write_text(json.dumps({"split": "val", "test-q1": [IDS[0]]}))
+    report, _ = validate_run(tmp_path / "val.json", truth)
+    assert kinds_at(report)["split_mismatch"] == {1}

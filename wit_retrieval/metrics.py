@@ -204,8 +204,9 @@ def chance_level(measure: Measure, corpus_size: int, num_relevant: np.ndarray) -
         return None
     k = min(measure.cutoff or n, n)
     values = []
-    for r, count in zip(*np.unique(num_relevant, return_counts=True)):
-        values.append(_chance_one(measure, n, k, int(r)) * count)
+    counts = np.bincount(num_relevant)
+    for r in np.flatnonzero(counts):
+        values.append(_chance_one(measure, n, k, int(r)) * counts[r])
     return float(sum(values) / len(num_relevant))
 
 

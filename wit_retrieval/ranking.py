@@ -79,6 +79,11 @@ def _index(values: pa.Array | pa.ChunkedArray, universe: pa.Array) -> np.ndarray
     return pc.index_in(values, value_set=universe).fill_null(-1).to_numpy().astype(np.int64)
 
 
+def is_one_block_per_query(head_q: np.ndarray) -> bool:
+    """True when no query index repeats (bincount: numpy's hash-based unique is slow here)."""
+    return not len(head_q) or int(np.bincount(head_q).max()) <= 1
+
+
 def group_runs(query_id: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Starts and lengths of the runs of equal consecutive query ids (files group rows by query)."""
     n = len(query_id)
@@ -90,61 +95,116 @@ def group_runs(query_id: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.diff(np.append(starts, n))
 
 
-def _qrels_index(qrels: pa.Table):
-    """Sorted query ids, relevant items keyed (query, item) and each query's relevance list."""
-    query_ids = pc.sort_indices(pc.unique(qrels["query_id"]))
-    query_ids = pc.take(pc.unique(qrels["query_id"]), query_ids)
-    rel = qrels["relevance"].to_numpy()
-    relevant = qrels.filter(pa.array(rel > 0))
+@dataclass(frozen=True)
+class _RelevantIndex:
+    """The qrels' relevant items grouped by query: items of query q are at first[q] ... first[q] + count[q]."""
+
+    query_ids: pa.Array  # sorted
+    docs: pa.Array  # relevant image ids, grouped by query
+    gains: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    ideal: tuple[np.ndarray, np.ndarray, np.ndarray]  # (query, gain, position) of the ideal rankings
+
+
+def _qrels_index(qrels: pa.Table) -> _RelevantIndex:
+    """Index the relevant items (relevance > 0) of the qrels by query."""
+    unique = pc.unique(qrels["query_id"])
+    query_ids = pc.take(unique, pc.sort_indices(unique))
+    relevant = qrels.filter(pa.array(qrels["relevance"].to_numpy() > 0))
     q = _index(relevant["query_id"], query_ids)
-    docs = pc.unique(relevant["image_id"])
-    d = _index(relevant["image_id"], docs)
     gains = relevant["relevance"].to_numpy().astype(np.float64)
-    key = q * max(len(docs), 1) + d
-    order = np.argsort(key, kind="stable")
-    num_relevant = np.bincount(q, minlength=len(query_ids))
+    by_query = np.argsort(q, kind="stable")
+    count = np.bincount(q, minlength=len(query_ids))
+    first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
     ideal_order = np.lexsort((-gains, q))
     ideal_q = q[ideal_order]
     ideal_pos = np.arange(len(ideal_q)) - np.searchsorted(ideal_q, ideal_q)
-    ideal = (ideal_q, gains[ideal_order], ideal_pos)
-    return query_ids, docs, key[order], gains[order], num_relevant, ideal
+    return _RelevantIndex(flat(query_ids), flat(pc.take(relevant["image_id"], pa.array(by_query))),
+                          gains[by_query], first, count, (ideal_q, gains[ideal_order], ideal_pos))
+
+
+BLOCK_ROWS = 1 << 22  # rows per block: temporaries stay small and in cache at 100M rows
 
 
 def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
     """Ranks and gains of the relevant items each query's run retrieved (trec_eval order)."""
-    run_t, qrels_t = run_columns(run), qrels_columns(qrels)
-    query_ids, rel_docs, rel_keys, rel_gains, num_relevant, ideal = _qrels_index(qrels_t)
+    run_t, rel = run_columns(run), _qrels_index(qrels_columns(qrels))
     starts, lengths = group_runs(run_t["query_id"])
-    head_q = _index(pc.take(run_t["query_id"], pa.array(starts)), query_ids) if len(starts) else starts
+    head_q = _index(pc.take(run_t["query_id"], pa.array(starts)), rel.query_ids) if len(starts) else starts
     known = head_q >= 0
-    if len(np.unique(head_q[known])) < known.sum():
+    if not is_one_block_per_query(head_q[known]):
         # A query's rows are split across the file: regroup them (rare; stable keeps file order).
-        row_q = np.repeat(head_q, lengths)
-        run_t = run_t.take(pa.array(np.argsort(row_q, kind="stable")))
+        run_t = run_t.take(pa.array(np.argsort(np.repeat(head_q, lengths), kind="stable")))
         starts, lengths = group_runs(run_t["query_id"])
-        head_q = _index(pc.take(run_t["query_id"], pa.array(starts)), query_ids)
-    # Rows whose image is relevant to some query: a boolean hash pass over all rows, then ids
-    # looked up for those few rows only (cheaper than an index for 100M rows).
-    cand = np.flatnonzero(pc.is_in(run_t["image_id"], value_set=rel_docs).to_numpy(zero_copy_only=False))
-    doc = _index(pc.take(run_t["image_id"], pa.array(cand)), rel_docs) if len(cand) else cand
-    cand_group = np.searchsorted(starts, cand, side="right") - 1
-    cand_q = head_q[cand_group] if len(cand) else np.zeros(0, np.int64)
-    gain_of = np.zeros(len(cand))
-    if len(cand) and len(rel_keys):
-        key = cand_q * max(len(rel_docs), 1) + doc
-        pos = np.minimum(np.searchsorted(rel_keys, key), len(rel_keys) - 1)
-        hit = (rel_keys[pos] == key) & (cand_q >= 0)
-        cand, cand_group, cand_q, gain_of = cand[hit], cand_group[hit], cand_q[hit], rel_gains[pos[hit]]
+        head_q = _index(pc.take(run_t["query_id"], pa.array(starts)), rel.query_ids)
     score = run_t["score"].to_numpy(zero_copy_only=False)
     if np.isnan(score).any():  # NaN would compare false both ways; rank it last, deterministically
         score = np.where(np.isnan(score), -np.inf, score)
-    ranks = _ranks_of(cand, cand_group, starts, lengths, score, run_t["image_id"])
-    return RankedHits(np.asarray(query_ids.to_pylist(), dtype=object), num_relevant, *ideal,
-                      cand_q, ranks, gain_of)
+    ids = flat(run_t["image_id"])
+    parts = []
+    group_cuts = np.searchsorted(starts, np.arange(0, len(score), BLOCK_ROWS))
+    for g_a, g_b in zip(group_cuts, np.append(group_cuts[1:], len(starts))):
+        if g_b <= g_a:
+            continue
+        row_a = int(starts[g_a])
+        row_b = int(starts[g_b]) if g_b < len(starts) else len(score)
+        block = _Block(starts[g_a:g_b] - row_a, lengths[g_a:g_b], head_q[g_a:g_b], score[row_a:row_b],
+                       ids.slice(row_a, row_b - row_a))
+        rows, groups, gains = _match_relevant(block, rel)
+        parts.append((block.head_q[groups], _ranks_of(rows, groups, block), gains))
+    if parts:
+        query, ranks, gains = (np.concatenate(column) for column in zip(*parts))
+    else:
+        query, ranks, gains = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return RankedHits(np.asarray(rel.query_ids.to_pylist(), dtype=object), rel.count, *rel.ideal,
+                      query.astype(np.int64), ranks.astype(np.int64), gains)
 
 
-def _ranks_of(rel_rows: np.ndarray, groups: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-              score: np.ndarray, image_id: pa.ChunkedArray) -> np.ndarray:
+@dataclass(frozen=True)
+class _Block:
+    """Consecutive whole query groups of a run, with block-local row numbers."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    head_q: np.ndarray  # query index of each group (-1: not in the qrels)
+    score: np.ndarray
+    ids: pa.Array
+
+
+def _match_relevant(block: _Block, rel: _RelevantIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (block-local, ascending), their groups and gains where the image is relevant to the query.
+
+    Pass j compares each row's image id with the j-th relevant id of its query: sequential string
+    comparisons, no hash lookups (those thrash the cache at a million queries).
+    """
+    known = block.head_q >= 0
+    count = np.where(known, rel.count[np.maximum(block.head_q, 0)], 0)
+    first = rel.first[np.maximum(block.head_q, 0)]
+    rows_found, gains_found = [], []
+    for j in range(int(count.max(initial=0))):
+        active = np.flatnonzero(count > j)
+        if 4 * len(active) >= len(block.starts):
+            target = np.where(count > j, first + j, -1)
+            rows = None  # every row of the block
+            target_rows = np.repeat(target, block.lengths)
+        else:
+            rows = _rows_of_groups(active, block.starts, block.lengths)
+            target_rows = np.repeat(first[active] + j, block.lengths[active])
+        targets = pc.take(rel.docs, pa.array(target_rows, mask=target_rows < 0))
+        ids = block.ids if rows is None else pc.take(block.ids, pa.array(rows))
+        equal = np.flatnonzero(pc.equal(ids, targets).fill_null(False).to_numpy(zero_copy_only=False))
+        rows_found.append(equal if rows is None else rows[equal])
+        gains_found.append(rel.gains[target_rows[equal]])
+    if not rows_found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    rows, gains = np.concatenate(rows_found), np.concatenate(gains_found)
+    order = np.argsort(rows, kind="stable")
+    rows = rows[order]
+    return rows, np.searchsorted(block.starts, rows, side="right") - 1, gains[order]
+
+
+def _ranks_of(rel_rows: np.ndarray, groups: np.ndarray, block: _Block) -> np.ndarray:
     """0-based rank of each relevant row among the rows of its group, by (score, image id) descending.
 
     Relevant rows of one group are handled in "slots": pass j compares every row of the groups
@@ -155,7 +215,7 @@ def _ranks_of(rel_rows: np.ndarray, groups: np.ndarray, starts: np.ndarray, leng
         return ranks
     # Slot of each relevant row within its group (rows come in group order already).
     slot = np.arange(len(rel_rows)) - np.searchsorted(groups, groups)
-    ids = flat(image_id)
+    starts, lengths, score, ids = block.starts, block.lengths, block.score, block.ids
     for j in range(int(slot.max()) + 1):
         sel = np.flatnonzero(slot == j)
         g, r = groups[sel], rel_rows[sel]
