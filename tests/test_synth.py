@@ -6,12 +6,15 @@ import ast
 import csv
 import gzip
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from wit_retrieval.errors import ConfigError
@@ -296,3 +299,51 @@ def test_cli_synth(tmp_path):
     assert len(list((tmp_path / "w/gresearch/wit").glob("wit_v1.train.*"))) == 3
     bad = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--wit-shards", "train=x"])
     assert bad.exit_code == 1 and "wit-shards" in bad.output
+
+
+def _centroid(img: np.ndarray, rgb) -> tuple[float, float] | None:
+    near = (np.abs(img - np.array(rgb, dtype=np.float32)).sum(-1) < 40)
+    if near.sum() < 20:
+        return None
+    ys, xs = np.nonzero(near)
+    return float(xs.mean()), float(ys.mean())
+
+
+def test_scene_pictures_show_the_relation():
+    from wit_retrieval.synth import draw
+    from wit_retrieval.synth import lexicon as lx
+    from wit_retrieval.synth.scenes import build_scenes
+    from wit_retrieval.synth.world import build_entities, with_files
+
+    config = WorldConfig(entities=40, scenes=400, images=False, seed=5)
+    entities = with_files(build_entities(config)[0])
+    plain = {"Silver", "Ebony"}  # too close to the snowy and foggy backgrounds' greys
+    checked = 0
+    for scene in build_scenes(config, entities):
+        if len(scene.entities) != 2 or scene.relation == "next to" or scene.setting not in ("snow", "fog"):
+            continue
+        a, b = (entities[i].visual for i in scene.entities)
+        if a.colour == b.colour or {lx.COLOURS[a.colour][0], lx.COLOURS[b.colour][0]} & plain:
+            continue
+        img = np.asarray(Image.open(io.BytesIO(draw.scene_image(scene, [a, b], 128))).convert("RGB"), np.float32)
+        ca, cb = _centroid(img, lx.COLOURS[a.colour][2]), _centroid(img, lx.COLOURS[b.colour][2])
+        if ca is None or cb is None:
+            continue
+        axis, sign = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}[scene.relation]
+        assert sign * (ca[axis] - cb[axis]) > 20, (scene, ca, cb)
+        checked += 1
+    assert checked >= 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_sql_strings_and_tsv_fields_round_trip(value):
+    from wit_retrieval.synth.dump_writer import sql_value
+    from wit_retrieval.synth.wit_writer import tsv_field
+
+    quoted = sql_value(value)
+    assert quoted[0] == quoted[-1] == "'" and TUPLE.fullmatch(f"({quoted})")
+    unescape = {"0": "\0", "n": "\n", "r": "\r", "Z": "\x1a"}
+    assert re.sub(r"\\(.)", lambda m: unescape.get(m.group(1), m.group(1)), quoted[1:-1], flags=re.S) == value
+    line = tsv_field(value) + "\tnext\n"
+    assert next(csv.reader(io.StringIO(line, newline=""), delimiter="\t")) == [value, "next"]
