@@ -145,6 +145,11 @@ def test_scene_descriptions_name_entities_and_relation(truth):
             combos.setdefault((c["language"], c["masked_text"]), set()).add(tuple(scene["entities"]))
     # Masked text alone is ambiguous: the same masked caption recurs with other entities.
     assert max(len(v) for v in combos.values()) >= 3
+    # ... but no two scenes picture the same thing, so the entity images do identify the target.
+    from wit_retrieval.synth.scenes import picture_key
+
+    keys = [picture_key(s["entities"], s["relation"], s["setting"], s["larger"]) for s in truth["scenes"]]
+    assert len(set(keys)) == len(keys)
 
 
 def test_entities_names_languages_and_ambiguity(truth):

@@ -34,14 +34,19 @@ def build_scenes(config: WorldConfig, entities: list[Entity]) -> list[Scene]:
     langs = [code for code in config.languages if pools[code][0]]
     split_of = split_assigner(config.scenes, f"{config.seed}:scene-split")
     templates = {code: _Templates(code) for code in langs}
-    scenes = []
+    scenes, seen = [], set()
     for i in range(config.scenes):
-        code = langs[rng.randrange(len(langs))]
-        r = rng.random()
-        picked = _pick(rng, *pools[code], n=1 if r < 0.35 else (2 if r < 0.8 else 3))
-        relation = lx.RELATIONS[rng.randrange(len(lx.RELATIONS))] if len(picked) >= 2 else None
-        setting = lx.SETTINGS[rng.randrange(len(lx.SETTINGS))]
-        larger = len(picked) >= 2 and rng.random() < 0.1
+        for _ in range(10):  # redraw a scene that would picture the same thing as an earlier one
+            code = langs[rng.randrange(len(langs))]
+            r = rng.random()
+            picked = _pick(rng, *pools[code], n=1 if r < 0.35 else (2 if r < 0.8 else 3))
+            relation = lx.RELATIONS[rng.randrange(len(lx.RELATIONS))] if len(picked) >= 2 else None
+            setting = lx.SETTINGS[rng.randrange(len(lx.SETTINGS))]
+            larger = len(picked) >= 2 and rng.random() < 0.1
+            key = picture_key(picked, relation, setting, larger)
+            if key not in seen:
+                break
+        seen.add(key)
         codes = [code]
         if len(langs) > 1 and rng.random() < 0.2:
             others = [c for c in langs if c != code and all(c in entities[e].titles for e in picked)]
@@ -51,6 +56,18 @@ def build_scenes(config: WorldConfig, entities: list[Entity]) -> list[Scene]:
         captions = tuple(templates[c].render(ents, relation, setting, larger, rng) for c in codes)
         scenes.append(Scene(i, tuple(picked), relation, setting, split_of(i), larger, captions))
     return scenes
+
+
+def picture_key(picked: list[int], relation: str | None, setting: str, larger: bool) -> tuple:
+    """What a scene pictures: "A left of B" and "B right of A" are one picture, as are both orders of "next to"."""
+    a = picked[0]
+    pair = list(picked[:2])
+    if relation in ("right of", "below"):
+        pair.reverse()
+        relation = "left of" if relation == "right of" else "above"
+    elif relation == "next to":
+        pair.sort()
+    return (*pair, *picked[2:], relation, setting, a if larger else -1)
 
 
 def _pick(rng: random.Random, pool: list[int], cum: list[float], n: int) -> list[int]:
