@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_models_world import DictStore
+from tests.test_models_world import DictStore, one_torch_thread  # noqa: F401
 from wit_retrieval.models import load_encoder
 from wit_retrieval.models.embed import EmbedConfig, cache_folder, embed_images
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 class CountingEncoder:
     """Wraps an encoder and counts the images it encodes."""

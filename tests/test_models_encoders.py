@@ -9,10 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.test_models_world import one_torch_thread  # noqa: F401
 from wit_retrieval.errors import ConfigError, InputError
 from wit_retrieval.models import FUSIONS, Encoder, load_encoder
 from wit_retrieval.models.checkpoint import build_retriever, save_checkpoint
 from wit_retrieval.models.inject import tokenize_with_slots
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = "open_clip:wit-tiny-vit:random"
 TEXTS = ["[MASK_0] left of [MASK_1] at sea", "[MASK_0] in a forest"]
@@ -46,7 +49,7 @@ def test_protocol_shapes_norms_and_metadata(images):
         assert out.dtype == np.float32 and out.shape == (rows, 64) and _unit(out)
     meta = encoder.metadata
     assert meta.revision == "random-seed0" and meta.dim == 64 and meta.zero_shot_on("mmir")
-    assert "Resize(size=48" in meta.preprocessing and "inject" not in meta.fusions
+    assert "Resize(size=32" in meta.preprocessing and "inject" not in meta.fusions
     # random weights are seeded: a second load gives the same embeddings
     assert np.allclose(load_encoder(TINY, device="cpu").encode_images(images), img, atol=1e-6)
 

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pytest
 from PIL import Image, ImageDraw
 
 from wit_retrieval.ids import image_id
@@ -25,6 +26,17 @@ SHAPES = ("circle", "square", "triangle", "cross", "diamond", "bar")
 SETTINGS = {"in a forest": (120, 190, 120), "at sea": (140, 170, 235)}
 RELATIONS = {1: ["[MASK_0] {s}"], 2: ["[MASK_0] left of [MASK_1] {s}", "[MASK_0] above [MASK_1] {s}"],
              3: ["[MASK_0], [MASK_1] and [MASK_2] in a row {s}"]}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and on a busy machine by far (no spinning barriers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class DictStore:
@@ -160,6 +172,22 @@ def make_world(base, *, entities: int = 24, scenes: dict[str, int] | None = None
     return World(root, DictStore(images), len(kinds))
 
 
+def write_store(store: DictStore, directory) -> None:
+    """Write the world's images as a real image store (one tar shard + manifest + done-marker)."""
+    import hashlib
+
+    from wit_retrieval.images.decode import StoredImage
+    from wit_retrieval.images.store import ShardWriter
+
+    writer = ShardWriter(directory, 0)
+    for key in store.ids():
+        data = store.get(key)
+        width, height = store.images[key].size
+        writer.add_ok(key, f"https://upload.wikimedia.org/{key}.png",
+                      StoredImage(data, "png", width, height, hashlib.sha256(data).hexdigest()), "mirror")
+    writer.commit({"ok": len(store)})
+
+
 def test_world_scenes_need_their_entities(tmp_path):
     world = make_world(tmp_path, entities=6, scenes={"test": 12}, size=32)
     from wit_retrieval.io.shards import read_table_dir
@@ -171,3 +199,10 @@ def test_world_scenes_need_their_entities(tmp_path):
         assert len(query["entity_image_urls"]) == query["num_entities"]
         assert all(image_id(u) in world.store for u in query["entity_image_urls"])
         assert world.store.open(query["target_image_id"]).size == (32, 32)
+    from wit_retrieval.images import open_store
+
+    write_store(world.store, tmp_path / "images")
+    real = open_store(tmp_path / "images")
+    assert len(real) == len(world.store)
+    first = world.store.ids()[0]
+    assert list(real.open(first).getdata()) == list(world.store.open(first).getdata())

@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_models_world import make_world
+from tests.test_models_world import make_world, one_torch_thread  # noqa: F401
 from wit_retrieval.errors import ConfigError
 from wit_retrieval.models.train import train
 from wit_retrieval.models.train_config import config_from_dict
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
