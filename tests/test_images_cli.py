@@ -92,3 +92,25 @@ def test_sigkilled_fetch_resumes_to_the_same_store(tmp_path):
         assert resumed.returncode == 0, resumed.stderr
     assert _snapshot(out) == _snapshot(reference)
     assert not list(out.glob(".tmp-*")) and len(done_shards(out)) == 15
+
+
+def test_fetch_a_build_into_its_images_folder(tmp_path):
+    import pyarrow as pa
+
+    from wit_retrieval.io.shards import write_table_dir
+    from wit_retrieval.layout import DataRoot
+    from wit_retrieval.schema import ENTITIES, QUERIES
+
+    urls = make_world(tmp_path / "world", 5)
+    root = DataRoot(tmp_path / "build")
+    query = {name: None for name in QUERIES.names}
+    query.update(query_id="q", split="test", target_image_url=urls[0], entity_image_urls=urls[1:3])
+    write_table_dir(root.table_split("queries", "test"), [pa.Table.from_pylist([query], schema=QUERIES)], QUERIES)
+    entities = [{**{name: None for name in ENTITIES.names}, "entity_id": f"Q{i}", "image_url": u}
+                for i, u in enumerate(urls[2:])]
+    write_table_dir(root.table("entities"), [pa.Table.from_pylist(entities, schema=ENTITIES)], ENTITIES)
+    with serve_directory(tmp_path / "world") as server:
+        args = _args(server, "-", "-")[6:]  # everything after --urls FILE --out DIR
+        result = CliRunner().invoke(app, ["images", "fetch", "--data", str(root.root), *args])
+        assert result.exit_code == 0, result.output
+    assert len(open_store(root.images)) == 5
