@@ -8,6 +8,7 @@ comes last, so a shard without one is unfinished and readers ignore it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -203,8 +204,12 @@ class ImageStore:
 
         features = datasets.Features({"image_id": datasets.Value("string"), "url": datasets.Value("string"),
                                       "image": datasets.Image()})
+        # the state makes datasets' cache key change when shards are rewritten (resume, retry-failed)
+        state = hashlib.sha256("".join(f"{s}:{shard_paths(self.directory, s)[2].stat().st_mtime_ns};"
+                                       for s in self.shards).encode()).hexdigest()
         return datasets.Dataset.from_generator(
-            _hf_rows, features=features, gen_kwargs={"directory": str(self.directory)}, cache_dir=cache_dir)
+            _hf_rows, features=features, gen_kwargs={"directory": str(self.directory), "state": state},
+            cache_dir=cache_dir)
 
     def close(self) -> None:
         """Close open tar handles."""
@@ -220,7 +225,7 @@ class ImageStore:
         self.close()
 
 
-def _hf_rows(directory: str) -> Iterator[dict[str, Any]]:
+def _hf_rows(directory: str, state: str = "") -> Iterator[dict[str, Any]]:
     store = ImageStore(directory)
     urls = dict(zip(store.manifest()["image_id"].to_pylist(), store.manifest()["url"].to_pylist()))
     for image_id, data in store.iter_items():
