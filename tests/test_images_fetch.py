@@ -114,6 +114,7 @@ def test_retry_failed_recovers_every_transient_failure(tmp_path):
         before = {r["image_id"]: r for r in _rows(out)}
         assert first["retryable"] > 0 and first["failed"] > first["retryable"]
         server.set_faults(FaultPlan(seed=3, rules=(gone,)))  # the transient faults are lifted
+        shard_paths(out, 1)[2].unlink()  # as if a rewrite had been killed before its new done-marker
         second = retry_failed(config)
     after = {r["image_id"]: r for r in _rows(out)}
     assert set(after) == set(before) and second["retryable"] == 0

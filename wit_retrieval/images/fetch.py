@@ -164,7 +164,9 @@ def fetch_shard(task: ShardTask) -> dict[str, Any]:
         started = time.time()
         writer = ShardWriter(out, task.shard)
         try:
-            items = _retry_items(writer, out, task.shard) if task.retry else plan_items(out, task.shard)
+            # retrying a shard a killed run left unfinished means fetching all of it
+            retry = task.retry and done is not None
+            items = _retry_items(writer, out, task.shard) if retry else plan_items(out, task.shard)
             counts = _run_items(task, writer, items)
             summary = _summary(task, writer, counts, started, len(items))
             writer.commit(summary)
@@ -274,7 +276,7 @@ def fetch_images(config: FetchConfig, urls: Iterable[str], *, show_progress: boo
 
 
 def retry_failed(config: FetchConfig, *, show_progress: bool = False) -> dict[str, Any]:
-    """Fetch again only the retryable failures of finished shards, rewriting those shards atomically."""
+    """Fetch again the retryable failures of finished shards (rewriting them atomically) and any unfinished shard."""
     out = Path(config.out)
     plan = read_plan(out)
     if plan is None:
@@ -286,7 +288,10 @@ def retry_failed(config: FetchConfig, *, show_progress: bool = False) -> dict[st
     shards, total = [], 0
     for shard in range(plan.shards):
         done = read_done(out, shard)
-        if done is not None and done.get("retryable", 0):
+        if done is None:
+            shards.append(shard)
+            total += min(plan.shard_size, plan.items - shard * plan.shard_size)
+        elif done.get("retryable", 0):
             shards.append(shard)
             total += done["retryable"]
     _run(config, shards, retry=True, show_progress=show_progress, total=total)
