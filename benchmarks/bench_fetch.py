@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -129,7 +130,8 @@ def main() -> None:
     urls = make_world(OUT / "fetch_world", args.images)
     exe = ensure_img2dataset()
     result: dict = {"images": args.images, "processes": args.processes, "threads": args.threads,
-                    "resize": f"center-crop {args.size}", "rate": args.rate}
+                    "resize": f"center-crop {args.size}", "rate": args.rate,
+                    "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"}
     with serve_directory(OUT / "fetch_world") as server:
         direct = [u.replace("https://upload.wikimedia.org", server.url) for u in urls]
         result["throughput"] = {"ours": run_ours(urls, server.url, OUT / "fetch_ours", args, None),
@@ -160,6 +162,9 @@ def write_markdown(r: dict, path: Path) -> None:
     lines = [
         f"### Image fetching: {r['images']} PNGs on a loopback server, {r['processes']} processes x "
         f"{r['threads']} threads, {r['resize']}, webdataset output",
+        "",
+        f"Machine: {r.get('machine', 'unknown')}. Wall time includes start-up and planning; both tools read "
+        "the same server (ours through `--host-alias`).",
         "",
         "| scenario | tool | images ok | wall s | images/s | success rate | requests over server limit |",
         "|---|---|---:|---:|---:|---:|---:|",
