@@ -13,8 +13,9 @@ from tests.test_images_support import AGENT, make_world
 from wit_retrieval.errors import ConfigError
 from wit_retrieval.images import open_store
 from wit_retrieval.images.decode import DecodeConfig
-from wit_retrieval.images.fetch import FetchConfig, fetch_images, retry_failed
+from wit_retrieval.images.fetch import FetchConfig
 from wit_retrieval.images.http import HttpConfig
+from wit_retrieval.images.run import fetch_images, retry_failed
 from wit_retrieval.images.store import done_shards, shard_paths
 from wit_retrieval.synth.faults import FaultPlan, FaultRule
 from wit_retrieval.synth.server import serve_directory
@@ -51,7 +52,7 @@ def test_2000_urls_with_faults_are_all_accounted_for(tmp_path):
     start = time.monotonic()
     with serve_directory(tmp_path / "world", faults=plan) as server:
         http = _http(server, timeout=1.0, concurrency=32)
-        config = FetchConfig(str(out), http, DecodeConfig(encode="original"), shard_size=500)
+        config = FetchConfig(str(out), http, DecodeConfig(encode="original"), shard_size=1000)
         status = fetch_images(config, urls)
     assert time.monotonic() - start < 60  # about 10 s on an idle two-core machine
     rows = _rows(out)

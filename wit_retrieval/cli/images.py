@@ -73,9 +73,10 @@ def fetch(
     from ..engine import EngineConfig
     from ..errors import ConfigError
     from ..images.decode import DecodeConfig
-    from ..images.fetch import FetchConfig, fetch_images
+    from ..images.fetch import FetchConfig
     from ..images.http import HttpConfig
     from ..images.mirrors import parse_mirror
+    from ..images.run import fetch_images
     from ..images.sources import build_urls, file_urls
     from ..layout import DataRoot
 
@@ -114,8 +115,8 @@ def retry_failed(
 
     Example: wit-retrieval images retry-failed build/images --rate 5
     """
-    from ..images.fetch import load_config
-    from ..images.fetch import retry_failed as run_retry
+    from ..images.run import load_config
+    from ..images.run import retry_failed as run_retry
 
     config = load_config(out, user_agent=user_agent, rate=rate, concurrency=concurrency, timeout=timeout,
                          max_retries=max_retries, allow_hosts=allow_host or None,

@@ -3,21 +3,25 @@
 Stages, one module each: sources (what to fetch, shard plan), mirrors (offline sources first),
 ratelimit and http (polite network access), decode (validate, resize, re-encode), store (tar
 shards + parquet manifests, `open_store`), fetch (the shard function and its orchestration),
-status (counts, throughput, time left).
+run (plan, engine, retry-failed), status (counts, throughput, time left).
 """
 
 from __future__ import annotations
 
 from .store import ImageStore, open_store
 
-__all__ = ["ImageStore", "open_store", "fetch_images", "retry_failed", "store_status"]
+__all__ = ["FetchConfig", "ImageStore", "open_store", "fetch_images", "retry_failed", "store_status"]
 
 
 def __getattr__(name: str):
-    if name in ("fetch_images", "retry_failed", "FetchConfig"):
-        from . import fetch
+    if name in ("fetch_images", "retry_failed"):
+        from . import run
 
-        return getattr(fetch, name)
+        return getattr(run, name)
+    if name == "FetchConfig":
+        from .fetch import FetchConfig
+
+        return FetchConfig
     if name == "store_status":
         from .status import store_status
 

@@ -1,6 +1,6 @@
 """What to fetch: image URLs of a build or of a URL file, deduplicated by image_id, planned into shards.
 
-The plan is a parquet file (`_plan.parquet`: image_id, url, shard) sorted by image_id with one
+The plan is a parquet file (`_plan/plan.parquet`: image_id, url, shard) sorted by image_id with one
 row group per shard, so a worker reads exactly its shard and a rerun over the same URLs makes
 exactly the same shards (resume and retry depend on that).
 """
@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, InputError
 from ..ids import image_id
 
-PLAN_FILE = "_plan.parquet"
+# in a subfolder: readers that glob the store for "*.parquet" manifests must not see it
+PLAN_FILE = "_plan/plan.parquet"
 PLAN_SCHEMA = pa.schema([("image_id", pa.string()), ("url", pa.string()), ("shard", pa.int32())])
 
 

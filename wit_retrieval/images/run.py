@@ -1,0 +1,178 @@
+"""Running a fetch: plan, check, then hand the shards to an engine; retry-failed; the stored config.
+
+The per-host `rate` is a global budget. Workers (processes or Ray tasks) do not talk to each
+other, so each of the W workers that run at once gets rate / W (ratelimit.worker_rate): the
+host never sees more than `rate`, whatever --workers or --engine. Near the end of a run, when
+fewer shards than workers remain, the host sees less than the budget, never more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..engine import EngineConfig, run_shards
+from ..errors import ConfigError, InputError
+from .decode import DecodeConfig
+from .fetch import FetchConfig, ShardTask, close_worker_sources, fetch_shard
+from .http import HttpConfig, check_politeness
+from .mirrors import MirrorSpec, prepare_specs
+from .sources import make_plan, plan_hosts, read_plan
+from .store import read_done
+
+CONFIG_FILE = "_fetch.json"
+
+
+def resolve_config(config: FetchConfig) -> FetchConfig:
+    """Do the once-per-fetch preparation (mirror indexes) and return the config workers use."""
+    mirrors = prepare_specs(config.mirrors, Path(config.out) / "_mirrors") if config.mirrors else ()
+    return FetchConfig(config.out, config.http, config.decode, mirrors, config.shard_size, config.engine)
+
+
+def _check_same_decode(config: FetchConfig) -> None:
+    """Resuming with other resize/encode settings would mix two kinds of images in one store."""
+    path = Path(config.out) / CONFIG_FILE
+    if not path.exists():
+        return
+    before = json.loads(path.read_text(encoding="utf-8")).get("decode", {})
+    if before and DecodeConfig(**before) != config.decode:
+        changed = ", ".join(k for k, v in asdict(config.decode).items() if before.get(k) != v)
+        raise ConfigError(f"{config.out} was fetched with other image settings ({changed}); "
+                          "resume with the same --resize/--image-size/--encode/--quality or use another --out")
+
+
+def write_config(config: FetchConfig) -> None:
+    """Record the resolved fetch config next to the shards."""
+    from ..io.shards import write_json_atomic
+
+    write_json_atomic(Path(config.out) / CONFIG_FILE, asdict(config))
+
+
+def fetch_images(config: FetchConfig, urls: Iterable[str], *, show_progress: bool = False) -> dict[str, Any]:
+    """Plan, then fetch every shard not finished yet; returns totals over the whole store."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(urls, out, config.shard_size)
+    check_politeness(config.http, plan_hosts(out))  # before any request
+    _check_same_decode(config)
+    config = resolve_config(config)
+    write_config(config)
+    pending = [s for s in range(plan.shards) if read_done(out, s) is None]
+    total = sum(min(plan.shard_size, plan.items - s * plan.shard_size) for s in pending)
+    _run(config, pending, retry=False, show_progress=show_progress, total=total)
+    from .status import store_status
+
+    return store_status(out)
+
+
+def retry_failed(config: FetchConfig, *, show_progress: bool = False) -> dict[str, Any]:
+    """Fetch again the retryable failures of finished shards (rewriting them atomically) and any unfinished shard."""
+    out = Path(config.out)
+    plan = read_plan(out)
+    if plan is None:
+        raise InputError("no fetch here (no _plan/plan.parquet); run `images fetch` first", path=str(out))
+    check_politeness(config.http, plan_hosts(out))
+    config = resolve_config(config)
+    shards, total = [], 0
+    for shard in range(plan.shards):
+        done = read_done(out, shard)
+        if done is None:
+            shards.append(shard)
+            total += min(plan.shard_size, plan.items - shard * plan.shard_size)
+        elif done.get("retryable", 0):
+            shards.append(shard)
+            total += done["retryable"]
+    _run(config, shards, retry=True, show_progress=show_progress, total=total)
+    from .status import store_status
+
+    return store_status(out)
+
+
+def _run(config: FetchConfig, shards: list[int], *, retry: bool, show_progress: bool, total: int) -> None:
+    from .ratelimit import worker_rate
+
+    if not shards:
+        return
+    workers = 1 if config.engine.name == "local" and config.engine.num_workers == 1 else min(
+        config.engine.num_workers, len(shards))
+    if config.http.rate and config.http.rate / workers < 0.01:
+        raise ConfigError(f"--rate {config.http.rate} shared by {workers} workers is under 0.01/s each; "
+                          "use fewer --workers")
+    rate = worker_rate(config.http.rate, workers)
+    with _progress_queue(config.engine, show_progress, total) as queue:
+        tasks = [ShardTask(config, s, rate, retry, queue) for s in shards]
+        try:
+            for _ in run_shards(fetch_shard, tasks, config.engine):
+                pass
+        finally:
+            close_worker_sources()  # inline runs keep them in this process
+
+
+@contextlib.contextmanager
+def _progress_queue(engine: EngineConfig, show: bool, total: int) -> Iterator[Any]:
+    """A queue workers report (ok, failed) increments to, drained into a rich progress bar."""
+    if not show or engine.name == "ray":
+        yield None
+        return
+    import queue as queue_module
+    import threading
+
+    from .status import fetch_progress
+
+    manager = None
+    if engine.num_workers > 1:
+        import multiprocessing
+
+        manager = multiprocessing.get_context("forkserver").Manager()
+        q = manager.Queue()
+    else:
+        q = queue_module.Queue()
+    stop = threading.Event()
+    with fetch_progress(total) as advance:
+
+        def drain():
+            while not stop.is_set() or not q.empty():
+                try:
+                    ok, failed = q.get(timeout=0.2)
+                except (queue_module.Empty, EOFError, OSError):
+                    continue
+                advance(ok, failed)
+
+        thread = threading.Thread(target=drain, name="fetch-progress", daemon=True)
+        thread.start()
+        try:
+            yield q
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            if manager is not None:
+                manager.shutdown()
+
+
+
+def load_config(out: str | Path, **overrides: Any) -> FetchConfig:
+    """The config a store was fetched with (`_fetch.json`), with HTTP/engine fields overridden."""
+    path = Path(out) / CONFIG_FILE
+    if not path.exists():
+        raise InputError("no fetch here (no _fetch.json); run `images fetch` first", path=str(path))
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    http = {**raw["http"], "allow_hosts": tuple(raw["http"]["allow_hosts"]),
+            "host_aliases": tuple(tuple(p) for p in raw["http"]["host_aliases"])}
+    engine = raw["engine"]
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("name", "workers"):
+            engine[key] = value
+        elif key in ("allow_hosts", "host_aliases"):
+            http[key] = tuple(http[key]) + tuple(value)
+        else:
+            http[key] = value
+    return FetchConfig(
+        out=str(out), http=HttpConfig(**http), decode=DecodeConfig(**raw["decode"]),
+        mirrors=tuple(MirrorSpec(m["kind"], m["path"]) for m in raw["mirrors"]),
+        shard_size=raw["shard_size"], engine=EngineConfig(**engine))
