@@ -14,7 +14,7 @@ from wit_retrieval.errors import ConfigError
 from wit_retrieval.images import open_store
 from wit_retrieval.images.decode import DecodeConfig
 from wit_retrieval.images.fetch import FetchConfig
-from wit_retrieval.images.http import HttpConfig
+from wit_retrieval.images.http import HttpConfig, thumbnail_url
 from wit_retrieval.images.run import fetch_images, retry_failed
 from wit_retrieval.images.store import done_shards, shard_paths
 from wit_retrieval.synth.faults import FaultPlan, FaultRule
@@ -170,6 +170,14 @@ def test_thumbnails_byte_cap_and_resize(tmp_path):
         assert any("/thumb/" in p for p in server.stats()["attempts"])
         store = open_store(tmp_path / "thumbs")
         assert {store.open(i).size[0] for i in store.ids()} == {16}
+        # a thumbnail the server refuses (e.g. wider than the original): the original is fetched
+        refused = urlsplit(thumbnail_url(urls[0], 16)).path
+        server.set_faults(FaultPlan(rules=(FaultRule("http_503", paths=(refused,), retry_after_s=0),)))
+        server.reset_stats()
+        config = FetchConfig(str(tmp_path / "fallback"), _http(server, thumb_width=16, timeout=2.0))
+        assert fetch_images(config, urls[:1])["ok"] == 1
+        assert server.stats()["attempts"] == {refused: 2, urlsplit(urls[0]).path: 1}
+        server.set_faults(None)
         capped = FetchConfig(str(tmp_path / "cap"), _http(server, max_bytes=50, timeout=2.0))
         assert fetch_images(capped, urls)["errors"] == {"too_large": 6}
         resized = FetchConfig(str(tmp_path / "crop"), _http(server, timeout=2.0),

@@ -27,6 +27,7 @@ from .sources import plan_items
 from .store import ShardWriter, read_done, shard_paths
 
 _SAMPLES_PER_ERROR = 3
+_THUMB_FALLBACK = frozenset({"http_4xx", "http_5xx"})
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ class _Sources:
                     return ItemOutcome(image_id, url, process_image(data, self.config.decode), "mirror")
             except (ImageRejected, OSError):
                 continue  # a bad mirror copy falls through to the next source
-        result = self.fetcher.fetch(thumbnail_url(url, self.config.http.thumb_width))
+        thumb = thumbnail_url(url, self.config.http.thumb_width)
+        result = self.fetcher.fetch(thumb)
+        if thumb != url and result.error in _THUMB_FALLBACK:
+            # Wikimedia refuses some thumbnails (wider than the original, odd formats): take the original
+            result = self.fetcher.fetch(url)
         if not result.ok:
             return ItemOutcome(image_id, url, error=result.error, retryable=result.retryable, detail=result.detail)
         try:
