@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from pathlib import Path
 
 from . import lexicon as lx
@@ -19,6 +20,7 @@ TUPLES_PER_INSERT = 250
 DUMP_DATE = "20261101"
 _ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\0": "\\0",
                           "\x1a": "\\Z"})
+_SPECIAL = re.compile("[\\\\'\"\n\r\0\x1a]")
 
 _CREATE = {
     "page": """CREATE TABLE `page` (
@@ -71,7 +73,7 @@ def sql_value(v) -> str:
     if v is None:
         return "NULL"
     if isinstance(v, str):
-        return "'" + v.translate(_ESCAPES) + "'"
+        return "'" + (v.translate(_ESCAPES) if _SPECIAL.search(v) else v) + "'"
     return repr(v)
 
 
@@ -129,16 +131,24 @@ def _records(world: World, code: str) -> tuple[list, list, list]:
     return pages, props, redirects
 
 
-def _insert_lines(table: str, rows) -> list[str]:
-    lines, chunk = [], []
-    for row in rows:
-        chunk.append("(" + ",".join(sql_value(v) for v in row) + ")")
-        if len(chunk) == TUPLES_PER_INSERT:
-            lines.append(f"INSERT INTO `{table}` VALUES " + ",".join(chunk) + ";\n")
-            chunk = []
-    if chunk:
-        lines.append(f"INSERT INTO `{table}` VALUES " + ",".join(chunk) + ";\n")
-    return lines
+def _insert_lines(table: str, tuples: list[str]) -> list[str]:
+    """INSERT statements of TUPLES_PER_INSERT formatted tuples each."""
+    return [f"INSERT INTO `{table}` VALUES " + ",".join(tuples[k:k + TUPLES_PER_INSERT]) + ";\n"
+            for k in range(0, len(tuples), TUPLES_PER_INSERT)]
+
+
+def _page_tuples(pages: list, ids: list[int], rng: random.Random) -> list[str]:
+    """Formatted page tuples in page_id order (only titles need escaping; the rest is known-safe)."""
+    out, rand = [], rng.random  # random() is several times cheaper than randrange()
+    for i in sorted(range(len(pages)), key=ids.__getitem__):
+        ns, title, is_redirect = pages[i]
+        touched = f"2026{1 + int(rand() * 10):02d}{1 + int(rand() * 28):02d}120000"
+        links = "NULL" if i % 11 == 0 else "'20261015000000'"
+        length = 40 if is_redirect else 500 + int(rand() * 20000)
+        out.append(f"({ids[i]},{ns},{sql_value(title)},{is_redirect},{int(rand() < 0.05)},"
+                   f"{round(rand(), 12)!r},'{touched}',{links},{1_200_000_000 + ids[i] * 3},{length},"
+                   "'wikitext',NULL)")
+    return out
 
 
 def _write_table(path: Path, code: str, table: str, rows) -> None:
@@ -177,14 +187,12 @@ def write_dumps(world: World, out: Path, progress: ProgressFn | None = None) -> 
         next_id = 10 + rng.randrange(90)
         for idx in order:  # increasing ids with gaps, in a shuffled order of the records
             ids[idx] = next_id
-            next_id += 1 + rng.randrange(3)
-        page_rows = sorted(
-            (ids[i], ns, title, is_redirect, int(rng.random() < 0.05), round(rng.random(), 12),
-             f"2026{rng.randrange(1, 11):02d}{rng.randrange(1, 29):02d}120000", None if i % 11 == 0 else
-             "20261015000000", 1_200_000_000 + ids[i] * 3, 40 if is_redirect else 500 + rng.randrange(20000),
-             "wikitext", None) for i, (ns, title, is_redirect) in enumerate(pages))
-        prop_rows = sorted((ids[p], name, value, None) for p, name, value in props)
-        redirect_rows = sorted((ids[p], 0, target, "", fragment) for p, target, fragment in redirects)
+            next_id += 1 + int(rng.random() * 3)
+        page_rows = _page_tuples(pages, ids, rng)
+        prop_rows = [f"({pid},'{name}',{sql_value(value)},NULL)"
+                     for pid, name, value in sorted((ids[p], name, value) for p, name, value in props)]
+        redirect_rows = [f"({pid},0,{sql_value(target)},'',{sql_value(fragment)})"
+                         for pid, target, fragment in sorted((ids[p], t, f) for p, t, f in redirects)]
         base = dump_dir(code)
         names = []
         for table, rows in (("page", page_rows), ("page_props", prop_rows), ("redirect", redirect_rows)):
