@@ -221,10 +221,12 @@ def build_demo_stats(workdir: str | Path) -> dict[str, Any]:
     return read_stats(root)
 
 
+_VOLATILE = frozenset({"seconds", "files", "worker_cpu_seconds", "worker_peak_rss_mib", "shards"})
+
+
 def card_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """The part of stats.json the cards render (no timings, no paths): committed beside the cards."""
-    mmir = {k: v for k, v in stats.get("mmir", {}).items() if k not in ("seconds", "files", "worker_cpu_seconds",
-                                                                        "worker_peak_rss_mib")}
+    mmir = {k: v for k, v in stats.get("mmir", {}).items() if k not in _VOLATILE}
     mmir["bad_rows"] = {"count": mmir.get("bad_rows", {}).get("count", 0)}
     entities = {k: v for k, v in stats.get("entities", {}).items() if k not in ("seconds", "bad_rows")}
     return {"entities": entities, "mmir": mmir, "ei": stats.get("ei", {})}

@@ -93,30 +93,38 @@ class Gazetteer:
 
     def __init__(self, spec: LinkerSpec, names=None):
         require("ahocorasick", "base")
-        import pyarrow.compute as pc
 
-        from ..io.shards import read_table_dir
 
         self.spec = spec
         if names is None and not spec.names_path:
             raise ConfigError("the gazetteer linker needs the entity_names table; run `build ei` first")
-        columns = ["entity_id", "language", "name", "source"]
-        table = read_table_dir(spec.names_path, columns=columns) if names is None else names.select(columns)
-        self._by_language: dict[str, object] = {}
-        # split by language once; each automaton is built lazily on first text of its language
-        for language in pc.unique(table["language"]).to_pylist():
-            if language is not None:
-                self._by_language[language] = table.filter(pc.equal(table["language"], language))
+        self._names = names
+        self._by_language: dict[str, object] | None = None  # read on the first cache miss only
         self._languages: dict[str, _Language | None] = {}
+
+    def _names_of(self, language: str):
+        """The names of one language (the table is read and split by language once)."""
+        import pyarrow.compute as pc
+
+        from ..io.shards import read_table_dir
+
+        if self._by_language is None:
+            columns = ["entity_id", "language", "name", "source"]
+            table = read_table_dir(self.spec.names_path, columns=columns) if self._names is None \
+                else self._names.select(columns)
+            self._by_language = {}
+            for code in pc.unique(table["language"]).to_pylist():
+                if code is not None:
+                    self._by_language[code] = table.filter(pc.equal(table["language"], code))
+        return self._by_language.get(language)
 
     def language(self, language: str) -> _Language | None:
         """The automaton of one language (None when it has no names); built once, cached on disk."""
         if language not in self._languages:
-            names = self._by_language.pop(language, None)
-            self._languages[language] = None if names is None else self._cached(language, names)
+            self._languages[language] = self._cached(language)
         return self._languages[language]
 
-    def _cached(self, language: str, names) -> _Language:
+    def _cached(self, language: str) -> _Language | None:
         """Load the language's automaton from the table's cache, or build and store it there.
 
         The cache key covers the table's manifest and the matching options, so a rebuilt
@@ -127,9 +135,10 @@ class Gazetteer:
 
         from ..io.shards import read_manifest, write_bytes_atomic
 
-        manifest = read_manifest(self.spec.names_path) if self.spec.names_path else None
+        manifest = read_manifest(self.spec.names_path) if self.spec.names_path and self._names is None else None
         if manifest is None:
-            return self._build(names)
+            names = self._names_of(language)
+            return None if names is None else self._build(names)
         key = json.dumps([manifest, language, self.spec.min_length, self.spec.allow_digit_names, _CACHE_VERSION],
                          sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -139,7 +148,8 @@ class Gazetteer:
                 return pickle.loads(path.read_bytes())
             except Exception:  # a damaged cache file is rebuilt, never trusted
                 path.unlink(missing_ok=True)
-        built = self._build(names)
+        names = self._names_of(language)
+        built = None if names is None else self._build(names)
         write_bytes_atomic(path, pickle.dumps(built, protocol=pickle.HIGHEST_PROTOCOL))
         return built
 

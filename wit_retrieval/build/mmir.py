@@ -77,7 +77,7 @@ def build_mmir(config: MmirConfig) -> dict:
     errors = RowErrors()
     split_stats: dict[str, SplitStats] = {}
     entity_uses: Counter = Counter()
-    workers = {"cpu_seconds": 0.0, "peak_rss_mib": 0.0}
+    workers = {"cpu_seconds": 0.0, "peak_rss_mib": 0.0, "shards": []}
     results = _measured(run_shards(build_shard, tasks, config.engine), workers)
     for split, group in itertools.groupby(results, key=lambda r: r.split):
         stats = split_stats[split] = SplitStats()
@@ -93,6 +93,7 @@ def build_mmir(config: MmirConfig) -> dict:
         "seconds": round(time.time() - started, 2),
         "worker_cpu_seconds": round(workers["cpu_seconds"], 2),
         "worker_peak_rss_mib": round(workers["peak_rss_mib"], 1),
+        "shards": workers["shards"],
     }
     update_stats(root, "mmir", section)
     update_stats(root, "ei", {"entities": len(entity_uses), "uses": sum(entity_uses.values())})
@@ -108,6 +109,8 @@ def _measured(results: Iterator[ShardResult], workers: dict) -> Iterator[ShardRe
     for result in results:
         workers["cpu_seconds"] += result.cpu_seconds
         workers["peak_rss_mib"] = max(workers["peak_rss_mib"], result.peak_rss_mib)
+        workers["shards"].append({"file": Path(result.path).name, "rows": result.stats.rows_read,
+                                  "cpu_seconds": round(result.cpu_seconds, 3)})
         yield result
 
 
@@ -139,12 +142,16 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
             yield table
 
     meta = {"builder": "build_mmir", "split": split}
-    write_table_dir(root.table_split("queries", split), _without_split(queries()), _QUERIES_FILE, meta=meta)
+    # smaller part files than the default keep the writer's memory bounded (queries carry text)
+    write_table_dir(root.table_split("queries", split), _without_split(queries()), _QUERIES_FILE, meta=meta,
+                    rows_per_file=QUERY_ROWS_PER_FILE)
     write_table_dir(root.table_split("qrels", split), qrels, QRELS, meta=meta)
     images = _unique_images(corpus)
     stats.corpus = images.num_rows
     write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta)
 
+
+QUERY_ROWS_PER_FILE = 200_000
 
 # The split lives in the hive folder name (split=train); files leave it out so that
 # pyarrow.dataset(..., partitioning="hive") reads one split column without a conflict.
