@@ -203,3 +203,15 @@ def test_gazetteer_cached_beside_entity_names(world):
     assert Gazetteer(spec).link(text, "en") == expected  # loaded from the cache
     cached[0].write_bytes(b"not a pickle")
     assert Gazetteer(spec).link(text, "en") == expected  # a damaged cache is rebuilt
+
+
+def test_real_wit_rows_and_an_unclosed_quote(world, wit_fixtures, tmp_path):
+    root, _, _ = world
+    files = (str(wit_fixtures / "wit_train_sample.tsv"), str(wit_fixtures / "wit_test_truncated.tsv"))
+    other, _ = make_world(tmp_path)
+    stats = build_mmir(MmirConfig(out=str(other), wit=files, engine=EngineConfig(workers=1), export=False))
+    assert stats["splits"]["train"]["rows_read"] == 3
+    assert stats["splits"]["train"]["with_reference"] == 0  # the real rows have empty reference descriptions
+    assert stats["bad_rows"]["count"] == 1
+    bad = stats["bad_rows"]["samples"][0]
+    assert bad["path"].endswith("wit_test_truncated.tsv") and bad["line"] == 2
