@@ -17,6 +17,8 @@ from .world import Caption, Entity, Mention, Scene, WorldConfig, split_assigner
 
 _FIELD = re.compile(r"\{(\w+)\}")
 _VERTICAL = frozenset({"above", "below"})
+_SLOTS = ("A", "B", "C")
+_MASKS = ("[MASK_0]", "[MASK_1]", "[MASK_2]")
 
 
 def build_scenes(config: WorldConfig, entities: list[Entity]) -> list[Scene]:
@@ -95,7 +97,7 @@ def _surface(e: Entity, code: str, rng: random.Random) -> str:
 
 
 class _Templates:
-    """One language's caption templates, split once into literal text and field names."""
+    """One language's caption templates, resolved once per (entities, larger, relation, setting)."""
 
     def __init__(self, code: str):
         self.code = code
@@ -104,33 +106,46 @@ class _Templates:
         for n, template in enumerate((words.single, words.pair, words.triple), start=1):
             for larger in (False, True):
                 self.parts[n, larger] = _FIELD.split(template + (words.larger if larger else ""))
+        self._segments: dict[tuple, list] = {}
 
-    def render(self, picked: list[Entity], relation: str | None, setting: str, larger: bool,
-               rng: random.Random) -> Caption:
-        """The reference description of a scene, with the spans of its mentions."""
-        words, code = self.words, self.code
+    def segments(self, n: int, larger: bool, relation: str | None, setting: str) -> list:
+        """Literal text and slot numbers, alternating: [text, slot, text, slot, ..., text]."""
+        key = (n, larger, relation, setting)
+        if (found := self._segments.get(key)) is not None:
+            return found
+        words = self.words
         values = {"setting": words.settings[setting]}
         if relation:
             values["rel"] = words.relations[relation]
             values["extra"] = words.extra_vertical if relation in _VERTICAL else words.extra_horizontal
-        slots = {slot: (e, _surface(e, code, rng)) for slot, e in zip("ABC", picked)}
-        text, masked, mentions, order, pos = [], [], [], [], 0
-        for n, piece in enumerate(self.parts[len(picked), larger]):
-            # The split alternates literal text (even n) and field names (odd n).
-            if n % 2 and piece in slots:
-                e, surface = slots[piece]
-                mentions.append(Mention(pos, pos + len(surface), e.index, surface))
-                if e.index not in order:
-                    order.append(e.index)
-                masked.append(f"[MASK_{order.index(e.index)}]")
-                text.append(surface)
-                pos += len(surface)
-                continue
-            if n % 2:
-                piece = values[piece]
-            text.append(piece)
-            masked.append(piece)
-            pos += len(piece)
+        out, literal = [], ""
+        for k, piece in enumerate(self.parts[n, larger]):
+            # The split alternates literal text (even k) and field names (odd k).
+            if k % 2 and piece in _SLOTS:
+                out += [literal, _SLOTS.index(piece)]
+                literal = ""
+            else:
+                literal += values[piece] if k % 2 else piece
+        out.append(literal)
+        self._segments[key] = out
+        return out
+
+    def render(self, picked: list[Entity], relation: str | None, setting: str, larger: bool,
+               rng: random.Random) -> Caption:
+        """The reference description of a scene, with the spans of its mentions."""
+        code = self.code
+        seg = self.segments(len(picked), larger, relation, setting)
+        surfaces = [_surface(e, code, rng) for e in picked]
+        text, masked, mentions, order, pos = [seg[0]], [seg[0]], [], [], len(seg[0])
+        for k in range(1, len(seg), 2):
+            slot, literal = seg[k], seg[k + 1]
+            e, surface = picked[slot].index, surfaces[slot]
+            mentions.append(Mention(pos, pos + len(surface), e, surface))
+            if e not in order:
+                order.append(e)
+            text += (surface, literal)
+            masked += (_MASKS[order.index(e)], literal)
+            pos += len(surface) + len(literal)
         return Caption(code, "".join(text), tuple(mentions), "".join(masked), tuple(order))
 
 
