@@ -229,5 +229,6 @@ def _summary(task: ShardTask, writer: ShardWriter, counts: dict, started: float,
         "retryable": sum(1 for r in writer.rows if r["status"] == "failed" and r["retryable"]),
         "errors": dict(sorted(errors.items())), "samples": counts["samples"],
         "sources": dict(counts["sources"]), "fetched": fetched, "retry": task.retry,
+        "fetched_ok": sum(counts["sources"].values()),
         "started": started, "finished": time.time(), "seconds": round(time.time() - started, 3),
     }

@@ -103,25 +103,32 @@ def _run(config: FetchConfig, shards: list[int], *, retry: bool, show_progress: 
         raise ConfigError(f"--rate {config.http.rate} shared by {workers} workers is under 0.01/s each; "
                           "use fewer --workers")
     rate = worker_rate(config.http.rate, workers)
-    with _progress_queue(config.engine, show_progress, total) as queue:
+    with _progress_queue(config.engine, show_progress, total) as (queue, per_shard):
         tasks = [ShardTask(config, s, rate, retry, queue) for s in shards]
         try:
-            for _ in run_shards(fetch_shard, tasks, config.engine):
-                pass
+            for summary in run_shards(fetch_shard, tasks, config.engine):
+                if per_shard is not None:
+                    ok = summary.get("fetched_ok", 0)
+                    per_shard(ok, summary.get("fetched", ok) - ok)
         finally:
             close_worker_sources()  # inline runs keep them in this process
 
 
 @contextlib.contextmanager
 def _progress_queue(engine: EngineConfig, show: bool, total: int) -> Iterator[Any]:
-    """A queue workers report (ok, failed) increments to, drained into a rich progress bar."""
-    if not show or engine.name == "ray":
-        yield None
+    """(queue, None): workers report (ok, failed) increments to the queue, drained into a progress bar;
+    (None, advance) on Ray, whose workers cannot reach the queue: the bar moves once per shard."""
+    from .status import fetch_progress
+
+    if not show:
+        yield None, None
+        return
+    if engine.name == "ray":
+        with fetch_progress(total) as advance:
+            yield None, advance
         return
     import queue as queue_module
     import threading
-
-    from .status import fetch_progress
 
     manager = None
     if engine.num_workers > 1:
@@ -145,7 +152,7 @@ def _progress_queue(engine: EngineConfig, show: bool, total: int) -> Iterator[An
         thread = threading.Thread(target=drain, name="fetch-progress", daemon=True)
         thread.start()
         try:
-            yield q
+            yield q, None
         finally:
             stop.set()
             thread.join(timeout=5)
