@@ -40,23 +40,16 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 
 
 def fetch_summary(images_dir: Path) -> dict[str, Any] | None:
-    """Counts of ok / failed by error class from an image store's manifests."""
-    manifests = sorted(images_dir.glob("*.parquet")) if images_dir.is_dir() else []
-    if not manifests:
+    """Counts of ok / failed by error class from an image store's finished shards (done-markers)."""
+    if not images_dir.is_dir():
         return None
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    from .images.status import store_status
 
-    status: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    sources: dict[str, int] = {}
-    for path in manifests:
-        table = pq.read_table(path, columns=["status", "error", "source"])
-        for column, counts in (("status", status), ("error", errors), ("source", sources)):
-            for row in pc.value_counts(table.column(column)).to_pylist():
-                if row["values"] is not None:
-                    counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
-    return {"status": status, "errors": errors, "sources": sources, "shards": len(manifests)}
+    status = store_status(images_dir)
+    if not status["shards_done"]:
+        return None
+    return {"status": {"ok": status["ok"], "failed": status["failed"]}, "errors": status["errors"],
+            "sources": status["sources"], "shards": status["shards_done"], "pending": status["pending"]}
 
 
 def collect(root: str | Path) -> ReportInputs:
