@@ -103,6 +103,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _counts_table(title: str, counts: dict[str, Any] | None) -> list[str]:
+    """A two-column table of value -> count, or nothing when there are no counts."""
     if not counts:
         return []
     rows = [[k, v] for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))]
@@ -110,25 +111,34 @@ def _counts_table(title: str, counts: dict[str, Any] | None) -> list[str]:
 
 
 def dataset_section(stats: dict[str, Any] | None) -> list[str]:
-    """Markdown for the build statistics (per split, language, query type, entities per query)."""
+    """Markdown for the build statistics (stats.json: per split, language, query type, entities per query)."""
     lines = ["## Dataset", ""]
-    if not stats:
-        return lines + ["No `stats.json` under the data root: run `wit-retrieval build mmir` first.", ""]
-    for key, title in (
-        ("entities", "Entities"),
-        ("queries_per_split", "Queries per split"),
-        ("queries_per_language", "Queries per language"),
-        ("queries_per_query_type", "Queries per query type"),
-        ("entities_per_query", "Entities per query"),
-        ("corpus_per_split", "Corpus images per split"),
-        ("filters", "Rows dropped by each filter"),
-    ):
-        value = stats.get(key)
-        if isinstance(value, dict):
-            lines += _counts_table(title, value)
-        elif value is not None:
-            lines += [f"**{title}**: {value}", ""]
+    mmir = (stats or {}).get("mmir") or {}
+    splits = mmir.get("splits") or {}
+    if not splits:
+        return lines + ["No MMIR statistics under the data root: run `wit-retrieval build mmir` first.", ""]
+    entities, ei = stats.get("entities") or {}, stats.get("ei") or {}
+    if entities:
+        lines += [f"{entities.get('entities', '?')} entities with a canonical image "
+                  f"({entities.get('names', '?')} names); the EI subset used by MMIR queries: "
+                  f"{ei.get('entities', '?')} entities.", ""]
+    order = [s for s in ("train", "val", "test") if s in splits] + sorted(set(splits) - {"train", "val", "test"})
+    rows = [[name, splits[name].get("rows_read", 0), splits[name].get("with_reference", 0),
+             splits[name].get("queries", 0), splits[name].get("corpus", 0),
+             ", ".join(f"{k} {v}" for k, v in sorted(splits[name].get("dropped", {}).items())) or "-"]
+            for name in order]
+    lines += ["**Per split**", "", *_table(["split", "WIT rows", "with reference", "queries", "corpus images",
+                                             "dropped by filter"], rows)]
+    for key, title in (("by_language", "language"), ("by_query_type", "query type"),
+                       ("entities_per_query", "entities per query")):
+        values = sorted({v for name in order for v in splits[name].get(key, {})}, key=_natural_key)
+        rows = [[name, *[splits[name].get(key, {}).get(v, 0) for v in values]] for name in order]
+        lines += [f"**Queries per {title}**", "", *_table(["split", *values], rows)]
     return lines
+
+
+def _natural_key(value: str):
+    return (0, int(value), "") if str(value).isdigit() else (1, 0, str(value))
 
 
 def fetch_section(fetch: dict[str, Any] | None, plot: Path | None) -> list[str]:
@@ -229,16 +239,30 @@ def significance_section(comparisons: list[dict[str, Any]]) -> list[str]:
 
 
 def audit_section(audit: dict[str, Any] | None) -> list[str]:
-    """Markdown for the annotation audit's agreement and quality estimates."""
-    if not audit:
+    """Markdown for the annotation audit (annotation.json): agreement and quality estimates per task kind."""
+    if not audit or not audit.get("task_kinds"):
         return []
     lines = ["## Annotation audit", ""]
-    if audit.get("simulated") or audit.get("source") == "simulated":
-        lines += ["**These ratings are simulated** (the demo has no human raters); they show the "
-                  "pipeline, not the dataset's quality.", ""]
-    rows = [[k, v] for k, v in audit.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    lines += _table(["statistic", "value"], rows)
+    if audit.get("simulated"):
+        lines += ["**SIMULATED ratings** (the demo has no human raters): these numbers show the audit "
+                  "pipeline working, not the dataset's quality.", ""]
+    rows = []
+    for kind, doc in audit["task_kinds"].items():
+        est = doc.get("estimate") or {}
+        interval = (f"{est['value']:.3f} [{est['low']:.3f}, {est['high']:.3f}]"
+                    if est.get("value") is not None else "-")
+        rows.append([kind, doc.get("items", "-"), doc.get("raters", "-"), doc.get("ratings", "-"),
+                     _maybe(doc.get("fleiss_kappa")), _maybe(doc.get("krippendorff_alpha")),
+                     doc.get("estimate_name", "accuracy"), interval])
+    confidence = audit.get("confidence", 0.95)
+    lines += [f"Estimates with {confidence:.0%} Wilson intervals.", ""]
+    lines += _table(["task", "items", "raters", "ratings", "Fleiss' kappa", "Krippendorff's alpha",
+                     "estimate", "value [interval]"], rows)
     return lines
+
+
+def _maybe(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _plot_fetch(fetch: dict[str, Any], path: Path) -> Path:
