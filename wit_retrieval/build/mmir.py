@@ -1,7 +1,9 @@
 """Build MMIR (queries, corpus, qrels per split) and the released EI subset from WIT files.
 
 Each WIT file is one shard task (`shard.build_shard`), run by `engine.run_shards` locally or
-on Ray. Results come back in task order and tasks are sorted by (split, file), so the
+on Ray. Workers stage their queries as parquet parts under ROOT/.build-staging (on a Ray
+cluster of several machines ROOT must be a shared file system); the main process streams
+them into the tables, so memory stays bounded. Results come back in task order and tasks are sorted by (split, file), so the
 output is identical whatever the engine or worker count: queries keep their (file, row)
 order, corpus is sorted by image_id, qrels follow the queries.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..engine import EngineConfig, run_shards
 from ..errors import ConfigError
@@ -74,6 +77,7 @@ def build_mmir(config: MmirConfig) -> dict:
     tasks = plan_tasks(config)
     for name in ("queries", "corpus", "qrels"):  # a build replaces every split: no stale split folders
         shutil.rmtree(root.table(name), ignore_errors=True)
+    shutil.rmtree(staging_dir(root), ignore_errors=True)
     errors = RowErrors()
     split_stats: dict[str, SplitStats] = {}
     entity_uses: Counter = Counter()
@@ -82,6 +86,7 @@ def build_mmir(config: MmirConfig) -> dict:
     for split, group in itertools.groupby(results, key=lambda r: r.split):
         stats = split_stats[split] = SplitStats()
         write_split(root, split, group, stats, errors, entity_uses)
+    shutil.rmtree(staging_dir(root), ignore_errors=True)
     write_ei(root, entity_uses)
     write_json_atomic(root.config / "build_mmir.json", asdict(config))
     section = {
@@ -118,8 +123,15 @@ def plan_tasks(config: MmirConfig) -> list[ShardTask]:
     """One task per WIT file, ordered by (split, path) so outputs never depend on scheduling."""
     spec = config.linker_spec()
     entities = str(DataRoot(config.out).table("entities"))
-    tasks = [ShardTask(path, split_of(path), entities, spec, config.filters, config.batch_rows) for path in config.wit]
-    return sorted(tasks, key=lambda t: (SPLITS.index(t.split), t.path))
+    staging = str(staging_dir(DataRoot(config.out)))
+    tasks = sorted(config.wit, key=lambda path: (SPLITS.index(split_of(path)), path))
+    return [ShardTask(path, split_of(path), entities, spec, config.filters, config.batch_rows, staging, index)
+            for index, path in enumerate(tasks)]
+
+
+def staging_dir(root: DataRoot) -> Path:
+    """Where workers stage query parts during a build (a dot folder: readers skip it)."""
+    return root.root / ".build-staging"
 
 
 def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stats: SplitStats, errors,
@@ -133,13 +145,8 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
         for result in results:
             stats.add(result.stats)
             errors.merge(result.errors)
-            table = _unique(result.queries, seen, stats)
-            stats.count_queries(table)
-            entity_uses.update(pc.list_flatten(table["entity_ids"]).to_pylist())
-            qrels.append(pa.table({"query_id": table["query_id"], "image_id": table["target_image_id"],
-                                   "relevance": pa.array([1] * table.num_rows, pa.int32())}))
-            corpus.append(table.select(["target_image_id", "target_image_url"]))
-            yield table
+            for part in result.parts:
+                yield _take_part(part, seen, stats, qrels, corpus, entity_uses)
 
     meta = {"builder": "build_mmir", "split": split}
     # smaller part files than the default keep the writer's memory bounded (queries carry text)
@@ -149,6 +156,19 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
     images = _unique_images(corpus)
     stats.corpus = images.num_rows
     write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta)
+
+
+def _take_part(part: str, seen: set[str], stats: SplitStats, qrels: list, corpus: list,
+               entity_uses: Counter) -> pa.Table:
+    """One staged part, deduplicated and counted; its qrels and corpus rows are collected."""
+    table = _unique(pq.read_table(part), seen, stats)
+    Path(part).unlink()
+    stats.count_queries(table)
+    entity_uses.update(pc.list_flatten(table["entity_ids"]).to_pylist())
+    qrels.append(pa.table({"query_id": table["query_id"], "image_id": table["target_image_id"],
+                           "relevance": pa.array([1] * table.num_rows, pa.int32())}))
+    corpus.append(table.select(["target_image_id", "target_image_url"]))
+    return table
 
 
 QUERY_ROWS_PER_FILE = 200_000

@@ -50,15 +50,17 @@ class ShardTask:
     linker: LinkerSpec
     filters: FilterConfig
     batch_rows: int = 65536
+    staging: str = ""  # folder the worker writes its query parts to (the main process moves them)
+    index: int = 0  # the task's position: names its staged parts
 
 
 @dataclass
 class ShardResult:
-    """A shard's queries (QUERIES schema, input order), counts, and bad rows."""
+    """A shard's staged query parts (QUERIES schema, input order), counts, and bad rows."""
 
     split: str
     path: str
-    queries: pa.Table
+    parts: list[str]
     stats: SplitStats
     errors: object  # io.tsv.RowErrors
     cpu_seconds: float = 0.0  # CPU time of this shard in its worker
@@ -89,7 +91,8 @@ def build_shard(task: ShardTask) -> ShardResult:
     stats = SplitStats()
     linker = load_linker(task.linker)
     images = entity_images(task.entities_path)
-    parts = []
+    staged: list[str] = []
+    pending: list[pa.Table] = []
     for batch in read_wit_batches(task.path, columns=WIT_QUERY_COLUMNS, batch_rows=task.batch_rows, errors=errors):
         stats.rows_read += batch.num_rows
         text = batch.column("caption_reference_description")
@@ -98,10 +101,27 @@ def build_shard(task: ShardTask) -> ShardResult:
         batch = batch.filter(has_text)
         stats.with_reference += batch.num_rows
         if batch.num_rows:
-            parts.append(_queries(batch, task, linker, images, stats))
-    queries = pa.concat_tables(parts) if parts else QUERIES.empty_table()
+            pending.append(_queries(batch, task, linker, images, stats))
+        if sum(t.num_rows for t in pending) >= STAGE_ROWS:
+            staged.append(_stage(pending, task, len(staged)))
+            pending = []
+    if pending:
+        staged.append(_stage(pending, task, len(staged)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return ShardResult(task.split, task.path, queries, stats, errors, time.process_time() - started, peak)
+    return ShardResult(task.split, task.path, staged, stats, errors, time.process_time() - started, peak)
+
+
+# Workers write their queries in parts of about this many rows, so neither a worker nor the
+# main process ever holds a whole WIT file's queries (a real shard has ~3.7M rows).
+STAGE_ROWS = 100_000
+
+
+def _stage(tables: list[pa.Table], task: ShardTask, number: int) -> str:
+    from ..io.shards import write_parquet_atomic
+
+    path = Path(task.staging) / f"{task.index:05d}-{number:05d}.parquet"
+    write_parquet_atomic(pa.concat_tables(tables), path, compression="none")  # temporary: speed over size
+    return str(path)
 
 
 def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
