@@ -75,6 +75,20 @@ def test_missing_images_and_bad_options(world, encoder, tmp_path):
                             progress=False), store=empty, encoder=encoder)
 
 
+def test_cli_embed_writes_an_embeddings_file(world, tmp_path):
+    from tests.test_models_world import write_store
+    from wit_retrieval.cli import app
+    from wit_retrieval.io.embeddings import read_embeddings
+
+    write_store(world.store, tmp_path / "images")
+    result = CliRunner().invoke(app, ["embed", "--model", "open_clip:wit-tiny-vit:random", "--images",
+                                      str(tmp_path / "images"), "--out", str(tmp_path / "emb.parquet"),
+                                      "--data", str(world.root.root), "--split", "test", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    ids, matrix = read_embeddings(tmp_path / "emb.parquet")
+    assert len(ids) == 20 and matrix.shape == (20, 64) and json.loads(result.output.splitlines()[-1])["missing"] == 0
+
+
 def test_cli_models_list_and_evaluate_errors():
     from wit_retrieval.cli import app
 

@@ -29,6 +29,7 @@ def test_inject_learns_entities_from_images(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, [
         "train", "baselines/inject-mini.toml", "--data", str(world.root.root), "--out", str(tmp_path / "run"),
+        "--set", "model.base=open_clip:wit-tiny-rn:random",
         "--set", "optim.steps=40", "--set", "optim.batch_size=32", "--set", "optim.warmup_steps=10",
         "--set", "run.eval_every=0", "--set", "run.checkpoint_every=0",
     ])
