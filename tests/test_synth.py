@@ -160,6 +160,7 @@ def test_entities_names_languages_and_ambiguity(truth):
     assert any(re.search(r" \([a-z]+\)$", e["titles"].get("en", "")) for e in ents)
     assert any(len(qids) >= 2 for qids in truth["ambiguous"]["en"].values())
     assert len({e["titles"].get("en") for e in ents if "en" in e["titles"]}) == sum("en" in e["titles"] for e in ents)
+    assert len({e["file"] for e in ents}) == len(ents)
 
 
 def test_dumps_parse_and_hold_the_props(world, truth):
@@ -297,11 +298,16 @@ def test_cli_synth(tmp_path):
 
     from wit_retrieval.cli import app
 
-    result = CliRunner().invoke(app, ["synth", str(tmp_path / "w"), "--entities", "20", "--scenes", "30",
-                                      "--no-images", "--wit-shards", "train=3,val=1,test=1"])
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "w"), "--entities", "200", "--scenes", "300",
+                                      "--no-images", "--wit-shards", "train=3,val=1,test=1", "--wit-sample"])
     assert result.exit_code == 0, result.output
     assert "WIT rows" in result.output
-    assert len(list((tmp_path / "w/gresearch/wit").glob("wit_v1.train.*"))) == 3
+    wit = tmp_path / "w/gresearch/wit"
+    assert len(list(wit.glob("wit_v1.train.all-0000?-of-00003.tsv.gz"))) == 3
+    sample = gzip.decompress((wit / "wit_v1.train.all-1percent_sample.tsv.gz").read_bytes()).decode()
+    train = "".join(gzip.decompress(p.read_bytes()).decode() for p in wit.glob("wit_v1.train.all-0000*"))
+    sample_lines = sample.splitlines()[1:]
+    assert sample_lines and all(line in train for line in sample_lines[:50])
     bad = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--wit-shards", "train=x"])
     assert bad.exit_code == 1 and "wit-shards" in bad.output
 

@@ -36,6 +36,9 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed and options give identical files."),
     image_size: int = typer.Option(128, "--image-size", help="Side of the square PNG images in pixels."),
     no_images: bool = typer.Option(False, "--no-images", help="Skip drawing images (fast, for scale tests)."),
+    wit_sample: bool = typer.Option(
+        False, "--wit-sample", help="Also write the 1% train sample file (its rows repeat train rows)."
+    ),
     wit_shards: str = typer.Option(
         "train=2,val=1,test=1", "--wit-shards", help="WIT shards per split, e.g. train=10,val=5,test=5."
     ),
@@ -53,7 +56,7 @@ def synth(
     config = WorldConfig(
         entities=entities, scenes=scenes, languages=_languages(languages),
         dump_languages=_languages(dump_languages), seed=seed, images=not no_images,
-        image_size=image_size, wit_shards=_parse_shards(wit_shards),
+        image_size=image_size, wit_shards=_parse_shards(wit_shards), wit_sample=wit_sample,
     )
     with make_progress() as progress:
         tasks: dict[str, tuple] = {}

@@ -24,6 +24,9 @@ _LANG_NAMES = {"en": "English", "de": "Deutsch"}
 _NEEDS_QUOTES = re.compile(r'[\t\n\r"]')
 
 
+SAMPLE_NAME = "wit_v1.train.all-1percent_sample.tsv.gz"
+
+
 def wit_shard_name(split: str, k: int, n: int) -> str:
     """The real shard name, e.g. wit_v1.train.all-00000-of-00010.tsv.gz."""
     return f"wit_v1.{split}.all-{k:05d}-of-{n:05d}.tsv.gz"
@@ -125,6 +128,11 @@ def write_wit(world: World, out: Path, progress: ProgressFn | None = None) -> di
                 files.append(rel)
                 writers[split, k] = stack.enter_context(gzip_text(out / rel))
                 writers[split, k].write("\t".join(WIT_COLUMNS) + "\n")
+        sample = None
+        if config.wit_sample:
+            files.append(f"{WIT_DIR}/{SAMPLE_NAME}")
+            sample = stack.enter_context(gzip_text(out / files[-1]))
+            sample.write("\t".join(WIT_COLUMNS) + "\n")
         for e in world.entities:
             for code in world.page_languages(e):
                 context = page_context(world, e, code)
@@ -138,6 +146,8 @@ def write_wit(world: World, out: Path, progress: ProgressFn | None = None) -> di
                     if batch:
                         writers[split, shard_key % config.wit_shards[split]].write("".join(batch))
                         rows[split] += len(batch)
+                if sample is not None and page_rows["train"] and shard_key % 100 == 7:
+                    sample.write("".join(page_rows["train"]))  # the 1% sample: whole pages of train
             if progress:
                 progress("WIT shards", 1, len(world.entities))
     return {"files": files, "rows": rows}

@@ -33,6 +33,7 @@ class WorldConfig:
     images: bool = True
     image_size: int = 128
     wit_shards: dict[str, int] = field(default_factory=lambda: {"train": 2, "val": 1, "test": 1})
+    wit_sample: bool = False  # also write wit_v1.train.all-1percent_sample.tsv.gz (a copy of ~1% of train)
 
     def __post_init__(self):
         object.__setattr__(self, "languages", tuple(self.languages))
@@ -70,7 +71,7 @@ class WorldConfig:
         """JSON-able form (written into world.json)."""
         return {"entities": self.entities, "scenes": self.scenes, "languages": list(self.languages),
                 "dump_languages": list(self.dump_langs), "seed": self.seed, "images": self.images,
-                "image_size": self.image_size, "wit_shards": dict(self.wit_shards)}
+                "image_size": self.image_size, "wit_shards": dict(self.wit_shards), "wit_sample": self.wit_sample}
 
 
 class Visual(NamedTuple):
