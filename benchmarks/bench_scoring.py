@@ -38,7 +38,7 @@ import pyarrow as pa
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from wit_retrieval.io.runs import read_run_table, write_trec  # noqa: E402
+from wit_retrieval.io.runs import read_run_table  # noqa: E402
 from wit_retrieval.metrics import evaluate_queries  # noqa: E402
 
 MEASURES = ["R@1", "R@5", "R@10", "MRR@10", "nDCG@10"]
@@ -131,33 +131,63 @@ def time_ir_measures(run: pa.Table, qrels: pa.Table, reps: int) -> dict:
     return {"seconds": seconds, "values": {m: float(values[o]) for m, o in objs.items()}}
 
 
-def time_reading(data: Path, reps: int) -> dict:
-    """Our TREC reader on the full run, pandas.read_csv (C engine) on the ranx subset."""
-    import pandas as pd
+def write_trec_streaming(source: Path, target: Path, depth: int) -> None:
+    """A TREC file from a parquet run, batch by batch (whole queries per batch) to bound memory."""
+    import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
+    with pcsv.CSVWriter(target, pa.schema([("q", pa.string()), ("q0", pa.string()), ("d", pa.string()),
+                                           ("rank", pa.int64()), ("score", pa.float64()), ("tag", pa.string())]),
+                        write_options=pcsv.WriteOptions(include_header=False, delimiter=" ",
+                                                        quoting_style="none")) as writer:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=depth * 10_000):
+            n = batch.num_rows
+            writer.write_table(pa.table({"q": batch["query_id"], "q0": pa.array(["Q0"] * n), "d": batch["image_id"],
+                                         "rank": np.arange(n) % depth + 1, "score": batch["score"],
+                                         "tag": pa.array(["bench"] * n)}))
+
+
+def time_reading(data: Path, depth: int, reps: int) -> dict:
+    """Our TREC reader on the full run, pandas.read_csv (C engine) on the ranx subset."""
+    import pandas as pd
+
     full, part = data / "full.trec", data / "part.trec"
-    write_trec(pq.read_table(data / "run.parquet"), full, tag="bench")
-    write_trec(pq.read_table(data / "run_ranx.parquet"), part, tag="bench")
-    gc.collect()
-    ours, table = best_of(reps, lambda: read_run_table(full).table)
-    rows, size = table.num_rows, full.stat().st_size
-    del table
-    names = ["query_id", "q0", "image_id", "rank", "score", "tag"]
-    pandas_part, frame = best_of(reps, lambda: pd.read_csv(part, sep=" ", header=None, names=names, engine="c"))
-    scale = rows / len(frame)
+    write_trec_streaming(data / "run.parquet", full, depth)
+    write_trec_streaming(data / "run_ranx.parquet", part, depth)
+    ours, rows = best_of(reps, lambda: read_run_table(full).table.num_rows)  # keep no table between calls
+    size = full.stat().st_size
     full.unlink()
-    return {"rows": rows, "bytes": size, "ours_seconds": ours, "pandas_subset_rows": len(frame),
-            "pandas_subset_seconds": pandas_part, "pandas_extrapolated_seconds": pandas_part * scale}
+    names = ["query_id", "q0", "image_id", "rank", "score", "tag"]
+    pandas_part, part_rows = best_of(reps, lambda: len(pd.read_csv(part, sep=" ", header=None, names=names,
+                                                                   engine="c")))
+    return {"rows": rows, "bytes": size, "ours_seconds": ours, "pandas_subset_rows": part_rows,
+            "pandas_subset_seconds": pandas_part, "pandas_extrapolated_seconds": pandas_part * rows / part_rows}
 
 
-def worker(phase: str, data: Path, reps: int) -> dict:
+def generate(data: Path, args) -> int:
+    """Write the run, its qrels and the peers' subsets as parquet; returns the number of rows."""
+    import pyarrow.parquet as pq
+
+    run, qrels = make_data(args.queries, args.depth)
+    pq.write_table(run, data / "run.parquet")
+    pq.write_table(qrels, data / "qrels.parquet")
+    for peer, size in (("ranx", args.ranx_queries), ("ir_measures", args.ir_measures_queries)):
+        run_part, qrels_part = subset(run, qrels, size, args.depth)
+        pq.write_table(run_part, data / f"run_{peer}.parquet")
+        pq.write_table(qrels_part, data / f"qrels_{peer}.parquet")
+    return run.num_rows
+
+
+def worker(phase: str, data: Path, args) -> dict:
     """One measurement in a fresh process (so one phase's memory never weighs on the next)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    reps = args.reps
+    if phase == "generate":
+        return {"rows": generate(data, args)}
     if phase == "reading":
-        return time_reading(data, reps)
+        return time_reading(data, args.depth, reps)
     suffix = "" if phase == "ours" else f"_{phase}"
     run, qrels = pq.read_table(data / f"run{suffix}.parquet"), pq.read_table(data / f"qrels{suffix}.parquet")
     evaluate_queries(run.slice(0, 1000), qrels, MEASURES)  # warm-up: first-call costs, like ranx's JIT
@@ -191,30 +221,24 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.data, args.reps)))
+        print(json.dumps(worker(args.worker, args.data, args)))
         return
-    import pyarrow.parquet as pq
-
     with tempfile.TemporaryDirectory(prefix="bench-scoring-", dir=os.environ.get("BENCH_TMP")) as tmp:
         data = Path(tmp)
-        run, qrels = make_data(args.queries, args.depth)
-        pq.write_table(run, data / "run.parquet")
-        pq.write_table(qrels, data / "qrels.parquet")
-        for peer, size in (("ranx", args.ranx_queries), ("ir_measures", args.ir_measures_queries)):
-            run_part, qrels_part = subset(run, qrels, size, args.depth)
-            pq.write_table(run_part, data / f"run_{peer}.parquet")
-            pq.write_table(qrels_part, data / f"qrels_{peer}.parquet")
-        rows = run.num_rows
-        del run, qrels, run_part, qrels_part
-        out: dict = {"queries": args.queries, "depth": args.depth, "rows": rows, "measures": MEASURES,
+        out: dict = {"queries": args.queries, "depth": args.depth, "measures": MEASURES,
                      "cpu_count": os.cpu_count(), "load_average": os.getloadavg()[0]}
-        phases = ["ours", "ranx", "ir_measures"] + ([] if args.skip_reading else ["reading"])
+        phases = ["generate", "ours", "ranx", "ir_measures"] + ([] if args.skip_reading else ["reading"])
         for phase in phases:
-            done = subprocess.run([sys.executable, __file__, "--worker", phase, "--data", str(data),
-                                   "--reps", str(args.reps)], capture_output=True, text=True)
+            flags = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
+                     if name not in ("worker", "data", "skip_reading")]
+            done = subprocess.run([sys.executable, __file__, "--worker", phase, "--data", str(data), *flags],
+                                  capture_output=True, text=True)
             if done.returncode:
-                raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
+                raise SystemExit(f"{phase} failed (exit {done.returncode}; -9 is the OOM killer):\n{done.stderr[-3000:]}")
             out[phase] = json.loads(done.stdout.strip().splitlines()[-1])
+            if phase == "generate":
+                out["rows"] = out.pop("generate")["rows"]
+                continue
             print(f"{phase}: {json.dumps(out[phase])[:300]}", flush=True)
     for peer in ("ranx", "ir_measures"):
         r = out[peer]
@@ -246,7 +270,7 @@ def write_outputs(out: dict) -> None:
     if "reading" in out:
         r = out["reading"]
         lines += ["", f"Reading a TREC run of {r['rows']:,} lines ({r['bytes'] / 2**30:.1f} GiB) with `read_run_table`: "
-                  f"{r['ours_seconds']:.1f} s; pandas.read_csv (C engine) would take ~{r['pandas_extrapolated_seconds']:.0f} s "
+                  f"{r['ours_seconds']:.1f} s; pandas.read_csv (C engine) would take ~{r['pandas_extrapolated_seconds']:.1f} s "
                   f"(timed on {r['pandas_subset_rows']:,} lines: {r['pandas_subset_seconds']:.1f} s, extrapolated)."]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "scoring.md").write_text("\n".join(lines) + "\n")

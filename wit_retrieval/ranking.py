@@ -89,8 +89,8 @@ def group_runs(query_id: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     n = len(query_id)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    ids = flat(query_id)
-    change = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    # Chunked is fine: slices are views and the comparison aligns chunks (no copy of the strings).
+    change = pc.not_equal(query_id[1:], query_id[:-1]).to_numpy(zero_copy_only=False)
     starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
     return starts, np.diff(np.append(starts, n))
 
@@ -141,7 +141,7 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
     score = run_t["score"].to_numpy(zero_copy_only=False)
     if np.isnan(score).any():  # NaN would compare false both ways; rank it last, deterministically
         score = np.where(np.isnan(score), -np.inf, score)
-    ids = flat(run_t["image_id"])
+    ids = run_t["image_id"]  # kept chunked: combining 100M strings would copy gigabytes
     parts = []
     group_cuts = np.searchsorted(starts, np.arange(0, len(score), BLOCK_ROWS))
     for g_a, g_b in zip(group_cuts, np.append(group_cuts[1:], len(starts))):
