@@ -25,8 +25,10 @@ def bootstrap_means(values: np.ndarray, samples: int = 1000, seed: int = 0) -> n
     rng = np.random.default_rng(seed)
     out = []
     for size in _chunks(samples, n):
-        idx = rng.integers(0, n, size=(size, n))
-        out.append(values[idx].mean(axis=1))
+        # How often each query is drawn, then one matrix product: no [size, n, m] gather.
+        draws = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+        out.append(counts @ values / n)
     return np.concatenate(out) if out else np.empty((0,) + values.shape[1:])
 
 
