@@ -283,6 +283,20 @@ def test_regenerating_replaces_the_previous_world(tmp_path):
     assert on_disk == listed | {"SHA256SUMS"}
 
 
+def test_french_has_its_own_words(tmp_path):
+    out = tmp_path / "fr"
+    generate_world(WorldConfig(entities=40, scenes=200, languages=("en", "de", "fr"), dump_languages=("en", "fr"),
+                               images=False), out)
+    assert (out / "frwiki/latest/frwiki-latest-page_props.sql.gz").exists() and not (out / "dewiki").exists()
+    truth = json.loads((out / "world.json").read_text())
+    both = [e for e in truth["entities"] if {"en", "fr"} <= set(e["titles"])]
+    assert sum(e["titles"]["fr"] != e["titles"]["en"] for e in both) > len(both) // 2
+    french = [c for s in truth["scenes"] for c in s["captions"] if c["language"] == "fr"]
+    positions = ("à gauche", "à droite", "en haut", "en bas", "d'un côté")
+    assert french and any(p in c["text"] for c in french for p in positions)
+    assert all(c["masked_text"].startswith("[MASK_0]") for c in french)
+
+
 def test_bad_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="language"):
         WorldConfig(languages=("en", "xx"))

@@ -29,7 +29,7 @@ def synth(
     out: Path = typer.Argument(..., help="Folder to write (new, empty, or a previous synth world)."),
     entities: int = typer.Option(300, "--entities", help="Number of entities."),
     scenes: int = typer.Option(2000, "--scenes", help="Number of scene images (each a WIT row, some two)."),
-    languages: str = typer.Option("en,de", "--languages", help="WIT languages, comma-separated (en, de)."),
+    languages: str = typer.Option("en,de", "--languages", help="WIT languages, comma-separated (en, de, fr)."),
     dump_languages: str | None = typer.Option(
         None, "--dump-languages", help="Languages that get Wikipedia dumps (default: all of --languages)."
     ),

@@ -79,7 +79,8 @@ def sql_value(v) -> str:
 
 def shortdesc(code: str, kind: int) -> str:
     """The short description a page carries (a page_props row that readers must skip)."""
-    return f"{lx.KINDS[kind][0]} of the miniature world" if code == "en" else f"{lx.KINDS[kind][2]} der Miniaturwelt"
+    words = lx.language(code)
+    return words.shortdesc.format(kind=words.kinds[kind][0])
 
 
 def _u(title: str) -> str:
@@ -126,7 +127,8 @@ def _records(world: World, code: str) -> tuple[list, list, list]:
         props.append((p, "disambiguation", ""))
         props.append((p, "wikibase_item", f"Q{9_000_000 + k}"))
     for kind in sorted({e.kind for e in world.entities}):
-        add(14, f"Miniature {lx.KINDS[kind][0]}s" if code == "en" else f"Miniatur-{lx.KINDS[kind][2]}")
+        category = words.category.format(kind=words.kinds[kind][0])
+        add(14, category[0].upper() + category[1:])  # MediaWiki titles start with a capital
     add(10, "Infobox miniature entity")
     return pages, props, redirects
 

@@ -95,6 +95,22 @@ class Language:
     intro: str           # first sentence of a page, with {title} and {kind}
     category_ns: str
     file_ns: str
+    name: str = ""                       # as WIT attribution descriptions start: "English: ..."
+    colours: tuple[str, ...] = ()        # colour words in COLOURS order
+    shapes: tuple[str, ...] = ()         # shape words in SHAPES order
+    base: str = "{colour} {shape}"       # an entity's base name
+    adjectives: tuple[str, ...] = ()     # name variants in ADJECTIVES order, formats of the base
+    of_place: str = "{name} of {place}"
+    of_place_vowel: str = ""             # for elision before a vowel (French d')
+    kinds: tuple[tuple[str, str], ...] = ()  # (noun, noun with article) in KINDS order
+    also_called: str = ""                # with {alias}
+    many_pictures: str = ""              # second paragraph, with {title}
+    paragraph: str = "\n"
+    section_pictures: str = ""           # context of gallery sections, with {title}
+    geography: str = ""
+    shortdesc: str = ""                  # with {kind}
+    category: str = ""                   # category page title, with {kind}
+    rel2: dict[str, str] | None = None   # second relation word where the template has {rel2}
 
 
 LANGUAGES = {
@@ -114,6 +130,17 @@ LANGUAGES = {
         intro="{title} is {kind} of the miniature world.",
         category_ns="Category",
         file_ns="File",
+        name="English",
+        colours=tuple(c[0] for c in COLOURS),
+        shapes=tuple(sh[0] for sh in SHAPES),
+        adjectives=tuple(f"{a[0]} {{}}" for a in ADJECTIVES),
+        kinds=tuple((k[0], k[1]) for k in KINDS),
+        also_called=' It is also called "{alias}".',
+        many_pictures="{title} appears in many pictures.",
+        section_pictures="Pictures of {title} in different settings.",
+        geography="Geography",
+        shortdesc="{kind} of the miniature world",
+        category="Miniature {kind}s",
     ),
     "de": Language(
         code="de",
@@ -133,6 +160,63 @@ LANGUAGES = {
         intro="{title} ist {kind} der Miniaturwelt.",
         category_ns="Kategorie",
         file_ns="Datei",
+        name="Deutsch",
+        colours=tuple(c[1] for c in COLOURS),
+        shapes=tuple(sh[1] for sh in SHAPES),
+        base="{colour}{shape}",
+        adjectives=tuple(f"{a[1]}-{{}}" for a in ADJECTIVES),
+        of_place="{name} von {place}",
+        kinds=tuple((k[2], k[3]) for k in KINDS),
+        also_called=" Es wird auch „{alias}“ genannt.",
+        many_pictures="{title} ist auf vielen Bildern zu sehen.",
+        paragraph="\n\n",
+        section_pictures="Bilder von {title} in verschiedenen Umgebungen.",
+        geography="Geographie",
+        shortdesc="{kind} der Miniaturwelt",
+        category="Miniatur-{kind}",
+    ),
+    # French avoids agreement: invariable colour nouns ("Étoile carmin"), hyphenated prefixes,
+    # and relations said as positions ("A à gauche, B à droite").
+    "fr": Language(
+        code="fr",
+        relations={"left of": "à gauche", "right of": "à droite", "above": "en haut", "below": "en bas",
+                   "next to": "d'un côté"},
+        rel2={"left of": "à droite", "right of": "à gauche", "above": "en bas", "below": "en haut",
+              "next to": "de l'autre"},
+        settings={"dusk": "au crépuscule", "night": "la nuit", "snow": "dans la neige",
+                  "forest": "dans une forêt", "desert": "dans le désert", "sea": "au bord de la mer",
+                  "fog": "dans le brouillard", "dawn": "à l'aube", "meadow": "sur une prairie",
+                  "city": "en ville"},
+        single="{A} {setting}",
+        pair="{A} {rel}, {B} {rel2}, {setting}",
+        triple="{A} {rel}, {B} {rel2}, avec {C} {extra}, {setting}",
+        extra_horizontal="au-dessus",
+        extra_vertical="à droite",
+        larger=" ; {A} est de plus grande taille",
+        gallery="Galerie",
+        intro="{title} est {kind} du monde miniature.",
+        category_ns="Catégorie",
+        file_ns="Fichier",
+        name="Français",
+        colours=("carmin", "azur", "ambre", "jade", "lavande", "ébène", "cuivre", "rose", "turquoise", "olive",
+                 "indigo", "argent"),
+        shapes=("Étoile", "Anneau", "Croix", "Losange", "Triangle", "Carré", "Disque", "Hexagone", "Croissant",
+                "Flèche", "Cœur", "Bouclier"),
+        base="{shape} {colour}",
+        adjectives=("Grand-{}", "Petit-{}", "Vieux-{}", "Néo-{}", "{} du Nord", "{} du Sud", "{} de l'Est",
+                    "{} de l'Ouest", "Haut-{}", "Bas-{}", "{} des Hauteurs", "{} du Roi"),
+        of_place="{name} de {place}",
+        of_place_vowel="{name} d'{place}",
+        kinds=(("emblème", "un emblème"), ("rivière", "une rivière"), ("navire", "un navire"),
+               ("festival", "un festival"), ("montagne", "une montagne"), ("tour", "une tour"),
+               ("ordre", "un ordre"), ("groupe", "un groupe"), ("île", "une île"),
+               ("locomotive", "une locomotive")),
+        also_called=" On l'appelle aussi « {alias} ».",
+        many_pictures="{title} figure sur de nombreuses images.",
+        section_pictures="Images de {title} dans différents décors.",
+        geography="Géographie",
+        shortdesc="{kind} du monde miniature",
+        category="{kind} du monde miniature",
     ),
 }
 

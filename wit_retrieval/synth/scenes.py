@@ -118,6 +118,8 @@ class _Templates:
         if relation:
             values["rel"] = words.relations[relation]
             values["extra"] = words.extra_vertical if relation in _VERTICAL else words.extra_horizontal
+            if words.rel2:
+                values["rel2"] = words.rel2[relation]
         out, literal = [], ""
         for k, piece in enumerate(self.parts[n, larger]):
             # The split alternates literal text (even k) and field names (odd k).

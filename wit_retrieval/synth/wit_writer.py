@@ -20,7 +20,6 @@ from .files import ProgressFn, commons_url, gzip_text, page_url
 from .world import Entity, World
 
 WIT_DIR = "gresearch/wit"
-_LANG_NAMES = {"en": "English", "de": "Deutsch"}
 _NEEDS_QUOTES = re.compile(r'[\t\n\r"]')
 
 
@@ -46,20 +45,17 @@ def _bool(flag: bool) -> str:
 def page_context(world: World, e: Entity, code: str) -> tuple[str, str]:
     """(context_page_description, context_section_description) of an entity's page."""
     words = lx.language(code)
-    kind_phrase = lx.KINDS[e.kind][1] if code == "en" else lx.KINDS[e.kind][3]
     title = e.titles[code]
-    page = words.intro.format(title=title, kind=kind_phrase)
+    intro = words.intro.format(title=title, kind=words.kinds[e.kind][1])
+    page = intro
     if e.alias:
-        # An ASCII quote inside a field forces quoting with doubled quotes, as in WIT.
-        page += f' It is also called "{e.alias}".' if code == "en" else f" Es wird auch „{e.alias}“ genannt."
+        # An ASCII quote inside a field forces quoting with doubled quotes, as in WIT (en pages).
+        page += words.also_called.format(alias=e.alias)
     if e.index % 5 == 1:
-        page += ("\n" if code == "en" else "\n\n") + (
-            f"{title} appears in many pictures." if code == "en" else f"{title} ist auf vielen Bildern zu sehen.")
+        page += words.paragraph + words.many_pictures.format(title=title)
     if e.index == 0:  # one huge field, as real pages have
-        page += ("\n" + words.intro.format(title=title, kind=kind_phrase)) * 150
-    section = (f"Pictures of {title} in different settings." if code == "en"
-               else f"Bilder von {title} in verschiedenen Umgebungen.")
-    return page, section
+        page += ("\n" + intro) * 150
+    return page, words.section_pictures.format(title=title)
 
 
 def tsv_field(value) -> str:
@@ -76,7 +72,7 @@ def _line(fields: list) -> str:
 
 def _entity_rows(world: World, e: Entity, code: str, context: tuple[str, str]) -> list[str]:
     size = world.config.image_size
-    title, lang_name = e.titles[code], _LANG_NAMES.get(code, code)
+    title, lang_name = e.titles[code], lx.language(code).name
     url = page_url(code, title)
     page_context_field = tsv_field(context[0])
     rows = []
@@ -88,7 +84,7 @@ def _entity_rows(world: World, e: Entity, code: str, context: tuple[str, str]) -
                            _bool(e.index % 3 != 0), _bool(e.index % 7 == 0)])[:-1]
                     + f"\t{page_context_field}\t{page_context_field}\n")
     if (mf := map_file(e)) is not None:
-        section = "Geography" if code == "en" else "Geographie"
+        section = lx.language(code).geography
         rows.append(_line([code, url, commons_url(mf), title, section, f"{title} / {section}", "",
                            f"{lang_name}: Locator map of {title}", "Map" if e.index % 2 else "", "image/png",
                            size, size, "false", "true", "false"])[:-1] + f"\t{page_context_field}\t\n")
@@ -103,7 +99,7 @@ def _scene_rows(world: World, e: Entity, code: str, hosted: list, context: tuple
     middle = _line([title, words.gallery, f"{title} / {words.gallery}"])[:-1]
     tail = f"\timage/png\t{size}\t{size}\tfalse\t"
     contexts = f"\t{tsv_field(context[0])}\t{tsv_field(context[1])}\n"
-    lang_name = _LANG_NAMES.get(code, code)
+    lang_name = words.name
     urls = world.scene_urls
     return [f"{head}\t{urls[scene.index]}\t{middle}\t{tsv_field(caption.text)}\t{lang_name}: Scene {scene.index}"
             f"\t{'' if scene.index % 3 else 'Picture'}{tail}{_bool(scene.index % 4 != 0)}"

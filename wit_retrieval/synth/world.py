@@ -192,28 +192,36 @@ def _contrast(colour: int, accent: int) -> bool:
     return sum((x - y) ** 2 for x, y in zip(a, b)) > 130**2
 
 
-def _variant(base_en: str, base_de: str, k: int, rotation: int) -> tuple[str, str]:
-    """The k-th name (en, de) of a colour-shape group: base, adjective, place, both, numerals."""
+_VOWELS = frozenset("AEIOUÅÉaeiou")
+
+
+def _variant(code: str, colour: int, shape: int, k: int, rotation: int) -> str:
+    """The k-th name of a colour-shape group in one language: base, adjective, place, both, numerals."""
+    words = lx.language(code)
+    name = words.base.format(colour=words.colours[colour], shape=words.shapes[shape])
     if k == 0:
-        return base_en, base_de
+        return name
     n_adj, n_place = len(lx.ADJECTIVES), len(lx.PLACES)
     block = n_adj + n_place + n_adj * n_place
     numeral, within = divmod(k - 1, block)
     within = (within + rotation) % block
+    adjective = place = None
     if within < n_adj:
-        adj_en, adj_de = lx.ADJECTIVES[within]
-        en, de = f"{adj_en} {base_en}", f"{adj_de}-{base_de}"
+        adjective = within
     elif within < n_adj + n_place:
-        place = lx.PLACES[within - n_adj]
-        en, de = f"{base_en} of {place}", f"{base_de} von {place}"
+        place = within - n_adj
     else:
-        a, p = divmod(within - n_adj - n_place, n_place)
-        adj_en, adj_de = lx.ADJECTIVES[a]
-        en, de = f"{adj_en} {base_en} of {lx.PLACES[p]}", f"{adj_de}-{base_de} von {lx.PLACES[p]}"
+        adjective, place = divmod(within - n_adj - n_place, n_place)
+    if adjective is not None:
+        name = words.adjectives[adjective].format(name)
+    if place is not None:
+        p = lx.PLACES[place]
+        form = words.of_place_vowel if (words.of_place_vowel and p[0] in _VOWELS) else words.of_place
+        name = form.format(name=name, place=p)
     if numeral:
         suffix = lx.ROMAN[(numeral - 1) % len(lx.ROMAN)] + ("" if numeral <= len(lx.ROMAN) else f"-{numeral}")
-        en, de = f"{en} {suffix}", f"{de} {suffix}"
-    return en, de
+        name = f"{name} {suffix}"
+    return name
 
 
 def _alias(i: int) -> str:
@@ -226,7 +234,7 @@ def _alias(i: int) -> str:
 
 
 def _kind_noun(code: str, kind: int) -> str:
-    return lx.KINDS[kind][0] if code == "en" else lx.KINDS[kind][2]
+    return lx.language(code).kinds[kind][0]
 
 
 def _twin_groups(n: int, rng: random.Random) -> list[list[int]]:
@@ -274,16 +282,12 @@ def build_entities(config: WorldConfig) -> tuple[list[Entity], dict[str, dict[st
         kind = rng.randrange(len(lx.KINDS))
         group = twin_of.get(i)
         key = (vis.colour, vis.shape)
-        colour_en, colour_de, _ = lx.COLOURS[vis.colour]
-        shape_en, shape_de = lx.SHAPES[vis.shape]
         if group and i != group[0]:
             k = None  # takes the group leader's name below
         else:
             k = group_count.get(key, 0)
             group_count[key] = k + 1
-        words = (colour_en, shape_en, colour_de, shape_de)
-        entities.append(_make_entity(config, rng, i, kind, vis, k, words, twin=group is not None,
-                                     split=split_of(i)))
+        entities.append(_make_entity(config, rng, i, kind, vis, k, twin=group is not None, split=split_of(i)))
     for group in groups:
         _merge_twins(entities, group)
     twins = {m for g in groups for m in g}
@@ -301,18 +305,20 @@ def build_entities(config: WorldConfig) -> tuple[list[Entity], dict[str, dict[st
 
 
 def _make_entity(config: WorldConfig, rng: random.Random, i: int, kind: int, vis: Visual,
-                 k: int | None, words: tuple[str, str, str, str], *, twin: bool, split: str) -> Entity:
-    colour_en, shape_en, colour_de, shape_de = words
-    name_en, name_de = _variant(f"{colour_en} {shape_en}", f"{colour_de}{shape_de}", k or 0,
-                                rotation=vis.colour * 31 + vis.shape * 7)
+                 k: int | None, *, twin: bool, split: str) -> Entity:
+    rotation = vis.colour * 31 + vis.shape * 7
+    own = {code: _variant(code, vis.colour, vis.shape, k or 0, rotation) for code in config.languages}
+    english = own.get("en") or _variant("en", vis.colour, vis.shape, k or 0, rotation)
     if rng.random() < 0.15:
-        name_de = name_en  # a loan title: the German page keeps the English name
+        own["de"] = english  # a loan title: the German page keeps the English name
+    if "fr" in config.languages and rng.random() < 0.1:  # drawn only for French: en/de worlds stay as they were
+        own["fr"] = english
     langs = [code for j, code in enumerate(config.languages) if rng.random() < (0.92 if j == 0 else 0.7)]
     if twin:
         langs = list(config.languages)  # twins exist in every language so their names collide there
     if not langs:
         langs = [config.languages[rng.randrange(len(config.languages))]]
-    names = {code: (name_de if code == "de" else name_en) for code in langs}
+    names = {code: own[code] for code in langs}
     alias = _alias(i) if rng.random() < 0.2 else None
     props = {}
     for code in config.dump_langs:
