@@ -98,6 +98,7 @@ def worker_memory(args) -> dict:
     t0 = time.perf_counter()
     _search(args.mode, index, queries, args.k, args.chunk)
     seconds = time.perf_counter() - t0
+    print(f"memory {args.mode}: {seconds:.1f} s", file=sys.stderr, flush=True)
     return {"mode": args.mode, "base": base, "idle": idle, "peak": _status("VmHWM"), "seconds": seconds}
 
 
@@ -115,6 +116,7 @@ def worker_timing(args) -> dict:
             t0 = time.perf_counter()
             _search(mode, indexes[mode], queries, args.k, args.chunk)
             times[mode].append(time.perf_counter() - t0)
+            print(f"{mode}: {times[mode][-1]:.1f} s", file=sys.stderr, flush=True)
     bare_labels = indexes["bare"].search(queries[:200], args.k)[1]
     ours_ids = indexes["ours"].search(queries[:200], args.k)[1]
     same = all([f"{j:016x}" for j in row] == got for row, got in zip(bare_labels.tolist(), ours_ids))
@@ -125,7 +127,7 @@ def _run_worker(kind: str, args, mode: str = "") -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--mode", mode or "none", "--n", str(args.n),
            "--d", str(args.d), "--queries", str(args.queries), "--k", str(args.k), "--chunk", str(args.chunk),
            "--reps", str(args.reps)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -136,7 +138,8 @@ def _markdown(res: dict) -> str:
         "",
         f"{res['n']:,} x {res['d']} random unit float32 vectors ({res['index_bytes'] / gib:.2f} GiB), "
         f"{res['queries']:,} queries, k = {res['k']}, chunks of {res['chunk']:,} queries; "
-        f"{os.cpu_count()} CPU cores; best of {res['reps']} interleaved runs.",
+        f"{os.cpu_count()} CPU cores; best of {res['reps']} interleaved runs; 1-minute load average "
+        f"{res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end (other jobs share the cores).",
         "",
         "| | bare faiss `IndexFlatIP.search` | wit-retrieval `Index.search` | ratio | target |",
         "|---|---|---|---|---|",
@@ -172,6 +175,7 @@ def main() -> None:
         result = worker_memory(args) if args.worker == "memory" else worker_timing(args)
         print(json.dumps(result))
         return
+    load_before = os.getloadavg()[0]
     timing = _run_worker("timing", args)
     memory = {mode: _run_worker("memory", args, mode) for mode in ("bare", "ours", "ours-labels")}
     index_bytes = args.n * args.d * 4
@@ -185,6 +189,7 @@ def main() -> None:
         "labels_peak": memory["ours-labels"]["peak"] - memory["ours-labels"]["base"],
         "allowed": int(index_bytes * 1.1 + chunk_bytes), "same_results": timing["same_results_first_200"],
     }
+    res["load"] = [load_before, os.getloadavg()[0]]
     res["time_ratio"] = res["ours_s"] / res["bare_s"]
     res["pass"] = res["time_ratio"] <= 1.1 and res["ours_peak"] <= res["allowed"]
     OUT.mkdir(parents=True, exist_ok=True)
