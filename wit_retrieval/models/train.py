@@ -59,6 +59,11 @@ class Trainer:
 def train(config: TrainConfig, *, store=None, stop_after: int | None = None) -> dict:
     """Train (resuming from the latest checkpoint in the output folder); returns a summary."""
     trainer = prepare(config, store)
+    with _sigterm_as_interrupt():
+        return _train_loop(trainer, config, store, stop_after)
+
+
+def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | None) -> dict:
     log = _Log(trainer.out / "train_log.jsonl")
     started, seen = time.perf_counter(), 0
     last_val: dict = {}
@@ -92,6 +97,25 @@ def train(config: TrainConfig, *, store=None, stop_after: int | None = None) -> 
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (a scheduler's kill) like Ctrl-C while training, so the run saves its checkpoint."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def prepare(config: TrainConfig, store=None) -> Trainer:
