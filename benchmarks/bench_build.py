@@ -310,7 +310,7 @@ def report(world, rows, ei, floor, ours, flat, usual, agreement) -> None:
         f"| ours, 1 process, {large['rows']:,} rows | {large['seconds']:.1f} s | {large['cpu_seconds']:.1f} s | "
         f"{large['rows'] / large['seconds']:,.0f} | "
         f"{large['rows'] / large['seconds'] / (small['rows'] / small['seconds']):.2f}x the small rate |",
-        f"| same two builds, rows per CPU-second inside the shard function (no process start-up) | | | "
+        f"| same two builds, rows per CPU-second in the shard function (no start-up, no automaton load) | | | "
         f"{flat['small_rows_per_shard_cpu_s']:,.0f} -> {flat['large_rows_per_shard_cpu_s']:,.0f} | "
         f"{flat['large_rows_per_shard_cpu_s'] / flat['small_rows_per_shard_cpu_s']:.2f}x |",
         "",

@@ -10,6 +10,7 @@ language on first use, never per row.
 from __future__ import annotations
 
 import json
+import time
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class Gazetteer:
         if names is None and not spec.names_path:
             raise ConfigError("the gazetteer linker needs the entity_names table; run `build ei` first")
         self._names = names
+        self.load_cpu_seconds = 0.0  # spent loading or building automata (one-time, per process)
         self._by_language: dict[str, object] | None = None  # read on the first cache miss only
         self._languages: dict[str, _Language | None] = {}
 
@@ -121,7 +123,9 @@ class Gazetteer:
     def language(self, language: str) -> _Language | None:
         """The automaton of one language (None when it has no names); built once, cached on disk."""
         if language not in self._languages:
+            started = time.process_time()
             self._languages[language] = self._cached(language)
+            self.load_cpu_seconds += time.process_time() - started
         return self._languages[language]
 
     def _cached(self, language: str) -> _Language | None:
