@@ -106,3 +106,12 @@ def test_import_does_not_import_torch():
     code = "import sys, wit_retrieval, wit_retrieval.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_atomic_files_get_the_umask_mode(tmp_path):
+    import os
+
+    shards.write_text_atomic(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
