@@ -57,6 +57,9 @@ def _fill_root(root: DataRoot) -> None:
                                                  "training_datasets": ["mmir-mini"]})):
         res = score_run(run, qrels, MEASURES, queries_table=queries, bootstrap=200, corpus_size=30,
                         metadata=meta, split="test")
+        if name == "trained":  # as `evaluate --out DIR` writes it
+            res.save(root.results / name / "results.json")
+            continue
         res.save(root.results / f"{name}.json")
     comparison = compare_runs(weak, strong, qrels, MEASURES, queries_table=queries, permutations=500,
                               bootstrap=200)
@@ -80,7 +83,9 @@ def test_report_shows_every_section_with_the_run_numbers(tmp_path):
     for heading in ("## Dataset", "## Results", "## Breakdowns", "## Significance", "## Annotation audit"):
         assert heading in text
     assert "SIMULATED" in text and "0.610" in text
-    assert "| train | 2257 |" in text  # the build's per-split counts from stats.json
+    assert "| trained | inject | trained on mmir-mini |" in text and "| zero-shot | sum | zero-shot |" in text
+    train = json.loads(root.stats.read_text())["mmir"]["splits"]["train"]
+    assert f"| train | {train['rows_read']} | {train['with_reference']} | {train['queries']} |" in text
     assert "No image store" in text  # nothing fetched in this root: said, not hidden
     for png in ("recall_at_k.png", "by_language.png", "by_query_type.png"):
         assert (root.reports / png).stat().st_size > 1000

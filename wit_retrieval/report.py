@@ -58,7 +58,9 @@ def collect(root: str | Path) -> ReportInputs:
     results: dict[str, dict[str, Any]] = {}
     comparisons: list[dict[str, Any]] = []
     if data.results.is_dir():
-        for path in sorted(data.results.glob("*.json")):
+        # results/NAME.json (score --json) and results/NAME/results.json (evaluate --out)
+        paths = sorted(data.results.glob("*.json")) + sorted(data.results.glob("*/results.json"))
+        for path in paths:
             doc = _load_json(path)
             if doc is None:
                 continue
@@ -76,8 +78,22 @@ def collect(root: str | Path) -> ReportInputs:
 
 
 def _baseline_name(doc: dict[str, Any], path: Path) -> str:
-    meta = doc.get("run_metadata") or doc.get("metadata") or {}
-    return str(meta.get("name") or path.stem)
+    meta = doc.get("run_metadata") or {}
+    return str(meta.get("name") or (path.parent.name if path.name == "results.json" else path.stem))
+
+
+def _fusion(doc: dict[str, Any]) -> str:
+    return str(doc.get("fusion") or (doc.get("run_metadata") or {}).get("fusion") or "-")
+
+
+def _training(doc: dict[str, Any]) -> str:
+    """'zero-shot' or what the model was trained on, from evaluate's model metadata or a run sidecar."""
+    model = doc.get("model") or {}
+    meta = doc.get("run_metadata") or {}
+    trained_on = model.get("training_datasets") or meta.get("training_datasets") or []
+    if doc.get("zero_shot") is True or not trained_on:
+        return "zero-shot"
+    return "trained on " + ", ".join(map(str, trained_on))
 
 
 def ci_of(doc: dict[str, Any], measure: str) -> tuple[float, float] | None:
@@ -178,10 +194,7 @@ def results_section(results: dict[str, dict[str, Any]], curve: Path | None) -> l
     measures = _measures_of(results)
     rows = []
     for name, doc in results.items():
-        meta = doc.get("run_metadata") or {}
-        trained = meta.get("training_datasets") or meta.get("trained_on")
-        rows.append([name, meta.get("fusion", "-"), "trained" if trained else "zero-shot",
-                     doc.get("split", "-"), doc.get("num_queries", "-"),
+        rows.append([name, _fusion(doc), _training(doc), doc.get("split", "-"), doc.get("num_queries", "-"),
                      *[_with_ci(doc, m) for m in measures]])
     lines += ["Scores with 95% bootstrap confidence intervals (seeded).", ""]
     lines += _table(["baseline", "fusion", "training", "split", "queries", *measures], rows)
