@@ -78,7 +78,7 @@ def test_report_shows_every_section_with_the_run_numbers(tmp_path):
     assert set(inputs.results) == {"zero-shot", "trained"}
     md_path = write_report(root.root)
     text = md_path.read_text(encoding="utf-8")
-    trained = json.loads((root.results / "trained.json").read_text())
+    trained = json.loads((root.results / "trained" / "results.json").read_text())
     assert f"{trained['scores']['R@10']:.3f} [{trained['ci']['R@10'][0]:.3f}" in text
     for heading in ("## Dataset", "## Results", "## Breakdowns", "## Significance", "## Annotation audit"):
         assert heading in text
