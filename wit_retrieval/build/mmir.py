@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..engine import EngineConfig, run_shards
 from ..errors import ConfigError
@@ -28,7 +27,7 @@ from ..io.shards import read_manifest, read_table_dir, write_json_atomic, write_
 from ..layout import DataRoot
 from ..schema import CORPUS, EI, QRELS, QUERIES, SPLITS
 from .linker import LinkerSpec
-from .shard import FilterConfig, ShardResult, ShardTask, build_shard, split_of
+from .shard import FilterConfig, ShardResult, ShardTask, build_shard, read_staged, split_of
 from .stats import SplitStats, update_stats
 
 
@@ -161,7 +160,7 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
 def _take_part(part: str, seen: set[str], stats: SplitStats, qrels: list, corpus: list,
                entity_uses: Counter) -> pa.Table:
     """One staged part, deduplicated and counted; its qrels and corpus rows are collected."""
-    table = _unique(pq.read_table(part), seen, stats)
+    table = _unique(read_staged(part), seen, stats)
     Path(part).unlink()
     stats.count_queries(table)
     entity_uses.update(pc.list_flatten(table["entity_ids"]).to_pylist())
