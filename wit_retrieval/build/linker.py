@@ -9,6 +9,7 @@ language on first use, never per row.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import unicodedata
@@ -264,27 +265,29 @@ _ROW_SEPARATOR = " \x00 "
 
 def _scan(automaton, form: str, offsets, rows: list[int], texts: list[str], out: list[list[Span]]) -> None:
     """Match the names in the match form of rows joined by _ROW_SEPARATOR (offsets: fold's map)."""
-    starts = []
-    position = 0
-    for i in rows:
-        starts.append(position)
-        position += len(texts[i]) + len(_ROW_SEPARATOR)
-    starts.append(position)
-    row = 0
+    # the hottest loop of a build: locals only, and the row boundary is found by a running
+    # comparison (matches come sorted by position)
+    gap = len(_ROW_SEPARATOR)
+    starts = list(itertools.accumulate((len(texts[i]) + gap for i in rows), initial=0))
+    row, row_start, next_start = 0, 0, starts[1]
     scanned = " " + form + " "
+    separators = _SEPARATORS
     for last, (length, right, left, target) in automaton.iter_long(scanned):
         first = last - length + 1
-        if left and scanned[first - 1] not in _SEPARATORS:
+        if left and scanned[first - 1] not in separators:
             continue
         start, end = first - 1, last - right  # in the joined folded text
         if offsets is not None:
             start, end = offsets[start], offsets[end]
             if start < 0 or end < 0:
                 continue
-        while start >= starts[row + 1]:
-            row += 1
-        start, end = start - starts[row], end - starts[row]
-        if target is not None and not isinstance(target, str):
+        if start >= next_start:
+            while start >= starts[row + 1]:
+                row += 1
+            row_start, next_start = starts[row], starts[row + 1]
+        start -= row_start
+        end -= row_start
+        if target is not None and target.__class__ is not str:
             target = target.get(texts[rows[row]][start:end])
         out[rows[row]].append((start, end, target))
 

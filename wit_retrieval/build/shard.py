@@ -6,6 +6,7 @@ are loaded once per process (module-level caches), never per row.
 
 from __future__ import annotations
 
+import itertools
 import resource
 import time
 from dataclasses import dataclass
@@ -139,34 +140,38 @@ def read_staged(path: str) -> pa.Table:
 def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
     filters = task.filters
     split, needs_row_id = task.split, task.linker.name == "spans"
-    max_entities, min_words = filters.max_entities, filters.min_context_words
-    drop_entity_image = filters.drop_target_is_entity_image
+    min_entities, max_entities = max(filters.min_entities, 1), filters.max_entities
+    min_words, drop_entity_image = filters.min_context_words, filters.drop_target_is_entity_image
     dropped = stats.dropped
-    kept: list[tuple] = []
     languages, page_urls, urls, titles, texts = (batch.column(c).to_pylist() for c in WIT_QUERY_COLUMNS)
     languages = [language or "" for language in languages]
     row_ids = None
     if needs_row_id:
         row_ids = [query_id(split, normal_url(u) if u else "", p or "", t) for u, p, t in zip(urls, page_urls, texts)]
     linked = linker.link_batch(texts, languages, row_ids)
+    # the kept rows' values, column by column (one pa.array per column, no row tuples)
+    columns = _Columns()
     for i, spans in enumerate(linked):
-        count = len({span[2] for span in spans})
-        if count < max(filters.min_entities, 1):
+        if not spans:  # most dropped rows (min_entities >= 1): nothing to mask
+            dropped["no_entity"] += 1
+            continue
+        masked = mask_text(texts[i], spans)
+        count = len(masked.entity_ids)  # the distinct entities, in mask order
+        if count < min_entities:
             dropped["no_entity"] += 1
             continue
         if count > max_entities:
             dropped["too_many_entities"] += 1
             continue
-        url, page_url, text = urls[i], page_urls[i] or "", texts[i]
+        url = urls[i]
         if not url:
             dropped["no_target_image"] += 1
             continue
-        normal = normal_url(url)
-        masked = mask_text(text, spans)
         entity = [images.get(e) for e in masked.entity_ids]
         if None in entity:  # a spans file naming an entity we do not have
             dropped["unknown_entity"] += 1
             continue
+        normal = normal_url(url)
         target = normal_image_id(normal)
         if drop_entity_image and any(e[1] == target for e in entity):
             dropped["target_is_entity_image"] += 1
@@ -174,39 +179,64 @@ def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: Spli
         if context_words(masked) < min_words:
             dropped["too_few_words"] += 1
             continue
-        kept.append((
-            i, row_ids[i] if row_ids else query_id(split, normal, page_url, text), target,
-            masked.masked_text, masked.entity_ids, [e[0] for e in entity], masked.mentions, count,
-        ))
-    return _table(kept, split, batch)
+        columns.add(i, row_ids[i] if row_ids else query_id(split, normal, page_urls[i] or "", texts[i]), target,
+                    masked, [e[0] for e in entity], count)
+    return columns.table(split, batch)
 
 
-_ROW_COLUMNS = ("row", "query_id", "target_image_id", "masked_text", "entity_ids", "entity_image_urls", "mentions",
-                "num_entities")
+class _Columns:
+    """The kept rows of a batch as Python lists of primitives, one list per output column."""
+
+    def __init__(self):
+        self.rows: list[int] = []
+        self.query_ids: list[str] = []
+        self.targets: list[str] = []
+        self.masked: list[str] = []
+        self.entity_ids: list[list[str]] = []
+        self.entity_urls: list[list[str]] = []
+        self.num_entities: list[int] = []
+        self.mention_counts: list[int] = []
+        self.mentions: list[tuple] = []  # flat over rows
+
+    def add(self, row: int, query_id: str, target: str, masked, entity_urls: list[str], count: int) -> None:
+        """One kept row."""
+        self.rows.append(row)
+        self.query_ids.append(query_id)
+        self.targets.append(target)
+        self.masked.append(masked.masked_text)
+        self.entity_ids.append(masked.entity_ids)
+        self.entity_urls.append(entity_urls)
+        self.num_entities.append(count)
+        self.mention_counts.append(len(masked.mentions))
+        self.mentions.extend(masked.mentions)
+
+    def table(self, split: str, batch: pa.RecordBatch) -> pa.Table:
+        """A QUERIES table; copied columns, split and query_type are filled in by arrow."""
+        def array(name: str, values: list) -> pa.Array:
+            return pa.array(values, QUERIES.field(name).type)
+
+        arrays = {"query_id": array("query_id", self.query_ids),
+                  "target_image_id": array("target_image_id", self.targets),
+                  "masked_text": array("masked_text", self.masked),
+                  "entity_ids": array("entity_ids", self.entity_ids),
+                  "entity_image_urls": array("entity_image_urls", self.entity_urls),
+                  "num_entities": array("num_entities", self.num_entities)}
+        taken = batch.take(pa.array(self.rows, pa.int64()))
+        arrays.update({name: taken.column(source) for name, source in _COPIED.items()})
+        arrays["mentions"] = _mentions_array(self.mention_counts, self.mentions)
+        arrays["split"] = pa.array([split] * len(self.rows), pa.string())
+        arrays["query_type"] = pc.if_else(pc.greater(arrays["num_entities"], 1), "multi", "single")
+        return pa.table([arrays[name] for name in QUERIES.names], schema=QUERIES)
+
+
 # columns copied from the WIT batch as they are (arrow take, no Python round trip)
 _COPIED = {"language": "language", "page_title": "page_title", "page_url": "page_url",
            "target_image_url": "image_url", "original_text": "caption_reference_description"}
 
 
-def _table(rows: list[tuple], split: str, batch: pa.RecordBatch) -> pa.Table:
-    """Kept rows as a QUERIES table; copied columns, split and query_type are filled in by arrow."""
-    columns = dict(zip(_ROW_COLUMNS, map(list, zip(*rows)))) if rows else {c: [] for c in _ROW_COLUMNS}
-    arrays = {name: pa.array(columns[name], QUERIES.field(name).type)
-              for name in _ROW_COLUMNS[1:] if name != "mentions"}
-    taken = batch.take(pa.array(columns["row"], pa.int64()))
-    arrays.update({name: taken.column(source) for name, source in _COPIED.items()})
-    arrays["mentions"] = _mentions_array(columns["mentions"])
-    arrays["split"] = pa.array([split] * len(rows), pa.string())
-    arrays["query_type"] = pc.if_else(pc.greater(arrays["num_entities"], 1), "multi", "single")
-    return pa.table([arrays[name] for name in QUERIES.names], schema=QUERIES)
-
-
-def _mentions_array(per_row: list[list[tuple]]) -> pa.Array:
-    """list<MENTION> from per-row (mask, entity_id, surface, start, end) tuples, column by column."""
-    offsets = [0]
-    for mentions in per_row:
-        offsets.append(offsets[-1] + len(mentions))
-    flat = [m for mentions in per_row for m in mentions]
+def _mentions_array(counts: list[int], flat: list[tuple]) -> pa.Array:
+    """list<MENTION> from per-row mention counts and the flat (mask, entity_id, surface, start, end) tuples."""
+    offsets = list(itertools.accumulate(counts, initial=0))
     fields = list(zip(*flat)) if flat else [[] for _ in MENTION]
     children = [pa.array(values, field.type) for values, field in zip(fields, MENTION)]
     struct = pa.StructArray.from_arrays(children, fields=list(MENTION))
