@@ -1,6 +1,7 @@
-"""Image embedding throughput: models.embed (threaded decoding, prefetch, inference_mode) against a
-plain loop (decode, preprocess and encode one batch at a time in one process), same model, same
-batch size, same image store; plus training throughput beside a plain open_clip training step.
+"""Image embedding throughput: models.embed (decoding in DataLoader worker processes a few batches
+ahead, inference_mode) against a plain loop (decode, preprocess and encode one batch at a time in
+one process), same model, same batch size, same image store; plus training throughput beside a
+plain open_clip training step.
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_embed.py        # CPU: a decode-bound tiny model and ViT-B-32
@@ -197,8 +198,8 @@ def write_markdown(result: dict, path: Path) -> None:
         lines.append(f"| {row['model']} | {row['plain_images_per_s']} | {row['ours_images_per_s']} | "
                      f"{row['speedup']:.2f} | {row['same_embeddings']} |")
     lines += ["", f"Plain loop: decode, preprocess and encode one batch at a time in one thread of Python. "
-                  f"`models.embed`: {result['workers']} decoding threads a few batches ahead of the encoder, "
-                  "inference_mode."]
+                  f"`models.embed`: {result['workers']} decoding processes (capped at the CPU count) a few "
+                  "batches ahead of the encoder, inference_mode."]
     training = result.get("training")
     if training:
         lines += [

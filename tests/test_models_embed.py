@@ -38,9 +38,11 @@ def store():
                       for n in range(23)})
 
 
-def test_batched_threads_match_one_by_one(encoder, store):
+@pytest.mark.parametrize("decoder", ["processes", "threads"])
+def test_batched_decoding_matches_one_by_one(encoder, store, decoder):
     ids = store.ids()
-    found, matrix, missing = embed_images(encoder, store, ids, EmbedConfig(batch_size=5, workers=3, progress=False))
+    config = EmbedConfig(batch_size=5, workers=2, decoder=decoder, progress=False)
+    found, matrix, missing = embed_images(encoder, store, ids, config)
     assert found == ids and missing == [] and matrix.dtype == np.float32
     one_by_one = np.vstack([encoder.encode_images([store.open(i)]) for i in ids])
     assert np.allclose(matrix, one_by_one, atol=1e-5)

@@ -1,8 +1,8 @@
 """Batched, cached, resumable image embedding over an image store.
 
-Decoding and preprocessing run in a thread pool a few batches ahead of the encoder (PIL
-decoding and resizing release the GIL), the model runs under inference_mode (bf16 autocast on
-GPU). Embeddings are cached as parquet parts (io/embeddings.py format: id + embedding) under a
+Decoding and preprocessing run in worker processes (a torch DataLoader, forked, so the store
+needs no pickling) or in a thread pool, a few batches ahead of the encoder; the model runs
+under inference_mode (bf16 autocast on GPU). Embeddings are cached as parquet parts (io/embeddings.py format: id + embedding) under a
 key of model name, revision and preprocessing: a second evaluation re-embeds nothing, and an
 interrupted run resumes from its last finished part.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ class EmbedConfig:
 
     batch_size: int = 64
     workers: int = 4
+    decoder: str = "processes"       # processes (a DataLoader, forked workers) | threads
     cache_dir: str | None = None
     part_rows: int = 8192
     prefetch_batches: int = 3
@@ -77,9 +79,10 @@ def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterato
     part_ids: list[str] = []
     part_emb: list[np.ndarray] = []
     part_missing: list[str] = []
-    with ThreadPoolExecutor(max(1, config.workers)) as pool, \
-            _maybe_progress(progress_task, "embedding images", len(ids), config.progress) as advance:
-        for n, (batch_ids, pixels, bad) in enumerate(_decoded(pool, encoder, store, batches, config)):
+    in_processes = config.decoder == "processes" and config.workers > 0
+    decoded = (_decoded_in_processes if in_processes else _decoded_in_threads)(encoder, store, batches, config)
+    with _maybe_progress(progress_task, "embedding images", len(ids), config.progress) as advance:
+        for n, (batch_ids, pixels, bad) in enumerate(decoded):
             if batch_ids:
                 part_emb.append(encoder.encode_pixels(pixels))
                 part_ids.extend(batch_ids)
@@ -91,32 +94,90 @@ def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterato
                 part_ids, part_emb, part_missing = [], [], []
 
 
-def _decoded(pool, encoder, store, batches: list[list[str]], config: EmbedConfig):
-    """Yield (ids, pixels, undecodable ids) per batch, decoding up to `prefetch_batches` ahead."""
+def _load(store, preprocess, image_id: str):
+    """The preprocessed tensor of one image, or None when it is missing or broken (reported, never fatal)."""
+    try:
+        return preprocess(store.open(image_id))
+    except Exception:
+        return None
+
+
+def _batch(ids: list[str], tensors: list) -> tuple[list[str], object, list[str]]:
+    """(ids decoded, stacked pixels or None, ids that failed)."""
     import torch
 
-    def load(image_id: str):
-        try:
-            return encoder.preprocess(store.open(image_id))
-        except Exception:  # a missing or broken image is reported, never fatal
-            return None
+    ok = [(i, t) for i, t in zip(ids, tensors) if t is not None]
+    bad = [i for i, t in zip(ids, tensors) if t is None]
+    return [i for i, _ in ok], (torch.stack([t for _, t in ok]) if ok else None), bad
 
-    pending: deque = deque()
-    queue = iter(batches)
-    for batch in queue:
-        pending.append((batch, [pool.submit(load, i) for i in batch]))
-        if len(pending) >= config.prefetch_batches:
-            break
-    while pending:
-        batch, futures = pending.popleft()
-        nxt = next(queue, None)
-        if nxt is not None:
-            pending.append((nxt, [pool.submit(load, i) for i in nxt]))
-        tensors = [f.result() for f in futures]
-        ok = [(i, t) for i, t in zip(batch, tensors) if t is not None]
-        bad = [i for i, t in zip(batch, tensors) if t is None]
-        pixels = torch.stack([t for _, t in ok]) if ok else None
-        yield [i for i, _ in ok], pixels, bad
+
+def _decoded_in_threads(encoder, store, batches: list[list[str]], config: EmbedConfig):
+    """Yield `_batch` per batch, a thread pool decoding up to `prefetch_batches` ahead."""
+    with ThreadPoolExecutor(max(1, config.workers)) as pool:
+        pending: deque = deque()
+        queue = iter(batches)
+
+        def submit(batch):
+            pending.append((batch, [pool.submit(_load, store, encoder.preprocess, i) for i in batch]))
+
+        for batch in queue:
+            submit(batch)
+            if len(pending) >= config.prefetch_batches:
+                break
+        while pending:
+            batch, futures = pending.popleft()
+            nxt = next(queue, None)
+            if nxt is not None:
+                submit(nxt)
+            yield _batch(batch, [f.result() for f in futures])
+
+
+class _Decode:
+    """A map-style dataset: index -> (index, preprocessed tensor or None when missing/broken)."""
+
+    def __init__(self, ids: list[str], store, preprocess):
+        self.ids, self.store, self.preprocess = ids, store, preprocess
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        return index, _load(self.store, self.preprocess, self.ids[index])
+
+
+def _collate(items: list) -> tuple[list[int], object, list[int]]:
+    """Stack a batch inside the worker: one shared-memory tensor per batch crosses to the encoder."""
+    import torch
+
+    ok = [(i, t) for i, t in items if t is not None]
+    bad = [i for i, t in items if t is None]
+    return [i for i, _ in ok], (torch.stack([t for _, t in ok]) if ok else None), bad
+
+
+def _worker_init(_worker: int) -> None:
+    """One torch thread per decoding process; reopen the store's files (no offset shared with the parent)."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    torch.set_num_threads(1)
+    close = getattr(get_worker_info().dataset.store, "close", None)
+    if close is not None:
+        close()
+
+
+def _decoded_in_processes(encoder, store, batches: list[list[str]], config: EmbedConfig):
+    """Like `_decoded_in_threads`, decoding in forked DataLoader workers (no GIL shared between decoders)."""
+    from torch.utils.data import DataLoader
+
+    ids = [i for batch in batches for i in batch]
+    offsets = np.cumsum([0] + [len(b) for b in batches])
+    sampler = [list(range(offsets[n], offsets[n + 1])) for n in range(len(batches))]
+    workers = min(config.workers, os.cpu_count() or 1)
+    loader = DataLoader(_Decode(ids, store, encoder.preprocess), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=_collate, worker_init_fn=_worker_init, prefetch_factor=config.prefetch_batches,
+                        multiprocessing_context="fork")
+    for ok, pixels, bad in loader:
+        yield [ids[i] for i in ok], pixels, [ids[i] for i in bad]
 
 
 def _maybe_progress(progress_task, description: str, total: int, enabled: bool):
