@@ -115,3 +115,16 @@ def test_validate_exit_codes_and_one_line_errors(world):
     assert no_split.exit_code == 1 and no_split.output.strip() == "error: --data needs --split (train | val | test)"
     bad_measure = invoke("score", tmp / "a.trec", "--qrels", tmp / "qrels.txt", "--measures", "nDGC@10")
     assert bad_measure.exit_code == 1 and "Did you mean nDCG" in bad_measure.output
+
+
+def test_library_loaders_on_the_data_root(world):
+    from wit_retrieval.metrics import evaluate_run, load_qrels
+    from wit_retrieval.results import dataset_revision, load_split_inputs
+
+    tmp, runs = world
+    qrels = load_qrels(tmp / "root", "test")
+    assert len(qrels) == 80 and all(len(docs) == 1 for docs in qrels.values())
+    inputs = load_split_inputs(tmp / "root", "test")
+    assert inputs.corpus_size == 200 and inputs.queries.num_rows == 80
+    assert inputs.revision == dataset_revision(tmp / "root")
+    assert evaluate_run(runs["a"], qrels, "R@10") == evaluate_run(runs["a"], inputs.qrels, "R@10")

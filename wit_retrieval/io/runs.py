@@ -93,24 +93,45 @@ def table_to_run(table: pa.Table) -> Run:
 
 
 def _read_trec(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
-    """Fast path: pyarrow.csv on a clean single-space or tab separated file."""
+    """Fast path: pyarrow.csv on a clean single-space or tab separated file, else the line parser."""
     with open(path, "rb") as f:
         first = f.readline()
     delimiter = "\t" if b"\t" in first else " "
-    types = {"query_id": pa.string(), "q0": pa.string(), "image_id": pa.string(), "rank": pa.int64(),
-             "score": pa.float64(), "tag": pa.string()}
+    label = pa.dictionary(pa.int32(), pa.string())  # Q0 and tags repeat: dictionary-encoded they cost little
+    types = {"query_id": pa.string(), "q0": label, "image_id": pa.string(), "rank": pa.int64(),
+             "score": pa.float64(), "tag": label}
     try:
         table = pcsv.read_csv(
             path,
             read_options=pcsv.ReadOptions(column_names=TREC_COLUMNS),
             parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False, quote_char=False),
-            convert_options=pcsv.ConvertOptions(column_types=types, include_columns=TREC_COLUMNS[:5],
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
+            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=False,
+                                                quoted_strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError):
         return _read_trec_lines(path, on_problem), {}
-    table = table.drop_columns(["q0"]).append_column("line", pa.array(np.arange(1, table.num_rows + 1)))
+    if not _clean_fields(table, " " if delimiter == "\t" else "\t"):
+        return _read_trec_lines(path, on_problem), {}
+    table = table.drop_columns(["q0", "tag"]).append_column("line", pa.array(np.arange(1, table.num_rows + 1)))
     return table, {}
+
+
+def _clean_fields(table: pa.Table, other_separator: str) -> bool:
+    """False when the fast parse cannot be trusted: an empty field (two separators in a row,
+    which the line parser reads as one) or the other separator inside a field."""
+    if table["rank"].null_count or table["score"].null_count:
+        return False
+    for name in ("query_id", "image_id", "q0", "tag"):
+        column = table[name]
+        # Dictionary columns: checking each chunk's distinct values is enough.
+        parts = [c.dictionary for c in column.chunks] if pa.types.is_dictionary(column.type) else [column]
+        for values in parts:
+            if pc.any(pc.equal(values, "")).as_py() or pc.any(pc.match_substring(values, other_separator)).as_py():
+                return False
+    return True
+
+
+_SEPARATORS = re.compile(r"[ \t]+")
 
 
 def _read_trec_lines(path: Path, on_problem: ProblemSink) -> pa.Table:
@@ -123,9 +144,10 @@ def _read_trec_lines(path: Path, on_problem: ProblemSink) -> pa.Table:
             except UnicodeDecodeError as exc:
                 on_problem("encoding", number, f"not UTF-8 (byte {exc.start}); save the file as UTF-8")
                 continue
-            fields = text.split()
-            if not fields:
+            text = text.strip(" \t\r\n")
+            if not text:
                 continue
+            fields = _SEPARATORS.split(text)  # TREC fields: runs of spaces or tabs, as trec_eval reads them
             if len(fields) != 6:
                 on_problem("format", number, f"expected 6 fields `qid Q0 docid rank score tag`, got {len(fields)}")
                 continue
