@@ -83,7 +83,7 @@ def test_report_shows_every_section_with_the_run_numbers(tmp_path):
     for heading in ("## Dataset", "## Results", "## Breakdowns", "## Significance", "## Annotation audit"):
         assert heading in text
     assert "SIMULATED" in text and "0.610" in text
-    assert "| trained | inject | trained on mmir-mini |" in text and "| zero-shot | sum | zero-shot |" in text
+    assert "| inject | trained on mmir-mini |" in text and "| sum | zero-shot |" in text
     train = json.loads(root.stats.read_text())["mmir"]["splits"]["train"]
     assert f"| train | {train['rows_read']} | {train['with_reference']} | {train['queries']} |" in text
     assert "No image store" in text  # nothing fetched in this root: said, not hidden

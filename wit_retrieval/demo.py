@@ -49,7 +49,7 @@ class Steps:
         """Run one `wit-retrieval` command; stop the demo with its exit code when it fails."""
         cmd = [_cli(), *args]
         console.rule(f"[bold]{title}")
-        console.print("$ " + shlex.join(["wit-retrieval", *args]), style="cyan", highlight=False)
+        console.print("$ " + shlex.join(["wit-retrieval", *args]), style="cyan", highlight=False, soft_wrap=True)
         started = time.perf_counter()
         result = subprocess.run(cmd)
         self.timings.append((title, time.perf_counter() - started))
@@ -81,7 +81,7 @@ def _free_port() -> int:
 def _start_server(world: Path, port: int) -> subprocess.Popen:
     cmd = [_cli(), "serve", str(world), "--port", str(port)]
     console.rule("[bold]serve the world on loopback (in the background)")
-    console.print("$ " + shlex.join(["wit-retrieval", *cmd[1:]]), style="cyan", highlight=False)
+    console.print("$ " + shlex.join(["wit-retrieval", *cmd[1:]]), style="cyan", highlight=False, soft_wrap=True)
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -98,13 +98,13 @@ def data_steps(steps: Steps, cfg: DemoConfig, base: str) -> Path:
     out, dl, data = cfg.out, cfg.out / "downloads", cfg.out / "data"
     langs = [arg for lang in cfg.languages.split(",") for arg in ("--lang", lang)]
     steps.run("download the released EI file", "download", "ei", "--out", str(dl), "--base-url", base,
-              "--user-agent", USER_AGENT, "--quiet")
+              "--user-agent", USER_AGENT)
     steps.run("download the released MMIR files", "download", "mmir", "--out", str(dl), "--base-url", base,
-              "--user-agent", USER_AGENT, "--quiet")
+              "--user-agent", USER_AGENT)
     steps.run("download the WIT shards", "download", "wit", "--out", str(dl), "--base-url", base,
-              "--user-agent", USER_AGENT, "--quiet")
+              "--user-agent", USER_AGENT)
     steps.run("download the Wikipedia dumps", "download", "dumps", *langs, "--out", str(dl),
-              "--base-url", base, "--user-agent", USER_AGENT, "--quiet")
+              "--base-url", base, "--user-agent", USER_AGENT)
     released = dl / "gresearch" / "wit-retrieval"
     steps.run("detect the columns of a released MMIR file", "released", "inspect",
               str(released / "mmir_dataset_test.tsv.gz"))

@@ -194,10 +194,12 @@ def results_section(results: dict[str, dict[str, Any]], curve: Path | None) -> l
     measures = _measures_of(results)
     rows = []
     for name, doc in results.items():
-        rows.append([name, _fusion(doc), _training(doc), doc.get("split", "-"), doc.get("num_queries", "-"),
+        model = (doc.get("model") or {}).get("name") or (doc.get("run_metadata") or {}).get("model", "-")
+        rows.append([name, f"`{model}`", _fusion(doc), _training(doc), doc.get("split", "-"),
+                     doc.get("num_queries", "-"),
                      *[_with_ci(doc, m) for m in measures]])
     lines += ["Scores with 95% bootstrap confidence intervals (seeded).", ""]
-    lines += _table(["baseline", "fusion", "training", "split", "queries", *measures], rows)
+    lines += _table(["baseline", "model", "fusion", "training", "split", "queries", *measures], rows)
     chance = next((doc.get("chance") for doc in results.values() if doc.get("chance")), None)
     if chance:
         corpus = next(doc.get("corpus_size") for doc in results.values())
