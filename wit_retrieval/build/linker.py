@@ -20,7 +20,15 @@ from typing import Protocol
 
 from ..errors import ConfigError, InputError, require
 from ..registry import Registry
-from .names import ascii_match_form, fold, fold_with_offsets, match_form, strip_qualifier, uses_spaces
+from .names import (
+    ascii_match_form,
+    fold,
+    fold_with_offset_map,
+    fold_with_offsets,
+    match_form,
+    strip_qualifier,
+    uses_spaces,
+)
 
 Span = tuple[int, int, str]  # (start, end, entity_id), offsets in the original text
 
@@ -253,9 +261,9 @@ class Gazetteer:
                 forms = ascii_match_form(_ROW_SEPARATOR.join([texts[i] for i in ascii_rows]))
                 _scan(lang.automaton, forms, None, ascii_rows, texts, out)
             if nfc_rows:
-                folded, offsets = fold_with_offsets(_ROW_SEPARATOR.join([texts[i] for i in nfc_rows]))
+                folded, offsets = fold_with_offset_map(_ROW_SEPARATOR.join([texts[i] for i in nfc_rows]))
                 _scan(lang.automaton, match_form(folded), offsets, nfc_rows, texts, out)
-        return [_select(spans) if spans else spans for spans in out]
+        return out  # _scan already left the blockers out (what _select does for link())
 
 
 # Between rows scanned as one string: NUL is in no key, so no name matches across rows,
@@ -287,8 +295,10 @@ def _scan(automaton, form: str, offsets, rows: list[int], texts: list[str], out:
             row_start, next_start = starts[row], starts[row + 1]
         start -= row_start
         end -= row_start
-        if target is not None and target.__class__ is not str:
-            target = target.get(texts[rows[row]][start:end])
+        if target.__class__ is not str:  # a blocker (None), or several exact titles: the case-exact one
+            target = None if target is None else target.get(texts[rows[row]][start:end])
+            if target is None:  # blocked: what _select would drop
+                continue
         out[rows[row]].append((start, end, target))
 
 

@@ -25,9 +25,7 @@ def mask_text(text: str, spans: list[Span]) -> Masked:
     mentions: list[tuple] = []
     cursor = 0
     for start, end, entity_id in spans:
-        index = order.get(entity_id)
-        if index is None:
-            index = order[entity_id] = len(order)
+        index = order.setdefault(entity_id, len(order))
         pieces.append(text[cursor:start])
         pieces.append(_MASKS[index] if index < len(_MASKS) else f"[MASK_{index}]")
         mentions.append((index, entity_id, text[start:end], start, end))

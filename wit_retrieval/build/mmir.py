@@ -163,7 +163,8 @@ def _take_part(part: str, seen: set[str], stats: SplitStats, qrels: list, corpus
     table = _unique(read_staged(part), seen, stats)
     Path(part).unlink()
     stats.count_queries(table)
-    entity_uses.update(pc.list_flatten(table["entity_ids"]).to_pylist())
+    for item in pc.value_counts(pc.list_flatten(table["entity_ids"])).to_pylist():
+        entity_uses[item["values"]] += item["counts"]
     qrels.append(pa.table({"query_id": table["query_id"], "image_id": table["target_image_id"],
                            "relevance": pa.array([1] * table.num_rows, pa.int32())}))
     corpus.append(table.select(["target_image_id", "target_image_url"]))

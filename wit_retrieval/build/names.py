@@ -7,6 +7,7 @@ from folded positions back to the original characters.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 import unicodedata
@@ -98,6 +99,51 @@ def fold_with_offsets(text: str) -> tuple[str, list[int] | None]:
         cursor = i + 1
     offsets.extend(range(cursor, len(text) + 1))
     return folded, offsets
+
+
+class FoldMap:
+    """fold_with_offsets' map, kept as its expansions only: `map[i]` equals the list's `[i]`.
+
+    A long text with a few expanding characters ("ß") would otherwise need a list of one int
+    per character; the linker only looks up the ends of its matches.
+    """
+
+    __slots__ = ("_starts", "_ends", "_shifts")
+
+    def __init__(self, starts: list[int], ends: list[int], shifts: list[int]):
+        self._starts = starts  # folded index of each expansion's first character
+        self._ends = ends  # folded index just after each expansion
+        self._shifts = shifts  # folded minus original index after each expansion
+
+    def __getitem__(self, index: int) -> int:
+        k = bisect.bisect_right(self._starts, index) - 1
+        if k < 0:
+            return index
+        if index < self._ends[k]:  # inside expansion k: its first character maps back, the rest -1
+            return -1 if index > self._starts[k] else index - (self._shifts[k - 1] if k else 0)
+        return index - self._shifts[k]
+
+
+def fold_with_offset_map(text: str) -> tuple[str, FoldMap | list[int] | None]:
+    """fold_with_offsets(text) with the map as a FoldMap (NFC text: the linker's batch path)."""
+    if text.isascii() or not unicodedata.is_normalized("NFC", text):  # decomposed text keeps the list
+        return fold_with_offsets(text)
+    folded = text.casefold()
+    if len(folded) == len(text) and unicodedata.is_normalized("NFKC", folded):
+        return folded, None
+    folded = text.translate(_FOLDS)
+    if len(folded) == len(text):
+        return folded, None
+    expanding = "".join(re.escape(c) for c in set(text) if len(_FOLDS[ord(c)]) != 1)
+    starts, ends, shifts = [], [], []
+    shift = 0
+    for match in re.finditer(f"[{expanding}]", text):
+        extra = len(_FOLDS[ord(match.group())]) - 1
+        starts.append(match.start() + shift)
+        shift += extra
+        ends.append(match.start() + 1 + shift)
+        shifts.append(shift)
+    return folded, FoldMap(starts, ends, shifts)
 
 
 def _fold_segments(text: str) -> tuple[str, list[int]]:

@@ -95,7 +95,8 @@ def build_shard(task: ShardTask) -> ShardResult:
     loads = getattr(linker, "load_cpu_seconds", 0.0)  # automata load lazily: subtract that one-time cost
     staged: list[str] = []
     pending: list[pa.Table] = []
-    for batch in read_wit_batches(task.path, columns=WIT_QUERY_COLUMNS, batch_rows=task.batch_rows, errors=errors):
+    batches = read_wit_batches(task.path, columns=WIT_QUERY_COLUMNS, batch_rows=task.batch_rows, errors=errors)
+    for batch in _rebatched(batches, task.batch_rows):
         stats.rows_read += batch.num_rows
         text = batch.column("caption_reference_description")
         # only rows with a reference description are linked: filter in arrow, not in Python
@@ -112,6 +113,21 @@ def build_shard(task: ShardTask) -> ShardResult:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     cpu = time.process_time() - started - (getattr(linker, "load_cpu_seconds", 0.0) - loads)
     return ShardResult(task.split, task.path, staged, stats, errors, cpu, peak)
+
+
+def _rebatched(batches, rows: int):
+    """The reader's batches (one per parsed block, often a few thousand rows) joined to about `rows`,
+    so that the per-batch work (grouping, arrays, tables) is paid rarely."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 # Workers write their queries in parts of about this many rows, so neither a worker nor the
