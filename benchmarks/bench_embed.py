@@ -200,6 +200,10 @@ def write_markdown(result: dict, path: Path) -> None:
     lines += ["", f"Plain loop: decode, preprocess and encode one batch at a time in one thread of Python. "
                   f"`models.embed`: {result['workers']} decoding processes (capped at the CPU count) a few "
                   "batches ahead of the encoder, inference_mode."]
+    if result["load_average"] > (os.cpu_count() or 1) / 2:
+        lines += ["", f"Caution: other jobs loaded this machine (load average {result['load_average']:.1f} on "
+                      f"{os.cpu_count()} CPUs); ratios measured under contention vary from run to run. "
+                      "Rerun on a quiet machine."]
     training = result.get("training")
     if training:
         lines += [

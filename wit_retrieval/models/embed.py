@@ -172,7 +172,8 @@ def _decoded_in_processes(encoder, store, batches: list[list[str]], config: Embe
     ids = [i for batch in batches for i in batch]
     offsets = np.cumsum([0] + [len(b) for b in batches])
     sampler = [list(range(offsets[n], offsets[n + 1])) for n in range(len(batches))]
-    workers = min(config.workers, os.cpu_count() or 1)
+    # leave one core to the encoder: decoders that starve it only move the bottleneck
+    workers = max(1, min(config.workers, (os.cpu_count() or 2) - 1))
     loader = DataLoader(_Decode(ids, store, encoder.preprocess), batch_sampler=sampler, num_workers=workers,
                         collate_fn=_collate, worker_init_fn=_worker_init, prefetch_factor=config.prefetch_batches,
                         multiprocessing_context="fork")
