@@ -198,7 +198,7 @@ def write_markdown(result: dict, path: Path) -> None:
         lines.append(f"| {row['model']} | {row['plain_images_per_s']} | {row['ours_images_per_s']} | "
                      f"{row['speedup']:.2f} | {row['same_embeddings']} |")
     lines += ["", f"Plain loop: decode, preprocess and encode one batch at a time in one thread of Python. "
-                  f"`models.embed`: {result['workers']} decoding processes (capped at the CPU count) a few "
+                  f"`models.embed`: {result['workers']} decoding processes (at most CPUs - 1) a few "
                   "batches ahead of the encoder, inference_mode."]
     if result["load_average"] > (os.cpu_count() or 1) / 2:
         lines += ["", f"Caution: other jobs loaded this machine (load average {result['load_average']:.1f} on "
