@@ -165,9 +165,12 @@ def _take_part(part: str, seen: set[str], stats: SplitStats, qrels: list, corpus
     stats.count_queries(table)
     for item in pc.value_counts(pc.list_flatten(table["entity_ids"])).to_pylist():
         entity_uses[item["values"]] += item["counts"]
-    qrels.append(pa.table({"query_id": table["query_id"], "image_id": table["target_image_id"],
+    # copies (take), not slices: a staged part is read as one buffer per batch, and a slice of it kept
+    # for the whole split would keep every column of every part (the texts) in memory
+    kept = table.select(["query_id", "target_image_id", "target_image_url"]).take(pa.array(range(table.num_rows)))
+    qrels.append(pa.table({"query_id": kept["query_id"], "image_id": kept["target_image_id"],
                            "relevance": pa.array([1] * table.num_rows, pa.int32())}))
-    corpus.append(table.select(["target_image_id", "target_image_url"]))
+    corpus.append(kept.select(["target_image_id", "target_image_url"]))
     return table
 
 
