@@ -128,3 +128,16 @@ def test_library_loaders_on_the_data_root(world):
     assert inputs.corpus_size == 200 and inputs.queries.num_rows == 80
     assert inputs.revision == dataset_revision(tmp / "root")
     assert evaluate_run(runs["a"], qrels, "R@10") == evaluate_run(runs["a"], inputs.qrels, "R@10")
+
+
+def test_compare_names_evaluate_outputs_by_their_folder(world):
+    tmp, _ = world
+    for name in ("zero-shot", "trained"):
+        (tmp / name).mkdir(exist_ok=True)
+        (tmp / name / "run.trec").write_text((tmp / "a.trec").read_text())
+    out = invoke("compare", tmp / "zero-shot" / "run.trec", tmp / "trained" / "run.trec", "--data", tmp / "root",
+                 "--split", "test", "--permutations", "200", "--bootstrap", "50", "--json", tmp / "cmp2.json")
+    assert out.exit_code == 0, out.output
+    doc = json.loads((tmp / "cmp2.json").read_text())
+    assert (doc["run_a"], doc["run_b"]) == ("zero-shot", "trained")
+    assert doc["tests"]["R@10"]["mean_difference"] == 0.0

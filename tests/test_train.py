@@ -72,3 +72,26 @@ def test_options_validation_and_hard_negatives(world, tmp_path):
         train(_config(world, tmp_path / "bad", loss={"matryoshka_dims": [128]}), store=world.store)
     with pytest.raises(ConfigError, match="fewer than one batch"):
         train(_config(world, tmp_path / "bad2", optim={"batch_size": 100}), store=world.store)
+
+
+@pytest.mark.slow
+def test_distillation_from_cached_teacher_embeddings(world, tmp_path):
+    import numpy as np
+
+    from wit_retrieval.io.embeddings import write_embeddings
+    from wit_retrieval.models.train_data import read_queries
+
+    queries = read_queries(world.root.root, "train")
+    ids = [q["query_id"] for q in queries] + sorted({q["target_image_id"] for q in queries})
+    teacher = np.random.default_rng(0).standard_normal((len(ids), 48)).astype(np.float32)
+    teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
+    write_embeddings(tmp_path / "teacher.parquet", ids, teacher, {"model": "a teacher"})
+    config = _config(world, tmp_path / "out", optim={"steps": 3},
+                     distill={"teacher_embeddings": str(tmp_path / "teacher.parquet"), "kind": "similarity",
+                              "on": "both", "weight": 0.5})
+    train(config, store=world.store)
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert {"distill_targets", "distill_queries"} <= set(log[0])
+    assert all(r["total"] > r["loss"] for r in log)  # the distillation term is part of the objective
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["distill"]["kind"] == "similarity"

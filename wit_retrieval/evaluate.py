@@ -68,6 +68,7 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
     from .metrics import load_qrels, score
     from .models import load_encoder
     from .models.train_data import read_queries
+    from .results import dataset_revision
 
     started = time.perf_counter()
     root = DataRoot(config.data)
@@ -87,7 +88,9 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
     if config.max_queries:
         qrels = {q: qrels[q] for q in run if q in qrels}
     queries_table = read_table_dir(root.table_split("queries", config.split))
-    results = _as_dict(score(run, qrels, config.measures, queries_table=queries_table, bootstrap=config.bootstrap))
+    results = _as_dict(score(run, qrels, config.measures, queries_table=queries_table, bootstrap=config.bootstrap,
+                                   corpus_size=len(corpus), split=config.split,
+                                   dataset_revision=dataset_revision(root.root)))
     out = Path(config.out) if config.out else root.results / f"{_slug(encoder.metadata.name)}-{fusion}-{config.split}"
     results.update({
         "model": encoder.metadata.to_dict(), "fusion": fusion, "split": config.split,

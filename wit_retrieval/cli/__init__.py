@@ -18,7 +18,7 @@ from ..errors import WitRetrievalError
 # Each module defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
     "synth", "serve", "download", "released", "build", "images",
-    "scoring", "index", "models", "soup", "annotate", "report", "docs",
+    "scoring", "index", "models", "soup", "text_baseline", "annotate", "report", "docs",
 )
 
 

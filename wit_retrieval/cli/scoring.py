@@ -65,7 +65,12 @@ def _validated_run(run: Path, truth, config, console):
 
 def register(app: typer.Typer) -> None:
     """Add `validate`, `score` and `compare`."""
+    _register_validate(app)
+    _register_score(app)
+    _register_compare(app)
 
+
+def _register_validate(app: typer.Typer) -> None:
     @app.command("validate")
     def validate(
         run: Path = typer.Argument(..., help="Run file: TREC, JSON or parquet."),
@@ -96,6 +101,9 @@ def register(app: typer.Typer) -> None:
         if not report.ok:
             raise typer.Exit(1)
 
+
+
+def _register_score(app: typer.Typer) -> None:
     @app.command("score")
     def score(
         run: Path = typer.Argument(..., help="Run file: TREC, JSON or parquet (sidecar RUN.meta.json is read)."),
@@ -137,6 +145,9 @@ def register(app: typer.Typer) -> None:
             for path in _write_plots(results, run.name, plots_dir):
                 console.print(f"plot: {path}")
 
+
+
+def _register_compare(app: typer.Typer) -> None:
     @app.command("compare")
     def compare(
         run_a: Path = typer.Argument(..., help="Baseline run A."),
@@ -167,7 +178,7 @@ def register(app: typer.Typer) -> None:
         b = _validated_run(run_b, truth, config, console)
         result = compare_runs(a.table, b.table, inputs.qrels, measures, queries_table=inputs.queries,
                               permutations=permutations, bootstrap=bootstrap, seed=seed,
-                              names=(run_a.name, run_b.name))
+                              names=(_run_label(run_a), _run_label(run_b)))
         _print_comparison(result, Console())
         if json_out:
             write_json_atomic(json_out, result)
@@ -214,3 +225,8 @@ def _print_comparison(result: dict, console) -> None:
         table.add_row(name, f"{t['mean_a']:.4f}", f"{t['mean_b']:.4f}", f"{t['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]",
                       f"{t['p_ttest']:.3g}", f"{t['p_permutation']:.3g}", f"{t['cohens_d']:.3f}")
     console.print(table)
+
+
+def _run_label(path: Path) -> str:
+    """A run's name in comparisons: its file name, or its folder's for a generic `run.*` (evaluate's output)."""
+    return path.parent.name if path.stem == "run" and path.parent.name else path.name

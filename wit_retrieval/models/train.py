@@ -23,6 +23,7 @@ import torch
 from ..errors import ConfigError
 from ..io.shards import atomic_path, write_json_atomic
 from .checkpoint import WEIGHTS, Built, build_retriever, save_checkpoint
+from .distill import distill_terms, load_teacher
 from .fusion import get_fusion, make_query_batch
 from .losses import duplicate_mask, info_nce, spread_out, truncate
 from .train_config import TrainConfig
@@ -54,6 +55,7 @@ class Trainer:
     out: Path
     step: int = 0
     data_counts: dict = field(default_factory=dict)
+    teacher: object = None           # distill.TeacherCache when [distill] is on
 
 
 def train(config: TrainConfig, *, store=None, stop_after: int | None = None) -> dict:
@@ -151,7 +153,8 @@ def prepare(config: TrainConfig, store=None) -> Trainer:
     out = Path(config.run.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", config.to_dict())
-    trainer = Trainer(config, built, fusion, optimizer, scheduler, samples, loader, device, out, data_counts=counts)
+    trainer = Trainer(config, built, fusion, optimizer, scheduler, samples, loader, device, out, data_counts=counts,
+                      teacher=load_teacher(config.distill, samples))
     _resume(trainer)
     return trainer
 
@@ -213,6 +216,11 @@ def batch_loss(trainer: Trainer, batch: TrainBatch) -> tuple[torch.Tensor, dict[
         regulariser = spread_out(queries) + spread_out(positives)
         parts["spread_out"] = float(regulariser.detach())
         total = total + cfg.spread_out_weight * regulariser
+    if trainer.teacher is not None:
+        term, distilled = distill_terms(trainer.teacher, trainer.config.distill, queries=queries,
+                                        query_ids=batch.query_ids, positives=positives, target_ids=batch.target_keys)
+        parts.update(distilled)
+        total = total + term
     parts["total"] = float(total.detach())
     return total, parts
 

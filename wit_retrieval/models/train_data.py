@@ -49,6 +49,7 @@ class TrainBatch:
     masked_texts: list[str]
     query_keys: list[tuple]
     target_keys: list[str]
+    query_ids: list[str] | None = None
 
 
 def read_queries(root: str | Path, split: str, max_queries: int = 0) -> list[dict]:
@@ -146,4 +147,5 @@ def make_batch(samples: Sequence[Sample], loader: ImageLoader, hard_per_query: i
                 hard_index[row, col] = slot(key)
     pixels = loader.pixels(list(position))
     return TrainBatch(pixels, target_index, entity_index, hard_index, [s.masked_text for s in samples],
-                      [s.key for s in samples], [s.target for s in samples])
+                      [s.key for s in samples], [s.target for s in samples],
+                      [s.query_id for s in samples])
