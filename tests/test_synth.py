@@ -372,3 +372,15 @@ def test_sql_strings_and_tsv_fields_round_trip(value):
     assert re.sub(r"\\(.)", lambda m: unescape.get(m.group(1), m.group(1)), quoted[1:-1], flags=re.S) == value
     line = tsv_field(value) + "\tnext\n"
     assert next(csv.reader(io.StringIO(line, newline=""), delimiter="\t")) == [value, "next"]
+
+
+def test_fewer_settings_make_text_less_informative(tmp_path):
+    from wit_retrieval.errors import ConfigError
+    from wit_retrieval.synth import WorldConfig, generate_world
+
+    generate_world(WorldConfig(entities=40, scenes=150, images=False, seed=3, settings=2), tmp_path / "w")
+    world = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert world["config"]["settings"] == 2
+    assert {scene["setting"] for scene in world["scenes"]} == {"dusk", "night"}
+    with pytest.raises(ConfigError, match="--settings"):
+        WorldConfig(settings=11)

@@ -42,6 +42,10 @@ def synth(
     wit_shards: str = typer.Option(
         "train=2,val=1,test=1", "--wit-shards", help="WIT shards per split, e.g. train=10,val=5,test=5."
     ),
+    settings: int = typer.Option(
+        10, "--settings", help="Settings (backgrounds) scenes use, 1-10: fewer make the masked text alone "
+        "less able to pick the target, so the entity images must do it."
+    ),
 ) -> None:
     """Generate a miniature Wikipedia world: WIT shards, SQL dumps, released EI/MMIR files, images.
 
@@ -56,7 +60,7 @@ def synth(
     config = WorldConfig(
         entities=entities, scenes=scenes, languages=_languages(languages),
         dump_languages=_languages(dump_languages), seed=seed, images=not no_images,
-        image_size=image_size, wit_shards=_parse_shards(wit_shards), wit_sample=wit_sample,
+        image_size=image_size, wit_shards=_parse_shards(wit_shards), wit_sample=wit_sample, settings=settings,
     )
     with make_progress() as progress:
         tasks: dict[str, tuple] = {}

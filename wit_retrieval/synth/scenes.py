@@ -43,7 +43,7 @@ def build_scenes(config: WorldConfig, entities: list[Entity]) -> list[Scene]:
             r = rng.random()
             picked = _pick(rng, *pools[code], n=1 if r < 0.35 else (2 if r < 0.8 else 3))
             relation = lx.RELATIONS[rng.randrange(len(lx.RELATIONS))] if len(picked) >= 2 else None
-            setting = lx.SETTINGS[rng.randrange(len(lx.SETTINGS))]
+            setting = lx.SETTINGS[rng.randrange(config.settings)]
             larger = len(picked) >= 2 and rng.random() < 0.1
             key = picture_key(picked, relation, setting, larger)
             if key not in seen:

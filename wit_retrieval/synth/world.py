@@ -34,6 +34,9 @@ class WorldConfig:
     image_size: int = 128
     wit_shards: dict[str, int] = field(default_factory=lambda: {"train": 2, "val": 1, "test": 1})
     wit_sample: bool = False  # also write wit_v1.train.all-1percent_sample.tsv.gz (a copy of ~1% of train)
+    # how many settings (backgrounds) scenes use: fewer make the masked text say less about the target,
+    # so that only the entity images can tell the candidates apart (a harder, more MMIR-like world)
+    settings: int = 10
 
     def __post_init__(self):
         object.__setattr__(self, "languages", tuple(self.languages))
@@ -64,6 +67,8 @@ class WorldConfig:
             raise ConfigError("synth: --image-size must be between 16 and 1024 pixels")
         if set(self.wit_shards) != {"train", "val", "test"} or min(self.wit_shards.values()) < 1:
             raise ConfigError("synth: --wit-shards needs train=N,val=N,test=N with N >= 1")
+        if not 1 <= self.settings <= 10:
+            raise ConfigError("synth: --settings must be between 1 and 10")
         if max(self.wit_shards.values()) > 99999:
             raise ConfigError("synth: at most 99999 WIT shards per split")
 
@@ -71,7 +76,8 @@ class WorldConfig:
         """JSON-able form (written into world.json)."""
         return {"entities": self.entities, "scenes": self.scenes, "languages": list(self.languages),
                 "dump_languages": list(self.dump_langs), "seed": self.seed, "images": self.images,
-                "image_size": self.image_size, "wit_shards": dict(self.wit_shards), "wit_sample": self.wit_sample}
+                "image_size": self.image_size, "wit_shards": dict(self.wit_shards), "wit_sample": self.wit_sample,
+                **({"settings": self.settings} if self.settings != 10 else {})}
 
 
 class Visual(NamedTuple):
