@@ -85,3 +85,59 @@ def test_missing_and_broken_images_are_reported(encoder, store, tmp_path):
     found, matrix, missing = embed_images(encoder, store, store.ids()[:3] + ["nope", "ffffffffffffffff"],
                                           EmbedConfig(batch_size=2, progress=False, cache_dir=str(tmp_path)))
     assert found == store.ids()[:3] and sorted(missing) == ["ffffffffffffffff", "nope"] and matrix.shape == (3, 64)
+
+
+def test_split_preprocessing_equals_open_clip_transform(encoder):
+    import open_clip
+    import torch
+
+    from wit_retrieval.models.preprocess import prepare, split_transform, to_batch
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(20, 31), (64, 40), (7, 90)]]
+    images += [Image.fromarray(rng.integers(0, 255, (33, 50), dtype=np.uint8)),  # greyscale
+               Image.fromarray(rng.integers(0, 255, (45, 45, 4), dtype=np.uint8), "RGBA"),
+               images[0].convert("P")]
+    bigger = open_clip.image_transform(48, is_train=False)  # another size
+    for preprocess in (encoder.preprocess, bigger):
+        split = split_transform(preprocess)
+        assert split.vectorised
+        batch = to_batch([prepare(im, split) for im in images], split)
+        expected = torch.stack([preprocess(im) for im in images])
+        assert torch.equal(batch, expected)  # the same operations on the same values
+
+
+def test_unknown_transform_falls_back_to_applying_it_whole(encoder, store):
+    import torch
+
+    from wit_retrieval.models.preprocess import prepare, split_transform, to_batch
+
+    def preprocess(image):
+        return torch.full((3, 4, 4), float(image.size[1]))
+
+    split = split_transform(preprocess)
+    assert not split.vectorised
+    batch = to_batch([prepare(store.open(i), split) for i in store.ids()[:3]], split)
+    assert batch[:, 0, 0, 0].tolist() == [20.0, 21.0, 22.0]
+
+
+def test_jpeg_draft_is_opt_in_and_keyed_separately(encoder, tmp_path):
+    import io
+
+    class JpegStore(DictStore):
+        def get(self, image_id):
+            buffer = io.BytesIO()
+            self.images[image_id].save(buffer, format="JPEG", quality=95)
+            return buffer.getvalue()
+
+        def open(self, image_id):
+            return Image.open(io.BytesIO(self.get(image_id))).convert("RGB")
+
+    rng = np.random.default_rng(2)
+    jpegs = JpegStore({f"{n:016x}": Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+                       for n in range(3)})
+    exact = embed_images(encoder, jpegs, jpegs.ids(), EmbedConfig(progress=False))[1]
+    assert np.allclose(exact, encoder.encode_images([jpegs.open(i) for i in jpegs.ids()]), atol=1e-5)
+    drafted = embed_images(encoder, jpegs, jpegs.ids(), EmbedConfig(progress=False, draft=True))[1]
+    assert drafted.shape == exact.shape and not np.allclose(drafted, exact, atol=1e-5)
+    assert cache_folder(tmp_path, encoder.metadata) != cache_folder(tmp_path, encoder.metadata, draft=True)

@@ -1,14 +1,17 @@
 """Batched, cached, resumable image embedding over an image store.
 
-Decoding and preprocessing run in worker processes (a torch DataLoader, forked, so the store
-needs no pickling) or in a thread pool, a few batches ahead of the encoder; the model runs
-under inference_mode (bf16 autocast on GPU). Embeddings are cached as parquet parts (io/embeddings.py format: id + embedding) under a
-key of model name, revision and preprocessing: a second evaluation re-embeds nothing, and an
-interrupted run resumes from its last finished part.
+Decoding and the PIL part of preprocessing (resize, crop) run in a thread pool (PIL releases the
+GIL there) or in worker processes (a torch DataLoader, forked, so the store needs no pickling), a
+few batches ahead of the encoder; ToTensor + Normalize run once per batch, vectorised
+(models/preprocess.py: the same pixels as open_clip's transform); the model runs under
+inference_mode (bf16 autocast on GPU). Embeddings are cached as parquet parts (io/embeddings.py
+format: id + embedding) under a key of model name, revision and preprocessing: a second evaluation
+re-embeds nothing, and an interrupted run resumes from its last finished part.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,35 +19,42 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..io.shards import write_json_atomic
+from .preprocess import SplitTransform, open_image, prepare, split_transform, to_batch
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """How to embed: batch size, decoding threads, cache folder, part size, progress bar."""
+    """How to embed: batch size, decoders, cache folder, part size, progress bar, JPEG draft decoding."""
 
     batch_size: int = 64
     workers: int = 4
-    decoder: str = "processes"       # processes (a DataLoader, forked workers) | threads
+    decoder: str = "threads"         # threads (PIL releases the GIL) | processes (a DataLoader, forked workers)
     cache_dir: str | None = None
     part_rows: int = 8192
     prefetch_batches: int = 3
     progress: bool = True
+    # JPEG draft: decode large JPEGs at 1/2..1/8 scale (still >= the model's input size); much faster
+    # on big photos but the pixels differ from open_clip's transform, so it is off by default and
+    # has its own cache key
+    draft: bool = False
+    torch_threads: int | None = None  # the encoder's torch threads during the run (None: leave as is)
 
 
-def cache_key(metadata) -> str:
+def cache_key(metadata, *, draft: bool = False) -> str:
     """16 hex digits naming an embedding cache: model name, revision and preprocessing."""
-    text = "\x1f".join((metadata.name, metadata.revision, metadata.preprocessing))
+    text = "\x1f".join((metadata.name, metadata.revision, metadata.preprocessing + (" draft" if draft else "")))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def cache_folder(cache_dir: str | Path, metadata) -> Path:
+def cache_folder(cache_dir: str | Path, metadata, *, draft: bool = False) -> Path:
     """The folder of this encoder's cached image embeddings under `cache_dir`."""
-    return Path(cache_dir) / f"images-{cache_key(metadata)}"
+    return Path(cache_dir) / f"images-{cache_key(metadata, draft=draft)}"
 
 
 def embed_images(encoder, store, ids: Sequence[str], config: EmbedConfig = EmbedConfig()
@@ -54,7 +64,7 @@ def embed_images(encoder, store, ids: Sequence[str], config: EmbedConfig = Embed
     cached: dict[str, np.ndarray] = {}
     folder = None
     if config.cache_dir:
-        folder = cache_folder(config.cache_dir, encoder.metadata)
+        folder = cache_folder(config.cache_dir, encoder.metadata, draft=config.draft)
         cached = _read_cache(folder, encoder.metadata)
     todo = [i for i in wanted if i not in cached]
     missing: list[str] = []
@@ -79,9 +89,11 @@ def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterato
     part_ids: list[str] = []
     part_emb: list[np.ndarray] = []
     part_missing: list[str] = []
+    split = split_transform(encoder.preprocess, draft=config.draft)
     in_processes = config.decoder == "processes" and config.workers > 0
-    decoded = (_decoded_in_processes if in_processes else _decoded_in_threads)(encoder, store, batches, config)
-    with _maybe_progress(progress_task, "embedding images", len(ids), config.progress) as advance:
+    decoded = (_decoded_in_processes if in_processes else _decoded_in_threads)(split, store, batches, config)
+    with _maybe_progress(progress_task, "embedding images", len(ids), config.progress) as advance, \
+            _torch_threads(config.torch_threads):
         for n, (batch_ids, pixels, bad) in enumerate(decoded):
             if batch_ids:
                 part_emb.append(encoder.encode_pixels(pixels))
@@ -94,31 +106,29 @@ def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterato
                 part_ids, part_emb, part_missing = [], [], []
 
 
-def _load(store, preprocess, image_id: str):
-    """The preprocessed tensor of one image, or None when it is missing or broken (reported, never fatal)."""
+def _load(store, split: SplitTransform, image_id: str):
+    """One image after the PIL stage, or None when it is missing or broken (reported, never fatal)."""
     try:
-        return preprocess(store.open(image_id))
+        return prepare(open_image(store, image_id, split), split)
     except Exception:
         return None
 
 
-def _batch(ids: list[str], tensors: list) -> tuple[list[str], object, list[str]]:
-    """(ids decoded, stacked pixels or None, ids that failed)."""
-    import torch
-
-    ok = [(i, t) for i, t in zip(ids, tensors) if t is not None]
-    bad = [i for i, t in zip(ids, tensors) if t is None]
-    return [i for i, _ in ok], (torch.stack([t for _, t in ok]) if ok else None), bad
+def _batch(ids: list, items: list, split: SplitTransform) -> tuple[list, object, list]:
+    """(ids decoded, one normalised pixel batch or None, ids that failed)."""
+    ok = [(i, t) for i, t in zip(ids, items) if t is not None]
+    bad = [i for i, t in zip(ids, items) if t is None]
+    return [i for i, _ in ok], (to_batch([t for _, t in ok], split) if ok else None), bad
 
 
-def _decoded_in_threads(encoder, store, batches: list[list[str]], config: EmbedConfig):
+def _decoded_in_threads(split: SplitTransform, store, batches: list[list[str]], config: EmbedConfig):
     """Yield `_batch` per batch, a thread pool decoding up to `prefetch_batches` ahead."""
     with ThreadPoolExecutor(max(1, config.workers)) as pool:
         pending: deque = deque()
         queue = iter(batches)
 
         def submit(batch):
-            pending.append((batch, [pool.submit(_load, store, encoder.preprocess, i) for i in batch]))
+            pending.append((batch, [pool.submit(_load, store, split, i) for i in batch]))
 
         for batch in queue:
             submit(batch)
@@ -129,29 +139,20 @@ def _decoded_in_threads(encoder, store, batches: list[list[str]], config: EmbedC
             nxt = next(queue, None)
             if nxt is not None:
                 submit(nxt)
-            yield _batch(batch, [f.result() for f in futures])
+            yield _batch(batch, [f.result() for f in futures], split)
 
 
 class _Decode:
-    """A map-style dataset: index -> (index, preprocessed tensor or None when missing/broken)."""
+    """A map-style dataset: index -> (index, prepared image or None when missing/broken)."""
 
-    def __init__(self, ids: list[str], store, preprocess):
-        self.ids, self.store, self.preprocess = ids, store, preprocess
+    def __init__(self, ids: list[str], store, split: SplitTransform):
+        self.ids, self.store, self.split = ids, store, split
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        return index, _load(self.store, self.preprocess, self.ids[index])
-
-
-def _collate(items: list) -> tuple[list[int], object, list[int]]:
-    """Stack a batch inside the worker: one shared-memory tensor per batch crosses to the encoder."""
-    import torch
-
-    ok = [(i, t) for i, t in items if t is not None]
-    bad = [i for i, t in items if t is None]
-    return [i for i, _ in ok], (torch.stack([t for _, t in ok]) if ok else None), bad
+        return index, _load(self.store, self.split, self.ids[index])
 
 
 def _worker_init(_worker: int) -> None:
@@ -165,7 +166,7 @@ def _worker_init(_worker: int) -> None:
         close()
 
 
-def _decoded_in_processes(encoder, store, batches: list[list[str]], config: EmbedConfig):
+def _decoded_in_processes(split: SplitTransform, store, batches: list[list[str]], config: EmbedConfig):
     """Like `_decoded_in_threads`, decoding in forked DataLoader workers (no GIL shared between decoders)."""
     from torch.utils.data import DataLoader
 
@@ -174,16 +175,35 @@ def _decoded_in_processes(encoder, store, batches: list[list[str]], config: Embe
     sampler = [list(range(offsets[n], offsets[n + 1])) for n in range(len(batches))]
     # leave one core to the encoder: decoders that starve it only move the bottleneck
     workers = max(1, min(config.workers, (os.cpu_count() or 2) - 1))
-    loader = DataLoader(_Decode(ids, store, encoder.preprocess), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=_collate, worker_init_fn=_worker_init, prefetch_factor=config.prefetch_batches,
-                        multiprocessing_context="fork")
+    # the batch is normalised inside the worker: one shared-memory tensor per batch crosses to the encoder
+    loader = DataLoader(_Decode(ids, store, split), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=partial(_collate, split=split), worker_init_fn=_worker_init,
+                        prefetch_factor=config.prefetch_batches, multiprocessing_context="fork")
     for ok, pixels, bad in loader:
         yield [ids[i] for i in ok], pixels, [ids[i] for i in bad]
 
 
-def _maybe_progress(progress_task, description: str, total: int, enabled: bool):
-    import contextlib
+def _collate(items: list, split: SplitTransform):
+    return _batch([i for i, _ in items], [t for _, t in items], split)
 
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None):
+    """Set torch's intra-op threads for the encoder during the run, restoring them after."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _maybe_progress(progress_task, description: str, total: int, enabled: bool):
     if enabled:
         return progress_task(description, total)
     return contextlib.nullcontext(lambda n=1, **_: None)
