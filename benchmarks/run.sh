@@ -7,8 +7,16 @@ PY=.venv/bin/python
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p benchmarks/out benchmarks/results
 only="${BENCH:-build fetch scoring index embed}"
+declare -A ARGS=(
+  [build]="--scenes 760000"   # >= 1M WIT rows, ~100k entities; the generated world is cached in benchmarks/out/
+  [fetch]=""                  # creates .venv-peers with img2dataset if missing
+  [scoring]=""                # 1M queries x 100; BENCH_TMP=dir for its temp files
+  [index]=""                  # 1M x 512, 10k queries
+  [embed]=""
+)
 for name in $only; do
   echo "== benchmark: $name"
-  "$PY" "benchmarks/bench_${name}.py"
+  # shellcheck disable=SC2086
+  "$PY" "benchmarks/bench_${name}.py" ${ARGS[$name]}
 done
 "$PY" benchmarks/collect.py
