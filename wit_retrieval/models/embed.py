@@ -123,7 +123,8 @@ def _batch(ids: list, items: list, split: SplitTransform) -> tuple[list, object,
 
 def _decoded_in_threads(split: SplitTransform, store, batches: list[list[str]], config: EmbedConfig):
     """Yield `_batch` per batch, a thread pool decoding up to `prefetch_batches` ahead."""
-    with ThreadPoolExecutor(max(1, config.workers)) as pool:
+    # more decoding threads than cores only adds GIL and cache contention (measured: 4 slower than 2 on 2 cores)
+    with ThreadPoolExecutor(max(1, min(config.workers, os.cpu_count() or 1))) as pool:
         pending: deque = deque()
         queue = iter(batches)
 
