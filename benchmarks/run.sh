@@ -12,7 +12,7 @@ declare -A ARGS=(
   [fetch]=""                  # creates .venv-peers with img2dataset if missing
   [scoring]=""                # 1M queries x 100; BENCH_TMP=dir for its temp files
   [index]=""                  # 1M x 512, 10k queries
-  [embed]=""
+  [embed]="--images 128 --torch-threads 1"
 )
 for name in $only; do
   echo "== benchmark: $name"
