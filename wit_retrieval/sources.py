@@ -11,7 +11,6 @@ file without hashing gigabytes again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import re
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import ConfigError, DownloadError
+from .io.shards import file_digest
 
 WIT_BASE = "https://storage.googleapis.com/gresearch/wit/"
 RELEASE_BASE = "https://storage.googleapis.com/gresearch/wit-retrieval/"
@@ -196,14 +196,6 @@ def published_checksums(files: list[ReleaseFile], session, config: DownloadConfi
     return found
 
 
-def _hash_file(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify(path: Path, size: int | None, checksum: tuple[str, str] | None) -> str:
     """Check size and checksum; returns a note, raises DownloadError on a mismatch."""
     actual = path.stat().st_size
@@ -212,7 +204,7 @@ def _verify(path: Path, size: int | None, checksum: tuple[str, str] | None) -> s
     if checksum is None:
         return "size only: no checksum published"
     algorithm, expected = checksum
-    got = _hash_file(path, algorithm)
+    got = file_digest(path, algorithm)
     if got != expected:
         raise DownloadError(f"{path.name}: {algorithm} mismatch (expected {expected}, got {got})")
     return f"{algorithm} ok"

@@ -82,14 +82,9 @@ def fold_with_offsets(text: str) -> tuple[str, list[int] | None]:
         return text.lower(), None
     if not unicodedata.is_normalized("NFC", text):
         return _fold_segments(text)
-    folded = text.casefold()  # equal to the per-character fold on NFKC-stable text
-    if len(folded) == len(text) and unicodedata.is_normalized("NFKC", folded):
+    folded, expanding = _fold_nfc(text)
+    if expanding is None:
         return folded, None
-    folded = text.translate(_FOLDS)
-    if len(folded) == len(text):
-        return folded, None
-    # only the few characters that expand ("ß" -> "ss") are visited in Python
-    expanding = "".join(re.escape(c) for c in set(text) if len(_FOLDS[ord(c)]) != 1)
     offsets: list[int] = []
     cursor = 0
     for match in re.finditer(f"[{expanding}]", text):
@@ -128,13 +123,9 @@ def fold_with_offset_map(text: str) -> tuple[str, FoldMap | list[int] | None]:
     """fold_with_offsets(text) with the map as a FoldMap (NFC text: the linker's batch path)."""
     if text.isascii() or not unicodedata.is_normalized("NFC", text):  # decomposed text keeps the list
         return fold_with_offsets(text)
-    folded = text.casefold()
-    if len(folded) == len(text) and unicodedata.is_normalized("NFKC", folded):
+    folded, expanding = _fold_nfc(text)
+    if expanding is None:
         return folded, None
-    folded = text.translate(_FOLDS)
-    if len(folded) == len(text):
-        return folded, None
-    expanding = "".join(re.escape(c) for c in set(text) if len(_FOLDS[ord(c)]) != 1)
     starts, ends, shifts = [], [], []
     shift = 0
     for match in re.finditer(f"[{expanding}]", text):
@@ -144,6 +135,18 @@ def fold_with_offset_map(text: str) -> tuple[str, FoldMap | list[int] | None]:
         ends.append(match.start() + 1 + shift)
         shifts.append(shift)
     return folded, FoldMap(starts, ends, shifts)
+
+
+def _fold_nfc(text: str) -> tuple[str, str | None]:
+    """Fold NFC text; also a regex class of its expanding characters ("ß" -> "ss"), or None when none expand."""
+    folded = text.casefold()  # equal to the per-character fold on NFKC-stable text
+    if len(folded) == len(text) and unicodedata.is_normalized("NFKC", folded):
+        return folded, None
+    folded = text.translate(_FOLDS)
+    if len(folded) == len(text):
+        return folded, None
+    # only the few characters that expand are then visited in Python
+    return folded, "".join(re.escape(c) for c in set(text) if len(_FOLDS[ord(c)]) != 1)
 
 
 def _fold_segments(text: str) -> tuple[str, list[int]]:

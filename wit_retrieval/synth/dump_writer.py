@@ -12,8 +12,9 @@ import random
 import re
 from pathlib import Path
 
+from ..io.shards import file_digest
 from . import lexicon as lx
-from .files import ProgressFn, file_digest, gzip_text, write_file
+from .files import ProgressFn, gzip_text, write_file
 from .world import World
 
 TUPLES_PER_INSERT = 250

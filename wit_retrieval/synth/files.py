@@ -71,11 +71,3 @@ def write_file(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
     os.replace(tmp, path)
 
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

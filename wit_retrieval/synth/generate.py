@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io.shards import atomic_path, write_text_atomic
+from ..io.shards import atomic_path, file_digest, write_text_atomic
 from . import lexicon as lx
 from .dump_writer import write_dumps
-from .files import ProgressFn, commons_path, file_digest, write_file
+from .files import ProgressFn, commons_path, write_file
 from .released_writer import write_released
 from .scenes import build_scenes
 from .wit_writer import map_file, write_wit
