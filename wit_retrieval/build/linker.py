@@ -64,7 +64,7 @@ class LinkerSpec:
 
 
 _CACHE: dict[LinkerSpec, Linker] = {}
-_CACHE_VERSION = 3  # bump when the automaton's keys or values change shape
+_CACHE_VERSION = 4  # bump when the automaton's keys or values change shape
 GAZETTEER_CACHE = "_gazetteer"  # folder inside entity_names (ignored by readers: leading underscore)
 
 
@@ -93,9 +93,29 @@ def leftmost_longest(spans: list[Span]) -> list[Span]:
 
 @dataclass
 class _Language:
-    automaton: object
+    """One language's matching keys; the automata are built from them on first use, per process."""
+
+    keys: list[str]  # padded match forms
+    values: list[tuple]  # (length, right, left, target): target an entity id, {title: id}, or None (blocker)
     ambiguous: int  # folded names not linked because they name several entities
     names: int
+    _automaton: object = None
+
+    @property
+    def automaton(self):
+        """pyahocorasick's automaton of the keys (None when there are none)."""
+        if self._automaton is None and self.keys:
+            import ahocorasick
+
+            automaton = ahocorasick.Automaton()
+            for key, value in zip(self.keys, self.values):
+                automaton.add_word(key, value)
+            automaton.make_automaton()
+            self._automaton = automaton
+        return self._automaton
+
+    def __getstate__(self):  # the cache file holds the keys, never an automaton
+        return {**self.__dict__, "_automaton": None}
 
 
 class Gazetteer:
@@ -167,8 +187,6 @@ class Gazetteer:
         return built
 
     def _build(self, names) -> _Language:
-        import ahocorasick
-
         candidates: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         exact_titles: dict[str, dict[str, str]] = defaultdict(dict)
         blockers: set[str] = set()
@@ -185,7 +203,8 @@ class Gazetteer:
                 base = strip_qualifier(name)
                 if base:
                     blockers.add(match_form(fold(base.strip())))
-        automaton = ahocorasick.Automaton()
+        keys: list[str] = []
+        values: list[tuple] = []
         ambiguous = 0
         # an ambiguous name stays in as a blocker (target None): it links nothing, and no
         # shorter name inside it links either ("Copper Shield" inside "Western Copper Shield");
@@ -200,10 +219,9 @@ class Gazetteer:
             # one is checked per match (a space there would be eaten by the previous match)
             left, right = (int(c != " " and uses_spaces(c)) for c in (key[0], key[-1]))
             padded = key + " " * right
-            automaton.add_word(padded, (len(padded), right, left, target))
-        if len(automaton):
-            automaton.make_automaton()
-        return _Language(automaton if len(automaton) else None, ambiguous, len(candidates))
+            keys.append(padded)
+            values.append((len(padded), right, left, target))
+        return _Language(keys, values, ambiguous, len(candidates))
 
     def usable(self, key: str) -> bool:
         """Whether a folded name may be matched at all (length, not only digits)."""
@@ -223,7 +241,8 @@ class Gazetteer:
             folded, offsets = fold_with_offsets(text)
             form = match_form(folded)
         found: list[Span] = []
-        scanned = " " + form + " "  # positions in it are one more than in the folded text
+        # positions in it are one more than in the folded text; the NUL ends the row as in link_batch
+        scanned = " " + form + _ROW_END
         for last, (length, right, left, target) in lang.automaton.iter_long(scanned):
             first = last - length + 1
             if left and scanned[first - 1] not in _SEPARATORS:  # starts inside a word
@@ -269,6 +288,10 @@ class Gazetteer:
 # Between rows scanned as one string: NUL is in no key, so no name matches across rows,
 # and the spaces around it are the word boundaries of the rows' ends.
 _ROW_SEPARATOR = " \x00 "
+# After every row, the last one and a row linked alone included: iter_long falls back to a
+# shorter name (a fail link) only when a character stops the path, never at the string's end;
+# so each row must end the same way for a row's spans not to depend on its neighbours.
+_ROW_END = " \x00"
 
 
 def _scan(automaton, form: str, offsets, rows: list[int], texts: list[str], out: list[list[Span]]) -> None:
@@ -278,7 +301,7 @@ def _scan(automaton, form: str, offsets, rows: list[int], texts: list[str], out:
     gap = len(_ROW_SEPARATOR)
     starts = list(itertools.accumulate((len(texts[i]) + gap for i in rows), initial=0))
     row, row_start, next_start = 0, 0, starts[1]
-    scanned = " " + form + " "
+    scanned = " " + form + _ROW_END
     separators = _SEPARATORS
     for last, (length, right, left, target) in automaton.iter_long(scanned):
         first = last - length + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import resource
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,24 @@ def read_staged(path: str) -> pa.Table:
         return pa.ipc.open_file(source).read_all()
 
 
+_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # linker -> its fastpath.FastShard
+
+
 def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
+    """The kept rows of a batch: in C for the gazetteer when the extension is built, else in Python."""
+    from . import fastpath
+    from .linker import Gazetteer
+
+    if isinstance(linker, Gazetteer) and fastpath.enabled():
+        fast = _FAST.get(linker)
+        if fast is None or fast.images is not images:
+            fast = _FAST[linker] = fastpath.FastShard(linker, images)
+        return fast.queries(batch, task.split, task.filters, stats)
+    return _queries_python(batch, task, linker, images, stats)
+
+
+def _queries_python(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
+    """The reference implementation (and the path of the spans linker)."""
     filters = task.filters
     split, needs_row_id = task.split, task.linker.name == "spans"
     min_entities, max_entities = max(filters.min_entities, 1), filters.max_entities
@@ -238,7 +256,7 @@ class _Columns:
                   "entity_image_urls": array("entity_image_urls", self.entity_urls),
                   "num_entities": array("num_entities", self.num_entities)}
         taken = batch.take(pa.array(self.rows, pa.int64()))
-        arrays.update({name: taken.column(source) for name, source in _COPIED.items()})
+        arrays.update({name: taken.column(source) for name, source in COPIED_COLUMNS.items()})
         arrays["mentions"] = _mentions_array(self.mention_counts, self.mentions)
         arrays["split"] = pa.array([split] * len(self.rows), pa.string())
         arrays["query_type"] = pc.if_else(pc.greater(arrays["num_entities"], 1), "multi", "single")
@@ -246,7 +264,7 @@ class _Columns:
 
 
 # columns copied from the WIT batch as they are (arrow take, no Python round trip)
-_COPIED = {"language": "language", "page_title": "page_title", "page_url": "page_url",
+COPIED_COLUMNS = {"language": "language", "page_title": "page_title", "page_url": "page_url",
            "target_image_url": "image_url", "original_text": "caption_reference_description"}
 
 

@@ -1,0 +1,37 @@
+"""The one compiled part: build/_fastbuild.c (the MMIR shard rows in C). Metadata lives in pyproject.toml.
+
+The extension is optional: where it cannot be compiled, `build mmir` runs its pure-Python path
+(same outputs, slower), so a failed compile warns instead of failing the install.
+"""
+
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # no compiler: the pure-Python path still works
+            print(f"warning: wit_retrieval.build._fastbuild not compiled ({exc}); build mmir uses Python")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            print(f"warning: {ext.name} not compiled ({exc}); build mmir uses Python")
+
+
+# OpenSSL's SHA-256 where its headers are (Debian: libssl-dev), else the portable one in the file
+OPENSSL = os.path.exists("/usr/include/openssl/sha.h") and not os.environ.get("WIT_RETRIEVAL_NO_OPENSSL")
+
+setup(
+    ext_modules=[Extension("wit_retrieval.build._fastbuild", ["wit_retrieval/build/_fastbuild.c"],
+                           depends=["wit_retrieval/build/_fastbuild_rows.h"],
+                           define_macros=[("HAVE_OPENSSL", "1"), ("OPENSSL_API_COMPAT", "0x10100000L")] if OPENSSL else [],
+                           libraries=["crypto"] if OPENSSL else [],
+                           extra_compile_args=["-O2", "-std=c11", "-Wall"])],
+    cmdclass={"build_ext": OptionalBuildExt},
+)
