@@ -115,6 +115,9 @@ def embed(
     workers: int = typer.Option(4, "--workers", help="Image decoding threads."),
     device: str = typer.Option("", "--device", help="cpu or cuda (default: cuda when available)."),
     cache_dir: str = typer.Option("", "--cache-dir", help="Embedding cache folder (resumable; default: none)."),
+    fast_path: str = typer.Option("auto", "--fast-path", help="CPU fast path of ViT image towers: auto (prepacked "
+                                  "oneDNN linears where they apply, fp32, same embeddings up to float rounding), "
+                                  "onednn (also narrow towers; warns when unusable) or eager."),
 ):
     """Embed the images of a store (or of one corpus split) into an embeddings file.
 
@@ -129,6 +132,7 @@ def embed(
 
     if bool(model) == bool(checkpoint):
         raise ConfigError("give exactly one of --model NAME or --checkpoint DIR")
+    config = EmbedConfig(batch_size=batch_size, workers=workers, cache_dir=cache_dir or None, fast_path=fast_path)
     encoder = load_encoder(model or f"local-dir:{checkpoint}", device=device or None)
     store = open_store(images)
     if data:
@@ -138,8 +142,7 @@ def embed(
         ids = ids.to_pylist()
     else:
         ids = store.ids()
-    found, matrix, missing = embed_images(encoder, store, ids, EmbedConfig(batch_size=batch_size, workers=workers,
-                                                                        cache_dir=cache_dir or None))
+    found, matrix, missing = embed_images(encoder, store, ids, config)
     write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict()})
     typer.echo(json.dumps({"out": str(out), "embedded": len(found), "missing": len(missing),
                            "dim": encoder.metadata.dim}))

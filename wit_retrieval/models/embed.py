@@ -4,7 +4,8 @@ Decoding and the PIL part of preprocessing (resize, crop) run in a thread pool (
 GIL there) or in worker processes (a torch DataLoader, forked, so the store needs no pickling), a
 few batches ahead of the encoder; ToTensor + Normalize run once per batch, vectorised
 (models/preprocess.py: the same pixels as open_clip's transform); the model runs under
-inference_mode (bf16 autocast on GPU). Embeddings are cached as parquet parts (io/embeddings.py
+inference_mode (bf16 autocast on GPU), on CPU with prepacked oneDNN linears in ViT towers (models/onednn.py,
+fp32, same embeddings up to float rounding). Embeddings are cached as parquet parts (io/embeddings.py
 format: id + embedding) under a key of model name, revision and preprocessing: a second evaluation
 re-embeds nothing, and an interrupted run resumes from its last finished part.
 """
@@ -27,10 +28,12 @@ import numpy as np
 from ..io.shards import write_json_atomic
 from .preprocess import SplitTransform, open_image, prepare, split_transform, to_batch
 
+FAST_PATHS = ("auto", "onednn", "eager")  # EmbedConfig.fast_path
+
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """How to embed: batch size, decoders, cache folder, part size, progress bar, JPEG draft decoding."""
+    """How to embed: batch size, decoders, cache folder, part size, progress bar, JPEG draft, CPU fast path."""
 
     batch_size: int = 64
     workers: int = 4
@@ -44,6 +47,17 @@ class EmbedConfig:
     # has its own cache key
     draft: bool = False
     torch_threads: int | None = None  # the encoder's torch threads during the run (None: leave as is)
+    # fp32 CPU fast path for open_clip ViT image towers (models/onednn.py): 'auto' uses prepacked oneDNN
+    # linears where they apply (CPU, float32, standard blocks, at least 256 wide) and eager elsewhere;
+    # 'onednn' at any width, warning when they cannot be used; 'eager' never. Same embeddings up to float
+    # rounding (~1e-7), so the cache key does not depend on it
+    fast_path: str = "auto"
+
+    def __post_init__(self):
+        if self.fast_path not in FAST_PATHS:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"fast_path must be one of {', '.join(FAST_PATHS)}, not {self.fast_path!r}")
 
 
 def cache_key(metadata, *, draft: bool = False) -> str:
@@ -83,6 +97,7 @@ def embed_images(encoder, store, ids: Sequence[str], config: EmbedConfig = Embed
 def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterator[tuple[list, np.ndarray, list]]:
     """Embed in parts of `part_rows`, each yielded when done (so it can be cached at once)."""
     from ..progress import progress_task
+    from .onednn import fast_encoding
 
     batches = [ids[i: i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
     per_part = max(1, config.part_rows // config.batch_size)
@@ -93,10 +108,10 @@ def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterato
     in_processes = config.decoder == "processes" and config.workers > 0
     decoded = (_decoded_in_processes if in_processes else _decoded_in_threads)(split, store, batches, config)
     with _maybe_progress(progress_task, "embedding images", len(ids), config.progress) as advance, \
-            _torch_threads(config.torch_threads):
+            _torch_threads(config.torch_threads), fast_encoding(encoder, config.fast_path, config.batch_size) as encode:
         for n, (batch_ids, pixels, bad) in enumerate(decoded):
             if batch_ids:
-                part_emb.append(encoder.encode_pixels(pixels))
+                part_emb.append(encode(pixels))
                 part_ids.extend(batch_ids)
             part_missing.extend(bad)
             advance(len(batch_ids) + len(bad))
