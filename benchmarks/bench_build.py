@@ -312,7 +312,7 @@ def stage_breakdown(path: Path, root: Path) -> dict:
     Path(task.staging).mkdir(parents=True, exist_ok=True)
     result = shard_module.build_shard(task)
     for part in result.parts:
-        Path(part).unlink()
+        Path(part.path).unlink()
     named = sum(times.values())
     times["filters, output columns, arrow tables, staging (the rest of the shard function)"] = max(
         result.cpu_seconds - named, 0.0)

@@ -18,16 +18,18 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..engine import EngineConfig, run_shards
 from ..errors import ConfigError
-from ..io.shards import read_manifest, read_table_dir, write_json_atomic, write_table_dir
+from ..io.shards import publish_table_dir, read_manifest, read_table_dir, write_json_atomic, write_table_dir
 from ..layout import DataRoot
 from ..schema import CORPUS, EI, QRELS, QUERIES, SPLITS
 from .linker import LinkerSpec
-from .shard import FilterConfig, ShardResult, ShardTask, build_shard, read_staged, split_of
+from .shard import QUERIES_FILE, FilterConfig, ShardResult, ShardTask, StagedPart, build_shard, split_of
 from .stats import SplitStats, update_stats
 
 
@@ -135,70 +137,67 @@ def staging_dir(root: DataRoot) -> Path:
 
 def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stats: SplitStats, errors,
                 entity_uses: Counter) -> None:
-    """Stream one split's shard results into its queries, corpus and qrels tables."""
-    seen: set[str] = set()
-    qrels: list[pa.Table] = []
-    corpus: list[pa.Table] = []
-
-    def queries() -> Iterator[pa.Table]:
-        for result in results:
-            stats.add(result.stats)
-            errors.merge(result.errors)
-            for part in result.parts:
-                yield _take_part(part, seen, stats, qrels, corpus, entity_uses)
-
+    """One split's shard results -> its queries (the workers' files, moved in place), corpus and qrels."""
+    parts: list[StagedPart] = []
+    for result in results:
+        stats.add(result.stats)
+        errors.merge(result.errors)
+        parts.extend(result.parts)
+    keys = pa.concat_tables([p.keys for p in parts]) if parts else None
+    if keys is not None and pc.count_distinct(keys["query_id"]).as_py() < keys.num_rows:
+        keys = _drop_duplicates(parts, keys, stats)
+    entity_counts = [p.entity_counts for p in parts if p.entity_counts.num_rows]
+    if entity_counts:
+        totals = pa.concat_tables(entity_counts).group_by("entity_id", use_threads=False).aggregate([("count", "sum")])
+        totals = totals.filter(pc.greater(totals["count_sum"], 0))  # an entity only repeats used is unused
+        entity_uses.update(dict(zip(totals["entity_id"].to_pylist(), totals["count_sum"].to_pylist())))
     meta = {"builder": "build_mmir", "split": split}
-    # smaller part files than the default keep the writer's memory bounded (queries carry text)
-    write_table_dir(root.table_split("queries", split), _without_split(queries()), _QUERIES_FILE, meta=meta,
-                    rows_per_file=QUERY_ROWS_PER_FILE)
-    write_table_dir(root.table_split("qrels", split), qrels, QRELS, meta=meta)
-    images = _unique_images(corpus)
+    publish_table_dir(root.table_split("queries", split), [(p.path, p.rows) for p in parts], QUERIES_FILE, meta=meta)
+    if keys is None:
+        keys = pa.table({"query_id": pa.array([], pa.string()), "target_image_id": pa.array([], pa.string()),
+                         "target_image_url": pa.array([], pa.string())})
+    qrels = pa.table({"query_id": keys["query_id"], "image_id": keys["target_image_id"],
+                      "relevance": pa.array(np.ones(keys.num_rows, np.int32))})
+    write_table_dir(root.table_split("qrels", split), [qrels], QRELS, meta=meta)
+    images = _unique_images([keys.select(["target_image_id", "target_image_url"])])
     stats.corpus = images.num_rows
     write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta)
 
 
-def _take_part(part: str, seen: set[str], stats: SplitStats, qrels: list, corpus: list,
-               entity_uses: Counter) -> pa.Table:
-    """One staged part, deduplicated and counted; its qrels and corpus rows are collected."""
-    table = _unique(read_staged(part), seen, stats)
-    Path(part).unlink()
-    stats.count_queries(table)
-    for item in pc.value_counts(pc.list_flatten(table["entity_ids"])).to_pylist():
-        entity_uses[item["values"]] += item["counts"]
-    # copies (take), not slices: a staged part is read as one buffer per batch, and a slice of it kept
-    # for the whole split would keep every column of every part (the texts) in memory
-    kept = table.select(["query_id", "target_image_id", "target_image_url"]).take(pa.array(range(table.num_rows)))
-    qrels.append(pa.table({"query_id": kept["query_id"], "image_id": kept["target_image_id"],
-                           "relevance": pa.array([1] * table.num_rows, pa.int32())}))
-    corpus.append(kept.select(["target_image_id", "target_image_url"]))
-    return table
+def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats) -> pa.Table:
+    """Keep the first of queries whose id repeats within the split (a WIT row given twice).
+
+    Rare, so done in Python: the part files holding a repeat are rewritten without it, and its
+    counts and entity uses taken back out.
+    """
+    from ..io.shards import write_parquet_atomic
+
+    seen: set[str] = set()
+    kept_keys = []
+    for part in parts:
+        keep = []
+        for qid in part.keys["query_id"].to_pylist():
+            keep.append(qid not in seen)
+            seen.add(qid)
+        if all(keep):
+            kept_keys.append(part.keys)
+            continue
+        mask = pa.array(keep)
+        table = pq.read_table(part.path)
+        dropped = table.filter(pc.invert(mask))
+        stats.duplicates += dropped.num_rows
+        stats.count_queries(dropped.append_column("split", pa.array([""] * dropped.num_rows)), sign=-1)
+        counts = pc.value_counts(pc.list_flatten(dropped["entity_ids"]))
+        taken = pa.table({"entity_id": counts.field("values"), "count": pc.negate(counts.field("counts"))})
+        part.entity_counts = pa.concat_tables([part.entity_counts, taken])
+        write_parquet_atomic(table.filter(mask), part.path)
+        part.keys = part.keys.filter(mask)
+        part.rows = part.keys.num_rows
+        kept_keys.append(part.keys)
+    return pa.concat_tables(kept_keys)
 
 
-QUERY_ROWS_PER_FILE = 200_000
-
-# The split lives in the hive folder name (split=train); files leave it out so that
-# pyarrow.dataset(..., partitioning="hive") reads one split column without a conflict.
-_QUERIES_FILE = pa.schema([f for f in QUERIES if f.name != "split"])
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
-
-
-def _without_split(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    for table in tables:
-        yield table.drop_columns(["split"])
-
-
-def _unique(table: pa.Table, seen: set[str], stats: SplitStats) -> pa.Table:
-    """Drop queries whose id was already written (a WIT row repeated within a split)."""
-    ids = table["query_id"].to_pylist()
-    keep = []
-    for qid in ids:
-        keep.append(qid not in seen)
-        seen.add(qid)
-    duplicates = len(ids) - sum(keep)
-    if not duplicates:
-        return table
-    stats.duplicates += duplicates
-    return table.filter(pa.array(keep))
 
 
 def _unique_images(parts: list[pa.Table]) -> pa.Table:

@@ -52,17 +52,28 @@ class ShardTask:
     linker: LinkerSpec
     filters: FilterConfig
     batch_rows: int = 65536
-    staging: str = ""  # folder the worker writes its query parts to (the main process moves them)
+    staging: str = ""  # folder the worker writes its query files to (the main process moves them in place)
     index: int = 0  # the task's position: names its staged parts
 
 
 @dataclass
+class StagedPart:
+    """One query file a worker wrote (queries without the split column, input order), and what
+    the main process needs of it without reading it back: its ids and its entity counts."""
+
+    path: str
+    rows: int
+    keys: pa.Table  # query_id, target_image_id, target_image_url (for dedup, qrels and corpus)
+    entity_counts: pa.Table  # entity_id, count (queries using each entity)
+
+
+@dataclass
 class ShardResult:
-    """A shard's staged query parts (QUERIES schema, input order), counts, and bad rows."""
+    """A shard's staged query parts, counts (its queries counted before cross-shard dedup), and bad rows."""
 
     split: str
     path: str
-    parts: list[str]
+    parts: list[StagedPart]
     stats: SplitStats
     errors: object  # io.tsv.RowErrors
     cpu_seconds: float = 0.0  # CPU time of this shard in its worker, one-time loads excluded
@@ -94,7 +105,7 @@ def build_shard(task: ShardTask) -> ShardResult:
     images = entity_images(task.entities_path)
     started = time.process_time()
     loads = getattr(linker, "load_cpu_seconds", 0.0)  # automata load lazily: subtract that one-time cost
-    staged: list[str] = []
+    staged: list[StagedPart] = []
     pending: list[pa.Table] = []
     batches = read_wit_batches(task.path, columns=WIT_QUERY_COLUMNS, batch_rows=task.batch_rows, errors=errors)
     for batch in _rebatched(batches, task.batch_rows):
@@ -107,10 +118,10 @@ def build_shard(task: ShardTask) -> ShardResult:
         if batch.num_rows:
             pending.append(_queries(batch, task, linker, images, stats))
         if sum(t.num_rows for t in pending) >= STAGE_ROWS:
-            staged.append(_stage(pending, task, len(staged)))
+            staged.append(_stage(pending, task, len(staged), stats))
             pending = []
     if pending:
-        staged.append(_stage(pending, task, len(staged)))
+        staged.append(_stage(pending, task, len(staged), stats))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     cpu = time.process_time() - started - (getattr(linker, "load_cpu_seconds", 0.0) - loads)
     return ShardResult(task.split, task.path, staged, stats, errors, cpu, peak)
@@ -135,23 +146,23 @@ def _rebatched(batches, rows: int):
 # main process ever holds a whole WIT file's queries (a real shard has ~3.7M rows).
 STAGE_ROWS = 100_000
 
+# The split lives in the hive folder name (split=train); files leave it out so that
+# pyarrow.dataset(..., partitioning="hive") reads one split column without a conflict.
+QUERIES_FILE = pa.schema([f for f in QUERIES if f.name != "split"])
 
-def _stage(tables: list[pa.Table], task: ShardTask, number: int) -> str:
-    from ..io.shards import atomic_path
 
-    # Arrow IPC, not parquet: a temporary file read back once, and parquet's encoding and
-    # decoding of the nested mentions column cost more than the linking of the rows
-    path = Path(task.staging) / f"{task.index:05d}-{number:05d}.arrow"
+def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitStats) -> StagedPart:
+    """Write one final query file (parquet, in the worker: the writes run in parallel) and count it."""
+    from ..io.shards import write_parquet_atomic
+
+    path = Path(task.staging) / f"{task.index:05d}-{number:05d}.parquet"
     table = pa.concat_tables(tables)
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return str(path)
-
-
-def read_staged(path: str) -> pa.Table:
-    """A part `_stage` wrote, read into memory (the file is deleted next)."""
-    with pa.OSFile(path) as source:
-        return pa.ipc.open_file(source).read_all()
+    stats.count_queries(table)
+    counts = pc.value_counts(pc.list_flatten(table["entity_ids"]))
+    entity_counts = pa.table({"entity_id": counts.field("values"), "count": counts.field("counts")})
+    keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
+    write_parquet_atomic(table.drop_columns(["split"]), path)
+    return StagedPart(str(path), table.num_rows, keys, entity_counts)
 
 
 _FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # linker -> its fastpath.FastShard

@@ -33,16 +33,18 @@ class SplitStats:
         for name in ("dropped", "by_language", "by_query_type", "entities_per_query"):
             getattr(self, name).update(getattr(other, name))
 
-    def count_queries(self, queries) -> None:
-        """Add the per-query counts of a (deduplicated) queries table."""
+    def count_queries(self, queries, sign: int = 1) -> None:
+        """Add the per-query counts of a queries table (sign=-1: take them out again, as for repeats)."""
         import pyarrow.compute as pc
 
-        self.queries += queries.num_rows
-        self.mentions += pc.sum(pc.list_value_length(queries["mentions"])).as_py() or 0
+        self.queries += sign * queries.num_rows
+        self.mentions += sign * (pc.sum(pc.list_value_length(queries["mentions"])).as_py() or 0)
         for counter, column in ((self.by_language, "language"), (self.by_query_type, "query_type"),
                                 (self.entities_per_query, "num_entities")):
             for item in pc.value_counts(queries[column]).to_pylist():
-                counter[item["values"]] += item["counts"]
+                counter[item["values"]] += sign * item["counts"]
+                if counter[item["values"]] <= 0:
+                    del counter[item["values"]]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form with sorted keys (so stats.json is byte-stable)."""

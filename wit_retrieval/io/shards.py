@@ -136,6 +136,42 @@ def write_table_dir(
     return manifest
 
 
+def publish_table_dir(
+    directory: str | os.PathLike,
+    files: list[tuple[str, int]],
+    schema: pa.Schema,
+    *,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Replace `directory` with parquet files written elsewhere (moved in, in order) plus a manifest.
+
+    For tables whose parts were written by workers in parallel: `files` are (path, rows) on
+    the same file system, each already in `schema`. The manifest is written last, as in
+    write_table_dir, so a folder without one is an unfinished write.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in list(directory.glob("part-*.parquet")) + [directory / MANIFEST]:
+        old.unlink(missing_ok=True)
+    listed = []
+    for number, (path, rows) in enumerate(files):
+        name = f"part-{number:05d}.parquet"
+        os.replace(path, directory / name)
+        listed.append({"file": name, "rows": rows})
+    if not listed:  # an empty table still gets one file, so readers see the schema
+        write_parquet_atomic(schema.empty_table(), directory / "part-00000.parquet")
+        listed.append({"file": "part-00000.parquet", "rows": 0})
+    manifest = {
+        "files": listed,
+        "rows": sum(item["rows"] for item in listed),
+        "columns": schema.names,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(meta or {}),
+    }
+    write_json_atomic(directory / MANIFEST, manifest)
+    return manifest
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of a table folder, or None if the folder was never finished."""
     path = Path(directory) / MANIFEST
