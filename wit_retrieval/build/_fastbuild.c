@@ -218,6 +218,11 @@ static uint32_t ascii_form(uint32_t c) {
 
 /* Each node's children are one sorted run of edges: a step reads one node and one edge run. */
 typedef struct { uint32_t first, count; int32_t fail, value; } Node;  /* fail -1: the root; value -1: no key */
+#define FAIL_IS_KEY 0x80000000u  /* in count: the fail link is a key (iter_long asks at every step;
+                                    a flag here saves a random read of the fail node) */
+#define SINGLE_NEXT 0x40000000u  /* in count: one child, node i + 1, and `first` holds its code point
+                                    (most nodes of a name trie: a step then reads no edge) */
+#define CHILDREN(n) ((n)->count & ~(FAIL_IS_KEY | SINGLE_NEXT))
 typedef struct { uint32_t cp; int32_t child; } Edge;
 
 typedef struct {
@@ -233,8 +238,9 @@ typedef struct {
 static inline int32_t go(const Automaton *a, int32_t s, uint32_t c) {
     if (s == 0 && c < 0x10000) return a->root[c];
     const Node *n = &a->node[s];
+    if (n->count & SINGLE_NEXT) return n->first == c ? s + 1 : -1;
     const Edge *e = a->edge + n->first;
-    uint32_t lo = 0, hi = n->count;
+    uint32_t lo = 0, hi = CHILDREN(n), count = hi;
     if (hi <= 8) {
         for (uint32_t i = 0; i < hi; i++) if (e[i].cp == c) return e[i].child;
         return -1;
@@ -243,7 +249,7 @@ static inline int32_t go(const Automaton *a, int32_t s, uint32_t c) {
         uint32_t mid = (lo + hi) / 2;
         if (e[mid].cp < c) lo = mid + 1; else hi = mid;
     }
-    return (lo < n->count && e[lo].cp == c) ? e[lo].child : -1;
+    return (lo < count && e[lo].cp == c) ? e[lo].child : -1;
 }
 
 static void automaton_free_arrays(Automaton *a) {
@@ -320,8 +326,11 @@ static uint32_t sorted_children(const Trie *t, int32_t old, BuildEdge *tmp) {
     return count;
 }
 
-/* renumber depth first (a name's path lies in consecutive nodes and edges: a scan walking down
- * a name reads memory in order), then the fail links breadth first (pyahocorasick's make_automaton) */
+/* Renumber: the top TOP_DEPTH levels breadth first (every scan starts there: they stay in cache
+ * together), each deeper subtree depth first (a name's path lies in consecutive nodes and edges,
+ * read in order as a scan walks down it). Then the fail links, breadth first. */
+#define TOP_DEPTH 4
+
 static int finish_automaton(Automaton *a, Trie *t) {
     int32_t n = (int32_t)t->nodes;
     a->nodes = n;
@@ -329,22 +338,37 @@ static int finish_automaton(Automaton *a, Trie *t) {
     a->edge = malloc(sizeof(Edge) * (t->nedges + 1));
     a->root = malloc(sizeof(int32_t) * 0x10000);
     int32_t *order = malloc(sizeof(int32_t) * n), *renamed = malloc(sizeof(int32_t) * n);
-    int32_t *stack = malloc(sizeof(int32_t) * (n + 1));
+    int32_t *stack = malloc(sizeof(int32_t) * (n + 1)), *depth = malloc(sizeof(int32_t) * n);
     BuildEdge *tmp = malloc(sizeof(BuildEdge) * (t->nedges + 1));
-    if (!a->node || !a->edge || !a->root || !order || !renamed || !stack || !tmp) {
-        free(order); free(renamed); free(stack); free(tmp);
+    if (!a->node || !a->edge || !a->root || !order || !renamed || !stack || !depth || !tmp) {
+        free(order); free(renamed); free(stack); free(depth); free(tmp);
         PyErr_NoMemory();
         return -1;
     }
-    int32_t top = 0, count = 0;
-    stack[top++] = 0;
-    while (top) {  /* preorder, smallest code point first */
-        int32_t old = stack[--top];
-        renamed[old] = count;
-        order[count++] = old;
+    int32_t count = 0, head = 0;
+    order[count++] = 0;
+    depth[0] = 0;
+    while (head < count) {  /* the top levels, breadth first */
+        int32_t old = order[head++];
+        if (depth[old] == TOP_DEPTH) continue;
         uint32_t k = sorted_children(t, old, tmp);
-        while (k) stack[top++] = tmp[--k].child;
+        for (uint32_t j = 0; j < k; j++) { depth[tmp[j].child] = depth[old] + 1; order[count++] = tmp[j].child; }
     }
+    int32_t top_count = count;
+    for (int32_t i = 0; i < top_count; i++) {  /* below each deepest top node, depth first */
+        if (depth[order[i]] != TOP_DEPTH) continue;
+        int32_t top = 0;
+        uint32_t k = sorted_children(t, order[i], tmp);
+        while (k) stack[top++] = tmp[--k].child;
+        while (top) {
+            int32_t old = stack[--top];
+            order[count++] = old;
+            k = sorted_children(t, old, tmp);
+            while (k) stack[top++] = tmp[--k].child;
+        }
+    }
+    for (int32_t i = 0; i < n; i++) renamed[order[i]] = i;
+    free(depth);
     uint32_t pos = 0;
     for (int32_t i = 0; i < n; i++) {
         uint32_t k = sorted_children(t, order[i], tmp);
@@ -357,17 +381,26 @@ static int finish_automaton(Automaton *a, Trie *t) {
     for (uint32_t c = 0; c < 0x10000; c++) a->root[c] = -1;
     for (uint32_t j = 0; j < a->node[0].count; j++)
         if (a->edge[j].cp < 0x10000) a->root[a->edge[j].cp] = a->edge[j].child;
-    int32_t head = 0, tail = 0;  /* breadth first (order is reused as the queue) */
+    int32_t tail = 0;  /* breadth first (order is reused as the queue) */
+    head = 0;
     for (uint32_t j = 0; j < a->node[0].count; j++) { a->node[a->edge[j].child].fail = 0; order[tail++] = a->edge[j].child; }
     while (head < tail) {
         const Node *node = &a->node[order[head++]];
-        for (uint32_t j = node->first; j < node->first + node->count; j++) {
+        for (uint32_t j = node->first; j < node->first + CHILDREN(node); j++) {
             int32_t child = a->edge[j].child, state = node->fail;
             uint32_t letter = a->edge[j].cp;
             order[tail++] = child;
             while (state != 0 && go(a, state, letter) < 0) state = a->node[state].fail;
             int32_t next = go(a, state, letter);
             a->node[child].fail = next >= 0 ? next : 0;
+            if (a->node[child].fail > 0 && a->node[a->node[child].fail].value >= 0) a->node[child].count |= FAIL_IS_KEY;
+        }
+    }
+    for (int32_t i = 0; i < n; i++) {  /* last: go() reads `first` as a code point from here on */
+        Node *node = &a->node[i];
+        if (CHILDREN(node) == 1 && a->edge[node->first].child == i + 1) {
+            node->first = a->edge[node->first].cp;
+            node->count |= SINGLE_NEXT;
         }
     }
     free(order);
@@ -423,7 +456,7 @@ static int iter_long(const Automaton *a, const uint32_t *w, int32_t end, EmitFn 
                 if (node->value >= 0) {
                     last_node = next;
                     last_index = index;
-                } else if (last_node < 0 && fail_node < 0 && node->fail > 0 && a->node[node->fail].value >= 0) {
+                } else if (last_node < 0 && fail_node < 0 && (node->count & FAIL_IS_KEY)) {
                     fail_node = next;
                     fail_index = index;
                 }
@@ -504,6 +537,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastbuild", "MMIR s
 
 PyMODINIT_FUNC PyInit__fastbuild(void) {
     if (PyType_Ready(&AutomatonType) < 0) return NULL;
+    init_url_chars();
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&AutomatonType);
