@@ -48,14 +48,27 @@ class FastShard:
     """What one process's C calls share: the entity table as buffers and one C automaton per language."""
 
     def __init__(self, linker, images: dict[str, tuple[str, str]]):
+        """`images`: entity_id -> (image_url, image_id); a shard.EntityImages is read as columns."""
         _fastbuild.set_charinfo(char_info)
         self.linker = linker
         self.images = images
-        ids = list(images)
-        self.index = {entity: i for i, entity in enumerate(ids)}
-        self._entities = _string_buffers(ids)
-        self._urls = _string_buffers([images[e][0] for e in ids])
-        self._images = "".join(images[e][1] for e in ids).encode("ascii")
+        table = getattr(images, "table", None)
+        if table is None:
+            table = pa.table({"entity_id": pa.array(list(images), pa.string()),
+                              "image_url": pa.array([v[0] for v in images.values()], pa.string()),
+                              "image_id": pa.array([v[1] for v in images.values()], pa.string())})
+        ids = table["entity_id"].to_pylist()
+        self.index = dict(zip(ids, range(len(ids))))
+        if len(self.index) < len(ids):  # a repeated id: the dict path keeps the last
+            keep = sorted(self.index.values())
+            table = table.take(pa.array(keep, pa.int64()))
+            self.index = {entity: i for i, entity in enumerate(table["entity_id"].to_pylist())}
+        self._entities = _buffers(table["entity_id"])
+        self._urls = _buffers(pc.fill_null(table["image_url"], ""))
+        offsets, data = _buffers(table["image_id"])
+        self._images = bytes(data)[offsets[0]:offsets[-1]] if len(offsets) > 1 else b""
+        if len(self._images) != 16 * len(ids):  # the C path compares 16 bytes per entity
+            raise ValueError("entity image ids must be 16 hex digits each (ids.image_id)")
         self._has = bytes([1]) * len(ids)
         self._automata: dict[str, object] = {}
         self._choices: dict[str, list[dict[str, str]]] = {}

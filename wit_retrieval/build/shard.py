@@ -80,18 +80,51 @@ class ShardResult:
     peak_rss_mib: float = 0.0  # the worker's peak memory so far
 
 
-_ENTITY_IMAGES: dict[str, dict[str, tuple[str, str]]] = {}
+class EntityImages(dict):
+    """entity_id -> (image_url, image_id), and the same as Arrow columns (`table`) for the C path.
+
+    The dict is filled on first use only: the C path reads the columns and never needs it.
+    """
+
+    def __init__(self, table: pa.Table):
+        super().__init__()
+        self.table = table
+        self._filled = False
+
+    def _fill(self) -> None:
+        if not self._filled:
+            self._filled = True
+            table = self.table
+            self.update(zip(table["entity_id"].to_pylist(),
+                            zip(table["image_url"].to_pylist(), table["image_id"].to_pylist())))
+
+    def get(self, key, default=None):
+        self._fill()
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self._fill()
+        return super().__getitem__(key)
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
+
+    def __len__(self):
+        self._fill()
+        return super().__len__()
 
 
-def entity_images(entities_path: str) -> dict[str, tuple[str, str]]:
-    """entity_id -> (image_url, image_id), read once per process."""
+_ENTITY_IMAGES: dict[str, EntityImages] = {}
+
+
+def entity_images(entities_path: str) -> EntityImages:
+    """The entities' images, read once per process."""
     if entities_path not in _ENTITY_IMAGES:
         from ..io.shards import read_table_dir
 
         table = read_table_dir(entities_path, columns=["entity_id", "image_url", "image_id"])
-        _ENTITY_IMAGES[entities_path] = dict(
-            zip(table["entity_id"].to_pylist(), zip(table["image_url"].to_pylist(), table["image_id"].to_pylist()))
-        )
+        _ENTITY_IMAGES[entities_path] = EntityImages(table.combine_chunks())
     return _ENTITY_IMAGES[entities_path]
 
 
