@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test bench lint docs clean-demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch from pip with these pins: they install from local files where available (see README)
@@ -18,10 +18,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# the one compiled part (build mmir's rows in C): rebuilt in place when its source changes
+EXT_SRC := wit_retrieval/build/_fastbuild.c wit_retrieval/build/_fastbuild_rows.h setup.py
+EXT_STAMP := $(VENV)/.fastbuild
+$(EXT_STAMP): $(STAMP) $(EXT_SRC)
+	$(PY) setup.py -q build_ext --inplace
+	touch $(EXT_STAMP)
+
+demo: $(EXT_STAMP)
 	$(PY) -m wit_retrieval.demo --out demo_out
 
-test: $(STAMP)
+test: $(EXT_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
@@ -31,5 +38,5 @@ docs: $(STAMP)
 	$(VENV)/bin/wit-retrieval docs cli --out docs/cli.md
 	$(VENV)/bin/wit-retrieval docs formats --path docs/formats.md
 
-bench: $(STAMP)
+bench: $(EXT_STAMP)
 	bash benchmarks/run.sh
