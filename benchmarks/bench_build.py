@@ -31,6 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from build_stages import stage_breakdown, stage_lines  # noqa: E402
 
 
 def make_world(entities: int, scenes: int, shards: int) -> Path:
@@ -256,70 +259,6 @@ def main() -> None:
     report(world, rows, ei, (floor, floor_cpu), ours, flat, usual, agreement, stages)
 
 
-def stage_breakdown(path: Path, root: Path) -> dict:
-    """CPU seconds per stage of the shard function on one WIT file, in this process (one-time loads
-    excluded): each stage is run on its own over the whole file, then the real shard function once."""
-    import gc
-
-    import pyarrow.compute as pc
-
-    from wit_retrieval.build import MmirConfig
-    from wit_retrieval.build import shard as shard_module
-    from wit_retrieval.build.fast_ids import normal_image_id, normal_url, query_id
-    from wit_retrieval.build.mask import context_words, mask_text
-    from wit_retrieval.build.mmir import plan_tasks
-    from wit_retrieval.io.tsv import read_wit_batches
-
-    task = plan_tasks(MmirConfig(out=str(root), wit=(str(path),), export=False))[0]
-    linker = shard_module.load_linker(task.linker)
-    shard_module.entity_images(task.entities_path)  # loaded outside the clock
-    times: dict[str, float] = {}
-    gc.disable()  # the stages allocate much; collections would land in whichever stage runs then
-    clock = time.process_time()
-
-    def tick(name: str) -> None:
-        nonlocal clock
-        now = time.process_time()
-        times[name] = times.get(name, 0.0) + now - clock
-        clock = now
-
-    batches = list(shard_module._rebatched(read_wit_batches(path, columns=shard_module.WIT_QUERY_COLUMNS), 65536))
-    tick("read + parse (5 columns, gzip)")
-    selected = []
-    for batch in batches:
-        text = batch.column("caption_reference_description")
-        selected.append(batch.filter(pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0),
-                                                  False)))
-    columns = [[b.column(c).to_pylist() for c in shard_module.WIT_QUERY_COLUMNS] for b in selected]
-    tick("select rows with a description, to Python")
-    for languages, *_ in columns:  # automata are loaded here, outside the clock
-        for language in set(languages):
-            linker.language(language or "")
-    clock = time.process_time()
-    linked = [linker.link_batch(texts, [x or "" for x in languages]) for languages, _, _, _, texts in columns]
-    tick("link: normalise + Aho-Corasick + match loop")
-    masks = [[mask_text(t, s) if s else None for t, s in zip(c[4], spans)] for c, spans in zip(columns, linked)]
-    tick("mask")
-    [context_words(m) for group in masks for m in group if m]
-    tick("context words")
-    for (_, pages, urls, _, texts), group in zip(columns, masks):
-        for url, page, text, masked in zip(urls, pages, texts, group):
-            if masked and url:
-                normal = normal_url(url)
-                normal_image_id(normal), query_id(task.split, normal, page or "", text)
-    tick("ids (URL normalisation, sha256)")
-    gc.enable()
-    Path(task.staging).mkdir(parents=True, exist_ok=True)
-    result = shard_module.build_shard(task)
-    for part in result.parts:
-        Path(part.path).unlink()
-    named = sum(times.values())
-    times["filters, output columns, arrow tables, staging (the rest of the shard function)"] = max(
-        result.cpu_seconds - named, 0.0)
-    return {"file": path.name, "rows": result.stats.rows_read, "shard_cpu_seconds": result.cpu_seconds,
-            "stages": times}
-
-
 def build_ei_cached(world: Path, root: Path, files: list[Path]) -> dict:
     """`build ei` of the world (timed once; reused while the world and the entities stay the same)."""
     cache = OUT / "build_ei.json"
@@ -395,20 +334,6 @@ def report(world, rows, ei, floor, ours, flat, usual, agreement, stages) -> None
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "build.md").write_text("\n".join(lines))
     print("\n".join(lines))
-
-
-def stage_lines(stages: dict, floor_cpu_per_row: float) -> list[str]:
-    """The per-stage table: where a build's CPU time goes, per row, against the floor's."""
-    rows = stages["rows"]
-    lines = [f"Where the shard function's CPU goes ({stages['file']}, {rows:,} rows, 1 process; each stage "
-             f"run on its own, so the parts add up only roughly to the {stages['shard_cpu_seconds']:.2f} s of the "
-             f"real shard function; the rest is that total minus the named stages):", "",
-             "| stage | CPU s | µs/row | x floor's per-row CPU |", "|---|---:|---:|---:|"]
-    for name, seconds in stages["stages"].items():
-        lines.append(f"| {name} | {seconds:.2f} | {seconds / rows * 1e6:.1f} | "
-                     f"{seconds / rows / floor_cpu_per_row:.1f} |")
-    lines += [f"| floor (pyarrow.csv, all columns) | | {floor_cpu_per_row * 1e6:.1f} | 1.0 |", ""]
-    return lines
 
 
 if __name__ == "__main__":

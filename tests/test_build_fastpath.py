@@ -480,14 +480,25 @@ def test_enabled_follows_the_environment(monkeypatch):
 
 def test_shard_dispatches_on_the_switch(monkeypatch):
     """shard._queries takes the C path only when enabled (and the result does not tell them apart)."""
+    import pyarrow.compute as pc
+
     from wit_retrieval.build import shard
 
     calls = _count_c_batches(monkeypatch)
-    linker, batch, task = _linker(), _batch(ROWS), _task(FilterConfig())
+    linker, task = _linker(), _task(FilterConfig())
+    # rows without a reference description in between: the C path skips them by the mask, in place
+    rows = [r for row in ROWS for r in (row, {**row, "caption_reference_description": None},
+                                        {**row, "caption_reference_description": " \t"})]
+    batch = _batch(rows)
+    text = batch.column("caption_reference_description")
+    has_text = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+    assert has_text.true_count == len(ROWS)
     monkeypatch.setenv(PURE, "1")
-    slow = shard._queries(batch, task, linker, IMAGES, SplitStats())
+    slow_stats, fast_stats = SplitStats(), SplitStats()
+    slow = shard._queries(batch, has_text, task, linker, IMAGES, slow_stats)
     assert calls["c"] == 0
     monkeypatch.delenv(PURE)
-    fast = shard._queries(batch, task, linker, IMAGES, SplitStats())
+    fast = shard._queries(batch, has_text, task, linker, IMAGES, fast_stats)
     assert calls["c"] == 1
-    assert fast.equals(slow)
+    assert fast.num_rows and fast.equals(slow)
+    assert fast_stats.dropped == slow_stats.dropped

@@ -415,10 +415,12 @@ static PyObject *ctx_result(Ctx *c) {
 
 #define PROCESS_DOC \
     "process(texts, urls, pages, langs, automata, entity_ids, entity_urls, entity_images, entity_has_image,\n" \
-    "        split, min_entities, max_entities, min_words, drop_entity_image, fallback, choose, normalize, is_nfc)\n" \
+    "        split, min_entities, max_entities, min_words, drop_entity_image, fallback, choose, normalize, is_nfc,\n" \
+    "        keep=None)\n" \
     "texts/urls/pages/entity_ids/entity_urls: (int32 offsets, UTF-8 data) buffers; langs: int32 per row\n" \
     "(index into the automata tuple, -1: none); entity_images: 16 hex bytes per entity; entity_has_image:\n" \
-    "one byte per entity. Returns the kept rows' column buffers and the drop counts."
+    "one byte per entity; keep: one byte per row, 0 = skip the row (no text). Returns the kept rows'\n" \
+    "column buffers and the drop counts."
 
 static int get_strbuf(PyObject *pair, Py_buffer *off, Py_buffer *data, const char *name) {
     if (!PyArg_ParseTuple(pair, "y*y*", off, data)) {
@@ -443,10 +445,14 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
     memset(&eu_data, 0, sizeof eu_data);
     Ctx c;
     memset(&c, 0, sizeof c);
-    if (!PyArg_ParseTuple(args, "OOOy*O!OOy*y*y#iiipOOOO", &texts, &urls, &pages, langs, &PyTuple_Type, &c.automata,
+    PyObject *keep = Py_None;
+    Py_buffer keep_buf;
+    memset(&keep_buf, 0, sizeof keep_buf);
+    if (!PyArg_ParseTuple(args, "OOOy*O!OOy*y*y#iiipOOOO|O", &texts, &urls, &pages, langs, &PyTuple_Type, &c.automata,
                           &ents, &eurls, eimg, ehas, &c.split, &c.split_len, &c.min_entities, &c.max_entities,
-                          &c.min_words, &c.drop_entity_image, &c.fallback, &c.choose, &c.normalize, &c.is_nfc))
+                          &c.min_words, &c.drop_entity_image, &c.fallback, &c.choose, &c.normalize, &c.is_nfc, &keep))
         return NULL;
+    if (keep != Py_None && PyObject_GetBuffer(keep, &keep_buf, PyBUF_SIMPLE) < 0) goto release;
     if (get_strbuf(texts, &b[0], &b[1], "texts") < 0 || get_strbuf(urls, &b[2], &b[3], "urls") < 0 ||
         get_strbuf(pages, &b[4], &b[5], "pages") < 0 || get_strbuf(ents, &b[7], &b[8], "entity_ids") < 0)
         goto release;
@@ -457,7 +463,7 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
     c.e_off = b[7].buf; c.e_data = b[8].buf; c.eu_off = eu_off.buf; c.eu_data = eu_data.buf;
     c.e_img = eimg->buf; c.e_has = ehas->buf; c.entities = ehas->len;
     if (rows < 0 || b[2].len != b[0].len || b[4].len != b[0].len || langs->len != rows * 4 || eimg->len != 16 * ehas->len ||
-        b[7].len != 4 * (ehas->len + 1) || eu_off.len != b[7].len) {
+        b[7].len != 4 * (ehas->len + 1) || eu_off.len != b[7].len || (keep_buf.obj && keep_buf.len != rows)) {
         PyErr_SetString(PyExc_ValueError, "process(): column lengths disagree");
         goto release;
     }
@@ -465,7 +471,9 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
         strcol_init(&c.ent_ids) < 0 || strcol_init(&c.ent_urls) < 0 || strcol_init(&c.m_eid) < 0 ||
         strcol_init(&c.m_surface) < 0 || buf_i32(&c.list_off, 0) < 0 || buf_i32(&c.ment_off, 0) < 0)
         goto release;
+    const uint8_t *keep_rows = keep_buf.obj ? keep_buf.buf : NULL;
     for (Py_ssize_t row = 0; row < rows; row++) {
+        if (keep_rows && !keep_rows[row]) continue;  /* no reference description: not a candidate */
         size_t len = (size_t)(c.t_off[row + 1] - c.t_off[row]);
         if (grow_scratch(&c, len + 1) < 0) goto release;
         Py_ssize_t n = utf8_decode(c.t_data + c.t_off[row], len, c.cps, c.boff);
@@ -490,6 +498,7 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
     prof_link = prof_keep = 0;
 #endif
 release:
+    PyBuffer_Release(&keep_buf);
     PyBuffer_Release(&eu_off);
     PyBuffer_Release(&eu_data);
     for (int i = 0; i < 12; i++) PyBuffer_Release(&b[i]);

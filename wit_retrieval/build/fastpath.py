@@ -105,8 +105,13 @@ class FastShard:
         choices.append(target)  # several exact titles: decided per match by the surface
         return -1 - len(choices)
 
-    def queries(self, batch: pa.RecordBatch, split: str, filters, stats) -> pa.Table:
-        """The kept rows of a batch as a QUERIES table, and the drop counts added to `stats`."""
+    def queries(self, batch: pa.RecordBatch, split: str, filters, stats, candidates: pa.Array | None = None
+                ) -> pa.Table:
+        """The kept rows of a batch as a QUERIES table, and the drop counts added to `stats`.
+
+        `candidates` (bool per row) skips the others without copying the batch (the rows without
+        a reference description); None: every row is one.
+        """
         from .shard import COPIED_COLUMNS
 
         codes = pc.dictionary_encode(batch.column("language"))
@@ -121,7 +126,8 @@ class FastShard:
             max(filters.min_entities, 1), filters.max_entities, filters.min_context_words,
             filters.drop_target_is_entity_image,
             partial(self._fallback, texts, languages, lang_index), partial(self._choose, languages),
-            normalize_url, partial(unicodedata.is_normalized, "NFC"))
+            normalize_url, partial(unicodedata.is_normalized, "NFC"),
+            None if candidates is None else candidates.to_numpy(zero_copy_only=False).view(np.uint8))
         for name, count in out.pop("dropped").items():
             if count:  # stats.json lists the filters that dropped something, as the Python path does
                 stats.dropped[name] += count

@@ -146,10 +146,10 @@ def build_shard(task: ShardTask) -> ShardResult:
         text = batch.column("caption_reference_description")
         # only rows with a reference description are linked: filter in arrow, not in Python
         has_text = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
-        batch = batch.filter(has_text)
-        stats.with_reference += batch.num_rows
-        if batch.num_rows:
-            pending.append(_queries(batch, task, linker, images, stats))
+        candidates = has_text.true_count
+        stats.with_reference += candidates
+        if candidates:
+            pending.append(_queries(batch, has_text, task, linker, images, stats))
         if sum(t.num_rows for t in pending) >= STAGE_ROWS:
             staged.append(_stage(pending, task, len(staged), stats))
             pending = []
@@ -194,15 +194,20 @@ def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitSta
     counts = pc.value_counts(pc.list_flatten(table["entity_ids"]))
     entity_counts = pa.table({"entity_id": counts.field("values"), "count": counts.field("counts")})
     keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
-    write_parquet_atomic(table.drop_columns(["split"]), path)
+    # dictionaries only where values repeat, and no statistics: the text columns are unique per
+    # row, and trying both cost a fifth of the write (zstd stays: files a third the size of lz4's)
+    write_parquet_atomic(table.drop_columns(["split"]), path, use_dictionary=["language", "query_type"],
+                         write_statistics=False)
     return StagedPart(str(path), table.num_rows, keys, entity_counts)
 
 
 _FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # linker -> its fastpath.FastShard
 
 
-def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
-    """The kept rows of a batch: in C for the gazetteer when the extension is built, else in Python."""
+def _queries(batch: pa.RecordBatch, has_text: pa.Array, task: ShardTask, linker, images, stats: SplitStats
+             ) -> pa.Table:
+    """The kept rows of a batch (of those with text): in C for the gazetteer when the extension is built,
+    else in Python."""
     from . import fastpath
     from .linker import Gazetteer
 
@@ -210,8 +215,8 @@ def _queries(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: Spli
         fast = _FAST.get(linker)
         if fast is None or fast.images is not images:
             fast = _FAST[linker] = fastpath.FastShard(linker, images)
-        return fast.queries(batch, task.split, task.filters, stats)
-    return _queries_python(batch, task, linker, images, stats)
+        return fast.queries(batch, task.split, task.filters, stats, has_text)
+    return _queries_python(batch.filter(has_text), task, linker, images, stats)
 
 
 def _queries_python(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
