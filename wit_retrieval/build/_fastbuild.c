@@ -408,8 +408,17 @@ static int finish_automaton(Automaton *a, Trie *t) {
     return 0;
 }
 
+static int automaton_load(Automaton *a, Py_buffer *b);
+
 static int automaton_init(Automaton *a, PyObject *args, PyObject *kw) {
     PyObject *keys, *values;
+    if (PyTuple_GET_SIZE(args) == 1) {  /* Automaton(blob): what to_bytes() gave */
+        Py_buffer b;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args, 0), &b, PyBUF_SIMPLE) < 0) return -1;
+        int rc = automaton_load(a, &b);
+        PyBuffer_Release(&b);
+        return rc;
+    }
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &keys, &PyList_Type, &values)) return -1;
     Py_ssize_t n = PyList_GET_SIZE(keys);
     if (PyList_GET_SIZE(values) != n) { PyErr_SetString(PyExc_ValueError, "keys and values differ in length"); return -1; }
@@ -508,10 +517,96 @@ static PyObject *automaton_iter_long(Automaton *a, PyObject *text) {
 
 static PyObject *automaton_len(Automaton *a, PyObject *unused) { return PyLong_FromSsize_t(a->values); }
 
+/* The built automaton as bytes (the gazetteer caches it beside its keys, so a worker loads it
+ * instead of building it): a header, the nodes, the edges and the keys' (length, right, left).
+ * Targets are not in it: they depend on the process's entity table (set_targets). */
+#define BLOB_MAGIC 0x31424657u  /* "WFB1" */
+typedef struct { uint32_t magic, nodes, edges, values; } BlobHeader;
+
+static PyObject *automaton_to_bytes(Automaton *a, PyObject *unused) {
+    uint32_t edges = a->nodes ? a->node[a->nodes - 1].first : 0;
+    for (int32_t i = 0; i < a->nodes; i++)  /* edge runs of SINGLE_NEXT nodes are still in the array */
+        if (!(a->node[i].count & SINGLE_NEXT) && a->node[i].first + CHILDREN(&a->node[i]) > edges)
+            edges = a->node[i].first + CHILDREN(&a->node[i]);
+    BlobHeader h = {BLOB_MAGIC, (uint32_t)a->nodes, edges, (uint32_t)a->values};
+    size_t size = sizeof h + sizeof(Node) * h.nodes + sizeof(Edge) * h.edges + 3 * sizeof(int32_t) * h.values;
+    PyObject *blob = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (!blob) return NULL;
+    char *p = PyBytes_AS_STRING(blob);
+    memcpy(p, &h, sizeof h); p += sizeof h;
+    memcpy(p, a->node, sizeof(Node) * h.nodes); p += sizeof(Node) * h.nodes;
+    memcpy(p, a->edge, sizeof(Edge) * h.edges); p += sizeof(Edge) * h.edges;
+    memcpy(p, a->vlen, sizeof(int32_t) * h.values); p += sizeof(int32_t) * h.values;
+    memcpy(p, a->vright, sizeof(int32_t) * h.values); p += sizeof(int32_t) * h.values;
+    memcpy(p, a->vleft, sizeof(int32_t) * h.values);
+    return blob;
+}
+
+static int automaton_load(Automaton *a, Py_buffer *b) {
+    BlobHeader h;
+    if ((size_t)b->len < sizeof h) goto bad;
+    memcpy(&h, b->buf, sizeof h);
+    size_t size = sizeof h + sizeof(Node) * h.nodes + sizeof(Edge) * h.edges + 3 * sizeof(int32_t) * h.values;
+    if (h.magic != BLOB_MAGIC || size != (size_t)b->len || !h.nodes) goto bad;
+    automaton_free_arrays(a);
+    a->nodes = (int32_t)h.nodes;
+    a->values = h.values;
+    a->node = malloc(sizeof(Node) * h.nodes);
+    a->edge = malloc(sizeof(Edge) * (h.edges + 1));
+    a->root = malloc(sizeof(int32_t) * 0x10000);
+    a->vlen = malloc(sizeof(int32_t) * (h.values + 1)); a->vright = malloc(sizeof(int32_t) * (h.values + 1));
+    a->vleft = malloc(sizeof(int32_t) * (h.values + 1)); a->vtarget = malloc(sizeof(int32_t) * (h.values + 1));
+    if (!a->node || !a->edge || !a->root || !a->vlen || !a->vright || !a->vleft || !a->vtarget) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    const char *p = (const char *)b->buf + sizeof h;
+    memcpy(a->node, p, sizeof(Node) * h.nodes); p += sizeof(Node) * h.nodes;
+    memcpy(a->edge, p, sizeof(Edge) * h.edges); p += sizeof(Edge) * h.edges;
+    memcpy(a->vlen, p, sizeof(int32_t) * h.values); p += sizeof(int32_t) * h.values;
+    memcpy(a->vright, p, sizeof(int32_t) * h.values); p += sizeof(int32_t) * h.values;
+    memcpy(a->vleft, p, sizeof(int32_t) * h.values);
+    for (uint32_t k = 0; k < h.values; k++) a->vtarget[k] = -1;  /* blockers until set_targets */
+    for (uint32_t c = 0; c < 0x10000; c++) a->root[c] = -1;
+    const Node *root = &a->node[0];
+    if (root->count & SINGLE_NEXT) {
+        if (root->first < 0x10000) a->root[root->first] = 1;
+    } else {
+        for (uint32_t j = root->first; j < root->first + CHILDREN(root); j++)
+            if (a->edge[j].cp < 0x10000) a->root[a->edge[j].cp] = a->edge[j].child;
+    }
+    for (uint32_t i = 0; i < h.nodes; i++) {  /* every link must stay inside the arrays */
+        const Node *n = &a->node[i];
+        if (n->fail >= (int32_t)h.nodes || n->value >= (int32_t)h.values ||
+            (!(n->count & SINGLE_NEXT) && n->first + CHILDREN(n) > h.edges) || ((n->count & SINGLE_NEXT) && i + 1 >= h.nodes))
+            goto bad;
+    }
+    for (uint32_t j = 0; j < h.edges; j++) if (a->edge[j].child < 0 || a->edge[j].child >= (int32_t)h.nodes) goto bad;
+    return 0;
+bad:
+    PyErr_SetString(PyExc_ValueError, "not an automaton blob of this version (rebuild the gazetteer cache)");
+    return -1;
+}
+
+static PyObject *automaton_set_targets(Automaton *a, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    if (b.len != (Py_ssize_t)(4 * a->values)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "set_targets needs one int32 per key");
+        return NULL;
+    }
+    memcpy(a->vtarget, b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef automaton_methods[] = {
     {"iter_long", (PyCFunction)automaton_iter_long, METH_O,
      "[(last_index, (length, right, left, target))] as pyahocorasick's iter_long gives them"},
     {"size", (PyCFunction)automaton_len, METH_NOARGS, "number of keys"},
+    {"to_bytes", (PyCFunction)automaton_to_bytes, METH_NOARGS, "the automaton without its targets, for Automaton(blob)"},
+    {"set_targets", (PyCFunction)automaton_set_targets, METH_O, "set_targets(int32 buffer): each key's target"},
     {NULL}};
 
 static PyTypeObject AutomatonType = {
@@ -519,7 +614,7 @@ static PyTypeObject AutomatonType = {
     .tp_name = "wit_retrieval.build._fastbuild.Automaton",
     .tp_basicsize = sizeof(Automaton),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Automaton(keys: list[str], values: list[(length, right, left, target)])",
+    .tp_doc = "Automaton(keys: list[str], values: list[(length, right, left, target)]) or Automaton(blob)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)automaton_init,
     .tp_dealloc = (destructor)automaton_dealloc,

@@ -92,9 +92,12 @@ class FastShard:
                 self._automata[language] = None
             else:
                 choices = self._choices.setdefault(language, [])
-                values = [(length, right, left, self._target(target, choices))
-                          for length, right, left, target in lang.values]
-                self._automata[language] = _fastbuild.Automaton(lang.keys, values)
+                targets = np.array([self._target(value[3], choices) for value in lang.values], np.int32)
+                automaton = _load_blob(lang.fast)
+                if automaton is None:  # no cached blob (or a bad one): built from the keys
+                    automaton = _fastbuild.Automaton(lang.keys, [(*value[:3], -1) for value in lang.values])
+                automaton.set_targets(targets)
+                self._automata[language] = automaton
         return self._automata[language]
 
     def _target(self, target, choices: list) -> int:
@@ -141,6 +144,22 @@ class FastShard:
     def _choose(self, languages, lang: int, choice: int, surface: str) -> int:
         entity = self._choices[languages[lang]][choice].get(surface)
         return -1 if entity is None else self._entity(entity)
+
+
+def automaton_blob(keys: list[str], values: list[tuple]) -> bytes | None:
+    """The C automaton of a language's keys as bytes (targets left out), for the gazetteer's cache."""
+    if _fastbuild is None or not keys:
+        return None
+    return _fastbuild.Automaton(keys, [(*value[:3], -1) for value in values]).to_bytes()
+
+
+def _load_blob(blob: bytes | None):
+    if blob is None or _fastbuild is None:
+        return None
+    try:
+        return _fastbuild.Automaton(blob)
+    except ValueError:  # another version's layout: rebuilt from the keys
+        return None
 
 
 def _buffers(array) -> tuple:

@@ -64,7 +64,7 @@ class LinkerSpec:
 
 
 _CACHE: dict[LinkerSpec, Linker] = {}
-_CACHE_VERSION = 4  # bump when the automaton's keys or values change shape
+_CACHE_VERSION = 5  # bump when the automaton's keys or values change shape
 GAZETTEER_CACHE = "_gazetteer"  # folder inside entity_names (ignored by readers: leading underscore)
 
 
@@ -99,6 +99,7 @@ class _Language:
     values: list[tuple]  # (length, right, left, target): target an entity id, {title: id}, or None (blocker)
     ambiguous: int  # folded names not linked because they name several entities
     names: int
+    fast: bytes | None = None  # the C automaton of the keys (fastpath), cached with them
     _automaton: object = None
 
     @property
@@ -183,6 +184,10 @@ class Gazetteer:
                 path.unlink(missing_ok=True)
         names = self._names_of(language)
         built = None if names is None else self._build(names)
+        if built is not None:
+            from .fastpath import automaton_blob
+
+            built.fast = automaton_blob(built.keys, built.values)
         write_bytes_atomic(path, pickle.dumps(built, protocol=pickle.HIGHEST_PROTOCOL))
         return built
 

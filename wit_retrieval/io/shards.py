@@ -188,5 +188,7 @@ def read_table_dir(directory: str | os.PathLike, columns: list[str] | None = Non
     manifest = read_manifest(directory)
     if manifest is None:
         raise InputError("no manifest: this table was never finished; rebuild it", path=str(directory))
-    tables = [pq.read_table(directory / f["file"], columns=columns) for f in manifest["files"]]
+    # ParquetFile, not pq.read_table: the same table without pyarrow.dataset's import (~0.4 s of
+    # start-up in every build worker)
+    tables = [pq.ParquetFile(directory / f["file"]).read(columns=columns) for f in manifest["files"]]
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
