@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py
 	touch $(STAMP)
 
 # the one compiled part (build mmir's rows in C): rebuilt in place when its source changes
-EXT_SRC := wit_retrieval/build/_fastbuild.c wit_retrieval/build/_fastbuild_rows.h setup.py
+EXT_SRC := $(wildcard wit_retrieval/build/_fastbuild*.c wit_retrieval/build/_fastbuild*.h) setup.py
 EXT_STAMP := $(VENV)/.fastbuild
 $(EXT_STAMP): $(STAMP) $(EXT_SRC)
 	$(PY) setup.py -q build_ext --inplace

@@ -10,6 +10,7 @@ import itertools
 import resource
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,39 +81,32 @@ class ShardResult:
     peak_rss_mib: float = 0.0  # the worker's peak memory so far
 
 
-class EntityImages(dict):
+class EntityImages(Mapping):
     """entity_id -> (image_url, image_id), and the same as Arrow columns (`table`) for the C path.
 
-    The dict is filled on first use only: the C path reads the columns and never needs it.
+    The dict behind the mapping is built on first use only: the C path reads the columns and
+    never needs it.
     """
 
     def __init__(self, table: pa.Table):
-        super().__init__()
         self.table = table
-        self._filled = False
+        self._dict: dict[str, tuple[str, str]] | None = None
 
-    def _fill(self) -> None:
-        if not self._filled:
-            self._filled = True
+    def _mapping(self) -> dict[str, tuple[str, str]]:
+        if self._dict is None:
             table = self.table
-            self.update(zip(table["entity_id"].to_pylist(),
-                            zip(table["image_url"].to_pylist(), table["image_id"].to_pylist())))
+            self._dict = dict(zip(table["entity_id"].to_pylist(),
+                                  zip(table["image_url"].to_pylist(), table["image_id"].to_pylist())))
+        return self._dict
 
-    def get(self, key, default=None):
-        self._fill()
-        return super().get(key, default)
-
-    def __getitem__(self, key):
-        self._fill()
-        return super().__getitem__(key)
+    def __getitem__(self, key: str) -> tuple[str, str]:
+        return self._mapping()[key]
 
     def __iter__(self):
-        self._fill()
-        return super().__iter__()
+        return iter(self._mapping())
 
-    def __len__(self):
-        self._fill()
-        return super().__len__()
+    def __len__(self) -> int:
+        return len(self._mapping())
 
 
 _ENTITY_IMAGES: dict[str, EntityImages] = {}
