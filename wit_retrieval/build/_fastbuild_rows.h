@@ -7,26 +7,7 @@
 
 typedef struct { int32_t start, end, entity; } Span;
 
-/* Rows scanned in turn (see scan_step): enough to hide a trie node's trip from memory. */
-#define LANES 8
-
-struct Ctx;
-
-/* one row in flight: its code points, its match form and fold map, its spans and its scan */
-typedef struct Slot {
-    uint32_t *cps, *boff, *w;
-    int32_t *fmap, *fmapbuf;  /* folded index -> original index (-1 inside an expansion); NULL: identity */
-    size_t cap;
-    Span *spans;
-    size_t nspans, spans_cap;
-    int32_t lang, row_start;
-    Py_ssize_t row, n;
-    Scan scan;
-    int scanning;
-    struct Ctx *ctx;
-} Slot;
-
-typedef struct Ctx {
+typedef struct {
     /* inputs */
     const int32_t *t_off, *u_off, *p_off, *langs, *e_off, *eu_off;
     const uint8_t *t_data, *u_data, *p_data, *e_data, *eu_data, *e_img, *e_has;
@@ -35,11 +16,15 @@ typedef struct Ctx {
     const char *split;
     Py_ssize_t split_len;
     int min_entities, max_entities, min_words, drop_entity_image;
-    /* scratch: LANES rows in flight (their scans interleave), the current one, and per-row work */
-    Slot slots[LANES];
-    Slot *cur;
+    /* scratch */
+    uint32_t *cps, *boff, *w;
+    int32_t *fmap, *fmapbuf;  /* folded index -> original index (-1 inside an expansion); NULL: identity */
+    size_t cap;
+    Span *spans;
+    size_t nspans, spans_cap;
     int32_t *order, *mask_of;
     size_t order_cap;
+    int32_t lang;
     Buf normal;
     /* outputs */
     Buf rows, num_entities, list_off, ment_off, m_mask, m_start, m_end;
@@ -51,7 +36,7 @@ enum { NO_ENTITY, TOO_MANY, NO_TARGET, UNKNOWN_ENTITY, TARGET_IS_ENTITY_IMAGE, T
 static const char *DROP_NAMES[6] = {"no_entity", "too_many_entities", "no_target_image", "unknown_entity",
                                     "target_is_entity_image", "too_few_words"};
 
-static int grow_scratch(Slot *c, size_t n) {
+static int grow_scratch(Ctx *c, size_t n) {
     if (n <= c->cap) return 0;
     size_t cap = c->cap ? c->cap : 1024;
     while (cap < n) cap *= 2;
@@ -68,7 +53,7 @@ static int grow_scratch(Slot *c, size_t n) {
     return 0;
 }
 
-static int add_span(Slot *c, int32_t start, int32_t end, int32_t entity) {
+static int add_span(Ctx *c, int32_t start, int32_t end, int32_t entity) {
     if (c->nspans == c->spans_cap) {
         size_t cap = c->spans_cap ? c->spans_cap * 2 : 64;
         Span *s = realloc(c->spans, cap * sizeof *s);
@@ -80,26 +65,28 @@ static int add_span(Slot *c, int32_t start, int32_t end, int32_t entity) {
     return 0;
 }
 
+typedef struct { Ctx *c; const Automaton *a; int32_t row_start; int32_t n; } ScanCtx;
+
 /* one automaton hit -> a span in the original text (linker._scan's checks, in the same order) */
 static int scan_emit(void *p, int32_t last, int32_t v) {
-    Slot *sl = p;
-    Ctx *c = sl->ctx;
-    const Automaton *a = sl->scan.a;
+    ScanCtx *s = p;
+    Ctx *c = s->c;
+    const Automaton *a = s->a;
     int32_t first = last - a->vlen[v] + 1;
-    if (a->vleft[v] && sl->w[first - 1] != ' ' && sl->w[first - 1] != 0) return 0;  /* starts inside a word */
+    if (a->vleft[v] && c->w[first - 1] != ' ' && c->w[first - 1] != 0) return 0;  /* starts inside a word */
     int32_t start = first - 1, end = last - a->vright[v];
-    if (sl->fmap) {
-        start = sl->fmap[start];
-        end = sl->fmap[end];
+    if (c->fmap) {
+        start = c->fmap[start];
+        end = c->fmap[end];
         if (start < 0 || end < 0) return 0;  /* inside one character's expansion */
     }
     int32_t target = a->vtarget[v];
     if (target == -1) return 0;  /* a blocker */
     if (target <= -2) {  /* several exact titles fold alike: the one spelled as the surface */
-        const uint8_t *t = c->t_data + sl->row_start;
-        PyObject *surface = PyUnicode_DecodeUTF8((const char *)t + sl->boff[start], sl->boff[end] - sl->boff[start], "strict");
+        const uint8_t *t = c->t_data + s->row_start;
+        PyObject *surface = PyUnicode_DecodeUTF8((const char *)t + c->boff[start], c->boff[end] - c->boff[start], "strict");
         if (!surface) return -1;
-        PyObject *res = PyObject_CallFunction(c->choose, "iiO", sl->lang, -2 - target, surface);
+        PyObject *res = PyObject_CallFunction(c->choose, "iiO", c->lang, -2 - target, surface);
         Py_DECREF(surface);
         if (!res) return -1;
         target = (int32_t)PyLong_AsLong(res);
@@ -107,7 +94,7 @@ static int scan_emit(void *p, int32_t last, int32_t v) {
         if (target == -1 && PyErr_Occurred()) return -1;
         if (target < 0) return 0;
     }
-    return add_span(sl, start, end, target);
+    return add_span(c, start, end, target);
 }
 
 /* spans of a row the C path cannot fold (not NFC, or not valid UTF-8): linker.link in Python */
@@ -120,7 +107,7 @@ static int fallback_spans(Ctx *c, Py_ssize_t row) {
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
         int start, end, entity;
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iii", &start, &end, &entity) ||
-            add_span(c->cur, start, end, entity) < 0) {
+            add_span(c, start, end, entity) < 0) {
             Py_DECREF(seq);
             return -1;
         }
@@ -129,48 +116,46 @@ static int fallback_spans(Ctx *c, Py_ssize_t row) {
     return 1;
 }
 
-/* Set up the linking of the current slot's row: 1 when its scan is ready to step (scan_step), 0 when
- * its spans are already known (none: no names in its language; or Python linked a row C cannot fold) */
-static int prepare_row(Ctx *c, Py_ssize_t row, Py_ssize_t n) {
-    Slot *sl = c->cur;
-    sl->nspans = 0;
+/* link one row: fills c->spans (Python links the rows C cannot fold; c->cps stays the row) */
+static int link_row(Ctx *c, Py_ssize_t row, Py_ssize_t n) {
+    c->nspans = 0;
     int32_t lang = c->langs[row];
-    sl->lang = lang;
+    c->lang = lang;
     if (lang < 0 || lang >= PyTuple_GET_SIZE(c->automata)) return 0;
     PyObject *obj = PyTuple_GET_ITEM(c->automata, lang);
     if (obj == Py_None) return 0;
     const Automaton *a = (const Automaton *)obj;
     int ascii = 1;
-    for (Py_ssize_t i = 0; i < n; i++) if (sl->cps[i] >= 128) { ascii = 0; break; }
+    for (Py_ssize_t i = 0; i < n; i++) if (c->cps[i] >= 128) { ascii = 0; break; }
     size_t flen = 0;
-    sl->w[0] = ' ';
+    c->w[0] = ' ';
     if (ascii) {
-        for (Py_ssize_t i = 0; i < n; i++) sl->w[1 + i] = ascii_form(sl->cps[i]);
+        for (Py_ssize_t i = 0; i < n; i++) c->w[1 + i] = ascii_form(c->cps[i]);
         flen = (size_t)n;
-        sl->fmap = NULL;
+        c->fmap = NULL;
     } else {
         int check = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            uint32_t cp = sl->cps[i];
+            uint32_t cp = c->cps[i];
             if (cp < 128) {
-                if (grow_scratch(sl, flen + 1) < 0) return -1;
-                sl->fmapbuf[flen] = (int32_t)i;
-                sl->w[1 + flen++] = ascii_form(cp);
+                if (grow_scratch(c, flen + 1) < 0) return -1;
+                c->fmapbuf[flen] = (int32_t)i;
+                c->w[1 + flen++] = ascii_form(cp);
                 continue;
             }
             const uint32_t *info = char_info(cp);
             if (!info) return -1;
             uint32_t len = info[0] >> 8;
             check |= !(info[0] & INFO_NFC_SAFE);
-            if (grow_scratch(sl, flen + len) < 0) return -1;
+            if (grow_scratch(c, flen + len) < 0) return -1;
             info = char_info(cp);  /* the pool may have moved */
             for (uint32_t j = 0; j < len; j++) {
-                sl->fmapbuf[flen] = j ? -1 : (int32_t)i;
-                sl->w[1 + flen++] = info[1 + j];
+                c->fmapbuf[flen] = j ? -1 : (int32_t)i;
+                c->w[1 + flen++] = info[1 + j];
             }
         }
-        sl->fmapbuf[flen] = (int32_t)n;
-        sl->fmap = sl->fmapbuf;
+        c->fmapbuf[flen] = (int32_t)n;
+        c->fmap = c->fmapbuf;
         if (check) {  /* a mark or the like: only NFC text folds per character */
             int32_t s = c->t_off[row];
             PyObject *text = PyUnicode_DecodeUTF8((const char *)c->t_data + s, c->t_off[row + 1] - s, "strict");
@@ -181,14 +166,13 @@ static int prepare_row(Ctx *c, Py_ssize_t row, Py_ssize_t n) {
             int nfc = PyObject_IsTrue(res);
             Py_DECREF(res);
             if (nfc < 0) return -1;
-            if (!nfc) return fallback_spans(c, row) < 0 ? -1 : 0;
+            if (!nfc) return fallback_spans(c, row);
         }
     }
-    sl->w[1 + flen] = ' ';
-    sl->w[2 + flen] = 0;  /* linker._ROW_END: the row ends as every row of a batch scan does */
-    sl->row_start = c->t_off[row];
-    scan_init(&sl->scan, a, sl->w, (int32_t)flen + 3);
-    return 1;
+    c->w[1 + flen] = ' ';
+    c->w[2 + flen] = 0;  /* linker._ROW_END: the row ends as every row of a batch scan does */
+    ScanCtx s = {c, a, c->t_off[row], (int32_t)n};
+    return iter_long(a, c->w, (int32_t)flen + 3, scan_emit, &s) < 0 ? -1 : 0;
 }
 
 static int emit_row(Ctx *c, Py_ssize_t row, size_t count, const char *target);
@@ -199,12 +183,12 @@ static long context_words(const Ctx *c, Py_ssize_t n) {
     size_t k = 0;
     Py_ssize_t i = 0;
     while (i < n) {
-        if (k < c->cur->nspans && i == c->cur->spans[k].start) { i = c->cur->spans[k++].end; continue; }
-        Py_ssize_t stop = k < c->cur->nspans ? c->cur->spans[k].start : n;
+        if (k < c->nspans && i == c->spans[k].start) { i = c->spans[k++].end; continue; }
+        Py_ssize_t stop = k < c->nspans ? c->spans[k].start : n;
         while (i < stop) {
-            if (!is_word(c->cur->cps[i])) { i++; continue; }
+            if (!is_word(c->cps[i])) { i++; continue; }
             long run = 0, spaceless_chars = 0;
-            for (; i < stop && is_word(c->cur->cps[i]); i++, run++) spaceless_chars += spaceless(c->cur->cps[i]);
+            for (; i < stop && is_word(c->cps[i]); i++, run++) spaceless_chars += spaceless(c->cps[i]);
             words += spaceless_chars + (spaceless_chars < run);
         }
     }
@@ -229,9 +213,9 @@ static int normal_url(Ctx *c, const uint8_t *u, size_t n) {
 
 /* the filters of shard._queries_python, in its order; appends a kept row to the outputs */
 static int keep_row(Ctx *c, Py_ssize_t row, Py_ssize_t n) {
-    if (!c->cur->nspans) { c->dropped[NO_ENTITY]++; return 0; }
-    if (c->order_cap < c->cur->nspans) {
-        size_t cap = c->cur->nspans * 2;
+    if (!c->nspans) { c->dropped[NO_ENTITY]++; return 0; }
+    if (c->order_cap < c->nspans) {
+        size_t cap = c->nspans * 2;
         int32_t *o = realloc(c->order, cap * sizeof *o), *m = realloc(c->mask_of, cap * sizeof *m);
         if (o) c->order = o;
         if (m) c->mask_of = m;
@@ -239,10 +223,10 @@ static int keep_row(Ctx *c, Py_ssize_t row, Py_ssize_t n) {
         c->order_cap = cap;
     }
     size_t count = 0;
-    for (size_t k = 0; k < c->cur->nspans; k++) {  /* masks numbered by first occurrence */
+    for (size_t k = 0; k < c->nspans; k++) {  /* masks numbered by first occurrence */
         size_t j = 0;
-        while (j < count && c->order[j] != c->cur->spans[k].entity) j++;
-        if (j == count) c->order[count++] = c->cur->spans[k].entity;
+        while (j < count && c->order[j] != c->spans[k].entity) j++;
+        if (j == count) c->order[count++] = c->spans[k].entity;
         c->mask_of[k] = (int32_t)j;
     }
     if ((long)count < c->min_entities) { c->dropped[NO_ENTITY]++; return 0; }
@@ -306,9 +290,9 @@ static int emit_row(Ctx *c, Py_ssize_t row, size_t count, const char *target) {
     /* masked text: the text with each span replaced by [MASK_i] */
     uint32_t cursor = 0;
     char mask[32];
-    for (size_t k = 0; k < c->cur->nspans; k++) {
-        const Span *s = &c->cur->spans[k];
-        uint32_t b0 = c->cur->boff[s->start], b1 = c->cur->boff[s->end];
+    for (size_t k = 0; k < c->nspans; k++) {
+        const Span *s = &c->spans[k];
+        uint32_t b0 = c->boff[s->start], b1 = c->boff[s->end];
         int len = format_mask(mask, c->mask_of[k]);
         int32_t e = s->entity;
         if (buf_put(&c->masked.data, text + cursor, b0 - cursor) < 0 || buf_put(&c->masked.data, mask, (size_t)len) < 0 ||
@@ -330,11 +314,7 @@ static int emit_row(Ctx *c, Py_ssize_t row, size_t count, const char *target) {
 }
 
 static void ctx_free(Ctx *c) {
-    for (int k = 0; k < LANES; k++) {
-        Slot *sl = &c->slots[k];
-        free(sl->cps); free(sl->boff); free(sl->w); free(sl->fmapbuf); free(sl->spans);
-    }
-    free(c->order); free(c->mask_of);
+    free(c->cps); free(c->boff); free(c->w); free(c->fmapbuf); free(c->spans); free(c->order); free(c->mask_of);
     free(c->normal.data);
     Buf *bufs[] = {&c->rows, &c->num_entities, &c->list_off, &c->ment_off, &c->m_mask, &c->m_start, &c->m_end};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]->data);
@@ -416,39 +396,16 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
         strcol_init(&c.m_surface) < 0 || buf_i32(&c.list_off, 0) < 0 || buf_i32(&c.ment_off, 0) < 0)
         goto release;
     const uint8_t *keep_rows = keep_buf.obj ? keep_buf.buf : NULL;
-    for (int k = 0; k < LANES; k++) c.slots[k].ctx = &c;
-    Py_ssize_t row = 0;
-    while (row < rows) {
-        int used = 0, scanning = 0;
-        for (; row < rows && used < LANES; row++) {  /* up to LANES rows, decoded and ready to scan */
-            if (keep_rows && !keep_rows[row]) continue;  /* no reference description: not a candidate */
-            Slot *sl = c.cur = &c.slots[used++];
-            size_t len = (size_t)(c.t_off[row + 1] - c.t_off[row]);
-            if (grow_scratch(sl, len + 1) < 0) goto release;
-            sl->row = row;
-            sl->n = utf8_decode(c.t_data + c.t_off[row], len, sl->cps, sl->boff);
-            if (sl->n < 0) {
-                PyErr_Format(PyExc_ValueError, "row %zd of the batch is not valid UTF-8", row);
-                goto release;
-            }
-            int ready = prepare_row(&c, row, sl->n);
-            if (ready < 0) goto release;
-            sl->scanning = ready;
-            scanning += ready;
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        if (keep_rows && !keep_rows[row]) continue;  /* no reference description: not a candidate */
+        size_t len = (size_t)(c.t_off[row + 1] - c.t_off[row]);
+        if (grow_scratch(&c, len + 1) < 0) goto release;
+        Py_ssize_t n = utf8_decode(c.t_data + c.t_off[row], len, c.cps, c.boff);
+        if (n < 0) {
+            PyErr_Format(PyExc_ValueError, "row %zd of the batch is not valid UTF-8", row);
+            goto release;
         }
-        while (scanning) {  /* their scans in turn, a character each */
-            for (int k = 0; k < used; k++) {
-                Slot *sl = &c.slots[k];
-                if (!sl->scanning) continue;
-                int more = scan_step(&sl->scan, scan_emit, sl);
-                if (more < 0) goto release;
-                if (!more) { sl->scanning = 0; scanning--; }
-            }
-        }
-        for (int k = 0; k < used; k++) {  /* then filter and write them in row order */
-            c.cur = &c.slots[k];
-            if (keep_row(&c, c.cur->row, c.cur->n) < 0) goto release;
-        }
+        if (link_row(&c, row, n) < 0 || keep_row(&c, row, n) < 0) goto release;
     }
     result = ctx_result(&c);
 release:

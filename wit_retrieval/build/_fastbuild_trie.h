@@ -229,88 +229,54 @@ static int automaton_init(Automaton *a, PyObject *args, PyObject *kw) {
  * After a match it starts over at the root just past it (no overlaps). A node that is no key
  * but whose fail link is one is remembered (only while nothing longer was seen) and used when
  * the path dies without a match: the scan resumes from that fail node at its position. */
-typedef int (*EmitFn)(void *ctx, int32_t last, int32_t value);
-
-/* iter_long as a machine that advances one character per scan_step(), so that several rows can
- * be scanned in turn: while one row waits for a trie node from memory, the others run (the scan
- * is bound by those waits, not by arithmetic). `fresh` marks the start of one next() call of
- * pyahocorasick's iterator: its fail-over memory is per call. */
-typedef struct {
-    const Automaton *a;
-    const uint32_t *w;
-    int32_t end, state, index, last_node, last_index, fail_node, fail_index, failover, fresh;
-} Scan;
-
-static void scan_init(Scan *s, const Automaton *a, const uint32_t *w, int32_t end) {
-    *s = (Scan){a, w, end, 0, -1, -1, -1, -1, -1, 0, 1};
-}
-
-/* 1: more to do, 0: done, -1: emit failed */
-static int scan_step(Scan *s, EmitFn emit, void *ctx) {
-    const Automaton *a = s->a;
-    if (s->fresh) {
-        s->fail_node = s->fail_index = -1;
-        s->failover = 0;
-        s->index += 1;
-        s->fresh = 0;
-    }
-    if (s->index < s->end) {
-        int32_t next;
-        if (s->failover) {
-            next = a->node[s->fail_node].fail;
-            s->index = s->fail_index;
-            s->fail_node = s->fail_index = -1;
-            s->failover = 0;
-        } else {
-            next = go(a, s->state, s->w[s->index]);
-        }
-        if (next >= 0) {
-            const Node *node = &a->node[next];
-            if (node->value >= 0) {
-                s->last_node = next;
-                s->last_index = s->index;
-            } else if (s->last_node < 0 && s->fail_node < 0 && (node->count & FAIL_IS_KEY)) {
-                s->fail_node = next;
-                s->fail_index = s->index;
-            }
-            s->state = next;
-            s->index += 1;
-            __builtin_prefetch(&a->node[next + 1]);  /* the next step reads a child: often this one */
-            return 1;
-        }
-        if (s->last_node < 0) {
-            if (s->fail_node >= 0) {
-                s->failover = 1;
-                return 1;
-            }
-            for (;;) {
-                s->state = a->node[s->state].fail;
-                if (s->state < 0) { s->state = 0; s->index += 1; break; }
-                if (go(a, s->state, s->w[s->index]) >= 0) break;
-            }
-            __builtin_prefetch(&a->node[s->state]);
-            return 1;
-        }
-    }
-    /* the path died after a match, or the text ended: the match, then start over past it */
-    if (s->last_node < 0) return 0;
-    if (emit(ctx, s->last_index, a->node[s->last_node].value) < 0) return -1;
-    s->state = 0;
-    s->index = s->last_index;
-    s->last_node = s->last_index = -1;
-    s->fresh = 1;
-    return 1;
-}
-
-/* pyahocorasick 2.3's iter_long over w[0..end): emit(last_index, value) for each match.
+/* pyahocorasick 2.3's iter_long over w[0..end): calls emit(last_index, value) for each match.
  * After a match it starts over at the root just past it (no overlaps). A node that is no key
  * but whose fail link is one is remembered (only while nothing longer was seen) and used when
  * the path dies without a match: the scan resumes from that fail node at its position. */
-static int iter_long(const Automaton *a, const uint32_t *w, int32_t end, EmitFn emit, void *ctx) {
-    Scan s;
-    int rc;
-    scan_init(&s, a, w, end);
-    while ((rc = scan_step(&s, emit, ctx)) == 1) {}
-    return rc;
-}
+typedef int (*EmitFn)(void *ctx, int32_t last, int32_t value);
 
+static int iter_long(const Automaton *a, const uint32_t *w, int32_t end, EmitFn emit, void *ctx) {
+    int32_t state = 0, index = -1, last_node = -1, last_index = -1;
+    for (;;) {
+        int32_t fail_node = -1, fail_index = -1, failover = 0;  /* per match, as per next() call */
+        index += 1;
+        while (index < end) {
+            int32_t next;
+            if (failover) {
+                next = a->node[fail_node].fail;
+                index = fail_index;
+                fail_node = fail_index = -1;
+                failover = 0;
+            } else {
+                next = go(a, state, w[index]);
+            }
+            if (next >= 0) {
+                const Node *node = &a->node[next];
+                if (node->value >= 0) {
+                    last_node = next;
+                    last_index = index;
+                } else if (last_node < 0 && fail_node < 0 && (node->count & FAIL_IS_KEY)) {
+                    fail_node = next;
+                    fail_index = index;
+                }
+                state = next;
+                index += 1;
+            } else if (last_node >= 0) {
+                break;
+            } else if (fail_node >= 0) {
+                failover = 1;
+            } else {
+                for (;;) {
+                    state = a->node[state].fail;
+                    if (state < 0) { state = 0; index += 1; break; }
+                    if (go(a, state, w[index]) >= 0) break;
+                }
+            }
+        }
+        if (last_node < 0) return 0;
+        if (emit(ctx, last_index, a->node[last_node].value) < 0) return -1;
+        state = 0;
+        index = last_index;
+        last_node = last_index = -1;
+    }
+}
