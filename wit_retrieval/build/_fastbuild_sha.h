@@ -114,12 +114,12 @@ static int buf_i64(Buf *b, int64_t v) { return buf_put(b, &v, 8); }
 /* an Arrow string column: int32 offsets (starting with 0) and UTF-8 data */
 typedef struct { Buf offsets, data; } StrCol;
 
-static int strcol_init(StrCol *c) { memset(c, 0, sizeof *c); return buf_i32(&c->offsets, 0); }
+/* empty the column, keeping its memory (buffers are reused from batch to batch) */
+static int strcol_init(StrCol *c) { c->offsets.len = c->data.len = 0; return buf_i32(&c->offsets, 0); }
 static int strcol_add(StrCol *c, const void *p, size_t n) {
     if (buf_put(&c->data, p, n) < 0) return -1;
     return buf_i32(&c->offsets, (int32_t)c->data.len);
 }
-static void strcol_free(StrCol *c) { free(c->offsets.data); free(c->data.data); }
 
 static PyObject *buf_bytes(Buf *b) { return PyBytes_FromStringAndSize(b->data ? b->data : "", (Py_ssize_t)b->len); }
 
