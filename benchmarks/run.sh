@@ -12,7 +12,7 @@ declare -A ARGS=(
   [fetch]=""                  # creates .venv-peers with img2dataset if missing
   [scoring]=""                # 1M queries x 100; BENCH_TMP=dir for its temp files
   [index]=""                  # 1M x 512, 10k queries
-  [embed]="--images 128 --torch-threads 1"
+  [embed]="--images 128 --torch-threads 1,2 --decoders threads --repeats 4"   # plain loop vs ours at 1 and 2 (default) torch threads; this VM is noisy
 )
 for name in $only; do
   echo "== benchmark: $name"
