@@ -502,3 +502,28 @@ def test_shard_dispatches_on_the_switch(monkeypatch):
     assert calls["c"] == 1
     assert fast.num_rows and fast.equals(slow)
     assert fast_stats.dropped == slow_stats.dropped
+
+
+def test_build_ei_leaves_the_automata_that_workers_load(tmp_path):
+    """`build ei` caches each language's automata (with the C one as bytes); loaded, the C one scans
+    as one built from the keys, and `build mmir` finds nothing left to build."""
+    import pickle
+
+    from wit_retrieval.build.linker import GAZETTEER_CACHE
+
+    (root, _), _ = _world(tmp_path)
+    cached = sorted((root / "entity_names" / GAZETTEER_CACHE).glob("*.pkl"))
+    assert {path.name.split("-")[0] for path in cached} == {"en", "de"}
+    gazetteer = Gazetteer(LinkerSpec(names_path=str(root / "entity_names")))
+    assert gazetteer.warm_cache() == 0  # all there already
+    for path in cached:
+        lang = pickle.loads(path.read_bytes())
+        assert lang.fast, path
+        loaded = _fastbuild.Automaton(lang.fast)
+        built = _fastbuild.Automaton(lang.keys, [(*v[:3], -1) for v in lang.values])
+        text = " " + " ".join(k.strip() for k in lang.keys[:50]) + " paris köln x \x00"
+        assert loaded.iter_long(text) == built.iter_long(text) and built.iter_long(text)
+    with pytest.raises(ValueError, match="blob"):
+        _fastbuild.Automaton(lang.fast[:-4])
+    path.unlink()  # a missing cache is rebuilt once by warm_cache
+    assert gazetteer.warm_cache() == 1 and path.exists()

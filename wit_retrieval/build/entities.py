@@ -246,6 +246,10 @@ def build_entities(config: EntitiesConfig) -> dict:
     write_table_dir(root.table("entity_names"), [pa.Table.from_pylist(names, ENTITY_NAMES)], ENTITY_NAMES,
                     meta=provenance)
     write_json_atomic(root.config / "build_ei.json", asdict(config))
+    from .linker import Gazetteer, LinkerSpec
+
+    # the names' matcher (the automata `build mmir` loads), built once here with the default options
+    Gazetteer(LinkerSpec(names_path=str(root.table("entity_names")))).warm_cache()
     stats = entity_stats(entities, names, counts, errors, dumps, time.time() - started)
     update_stats(root, "entities", stats)
     return stats

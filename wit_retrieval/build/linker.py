@@ -150,6 +150,35 @@ class Gazetteer:
                     self._by_language[code] = table.filter(pc.equal(table["language"], code))
         return self._by_language.get(language)
 
+    def warm_cache(self) -> int:
+        """Build the on-disk automaton cache of every language that lacks one (once, here, rather
+        than in every build worker at the same time); returns how many were built. Nothing stays
+        in memory."""
+        import pyarrow.compute as pc
+
+        from ..io.shards import read_table_dir
+
+        if not self.spec.names_path or self._names is not None:
+            return 0
+        codes = pc.unique(read_table_dir(self.spec.names_path, columns=["language"])["language"]).to_pylist()
+        built = [code for code in codes if code is not None and not self._cache_path(code).exists()]
+        for code in built:
+            self._cached(code)
+        self._by_language = None
+        return len(built)
+
+    def _cache_path(self, language: str) -> Path:
+        """Where a language's automaton is cached: keyed by the table's manifest and the options."""
+        import hashlib
+
+        from ..io.shards import read_manifest
+
+        manifest = read_manifest(self.spec.names_path)
+        key = json.dumps([manifest, language, self.spec.min_length, self.spec.allow_digit_names, _CACHE_VERSION],
+                         sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return Path(self.spec.names_path) / GAZETTEER_CACHE / f"{language}-{digest}.pkl"
+
     def language(self, language: str) -> _Language | None:
         """The automaton of one language (None when it has no names); built once, cached on disk."""
         if language not in self._languages:
@@ -164,7 +193,6 @@ class Gazetteer:
         The cache key covers the table's manifest and the matching options, so a rebuilt
         entity_names table or other options never reuse a stale automaton.
         """
-        import hashlib
         import pickle
 
         from ..io.shards import read_manifest, write_bytes_atomic
@@ -173,10 +201,7 @@ class Gazetteer:
         if manifest is None:
             names = self._names_of(language)
             return None if names is None else self._build(names)
-        key = json.dumps([manifest, language, self.spec.min_length, self.spec.allow_digit_names, _CACHE_VERSION],
-                         sort_keys=True, default=str)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        path = Path(self.spec.names_path) / GAZETTEER_CACHE / f"{language}-{digest}.pkl"
+        path = self._cache_path(language)
         if path.exists():
             try:
                 return pickle.loads(path.read_bytes())

@@ -76,6 +76,10 @@ def build_mmir(config: MmirConfig) -> dict:
         if read_manifest(root.table(table)) is None:
             raise ConfigError(f"{root.table(table)} is missing or unfinished: run `wit-retrieval build ei` first")
     tasks = plan_tasks(config)
+    if config.linker == "gazetteer":  # a missing automaton cache is built once here, not in every worker
+        from .linker import Gazetteer
+
+        Gazetteer(config.linker_spec()).warm_cache()
     for name in ("queries", "corpus", "qrels"):  # a build replaces every split: no stale split folders
         shutil.rmtree(root.table(name), ignore_errors=True)
     shutil.rmtree(staging_dir(root), ignore_errors=True)
