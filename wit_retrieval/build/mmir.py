@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..io.shards import publish_table_dir, read_manifest, read_table_dir, write_json_atomic, write_table_dir
 from ..layout import DataRoot
 from ..schema import CORPUS, EI, QRELS, QUERIES, SPLITS
+from .keys import repeats, unique_images
 from .linker import LinkerSpec
 from .shard import QUERIES_FILE, FilterConfig, ShardResult, ShardTask, StagedPart, build_shard, split_of
 from .stats import SplitStats, update_stats
@@ -88,7 +89,10 @@ def build_mmir(config: MmirConfig) -> dict:
     entity_uses: Counter = Counter()
     workers = {"cpu_seconds": 0.0, "peak_rss_mib": 0.0, "shards": []}
     results = _measured(run_shards(build_shard, tasks, config.engine), workers)
-    for split, group in itertools.groupby(results, key=lambda r: r.split):
+    # a split's tables are written as soon as its last shard is in (tasks come sorted by split):
+    # grouping by the next result's split would leave the main process idle until it arrives
+    for split, count in Counter(task.split for task in tasks).items():
+        group = itertools.islice(results, count)
         stats = split_stats[split] = SplitStats()
         write_split(root, split, group, stats, errors, entity_uses)
     shutil.rmtree(staging_dir(root), ignore_errors=True)
@@ -147,8 +151,8 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
         stats.add(result.stats)
         errors.merge(result.errors)
         parts.extend(result.parts)
-    keys = pa.concat_tables([p.keys for p in parts]).combine_chunks() if parts else None
-    if keys is not None and _repeats(keys["query_id"]):
+    keys = pa.concat_tables([p.keys for p in parts]) if parts else None
+    if keys is not None and repeats(keys["query_id"]):
         keys = _drop_duplicates(parts, keys, stats)
     entity_counts = [p.entity_counts for p in parts if p.entity_counts.num_rows]
     if entity_counts:
@@ -162,10 +166,14 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
                          "target_image_url": pa.array([], pa.string())})
     qrels = pa.table({"query_id": keys["query_id"], "image_id": keys["target_image_id"],
                       "relevance": pa.array(np.ones(keys.num_rows, np.int32))})
-    write_table_dir(root.table_split("qrels", split), [qrels], QRELS, meta=meta)
-    images = _unique_images([keys.select(["target_image_id", "target_image_url"])])
+    write_table_dir(root.table_split("qrels", split), [qrels], QRELS, meta=meta, **UNIQUE_COLUMNS)
+    normal = None
+    if "url_is_normal" in keys.column_names:  # chunk by chunk: ChunkedArray.to_numpy goes through pandas
+        normal = np.concatenate([np.zeros(0, bool)] + [chunk.to_numpy(zero_copy_only=False)
+                                                      for chunk in keys["url_is_normal"].chunks])
+    images = unique_images(keys.select(["target_image_id", "target_image_url"]), _CORPUS_FILE, normal)
     stats.corpus = images.num_rows
-    write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta)
+    write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta, **UNIQUE_COLUMNS)
 
 
 def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats) -> pa.Table:
@@ -202,63 +210,8 @@ def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats)
 
 
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
-
-
-def _hex_tails(ids) -> np.ndarray | None:
-    """The last 16 hex digits of each id as uint64 (ids end in ids' sha256 prefix), or None when
-    the ids are not all of one length ending in 16 lower-case hex digits. Numeric order is their
-    string order, so sorting and counting run on integers, not strings."""
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    if not len(ids) or ids.null_count:
-        return None
-    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset:ids.offset + len(ids) + 1]
-    width = int(offsets[1] - offsets[0])
-    if width < 16 or np.any(np.diff(offsets) != width):
-        return None
-    raw = np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(len(ids), width)[:, -16:]
-    digits = _HEX[raw]
-    if (digits > 15).any():
-        return None
-    packed = np.ascontiguousarray((digits[:, 0::2] << 4) | digits[:, 1::2])  # 8 bytes per id, big-endian
-    return packed.view(">u8").ravel().astype(np.uint64)
-
-
-_HEX = np.full(256, 255, np.uint8)
-_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
-
-
-def _repeats(query_ids) -> bool:
-    """Whether any query id occurs twice."""
-    numbers = _hex_tails(query_ids)
-    if numbers is None:
-        return pc.count_distinct(query_ids).as_py() < len(query_ids)
-    numbers.sort()
-    return bool((numbers[1:] == numbers[:-1]).any())
-
-
-def _unique_images(parts: list[pa.Table]) -> pa.Table:
-    """One row per target image id, sorted by it; its smallest URL where several map to it."""
-    if not parts:
-        return _CORPUS_FILE.empty_table()
-    table = pa.concat_tables(parts).rename_columns(["image_id", "image_url"]).combine_chunks()
-    numbers = _hex_tails(table["image_id"])
-    if numbers is None or table["image_url"].null_count:
-        table = table.group_by("image_id", use_threads=False).aggregate([("image_url", "min")])
-        table = table.rename_columns(["image_id", "image_url"])
-        return table.sort_by("image_id").select(_CORPUS_FILE.names)
-    order = np.argsort(numbers, kind="stable")
-    sorted_numbers = numbers[order]
-    first = np.flatnonzero(np.r_[True, sorted_numbers[1:] != sorted_numbers[:-1]])
-    chosen = order[first]
-    urls = table["image_url"]
-    # rows sharing an image mostly share its URL too; only where the URLs differ (several
-    # spellings normalise to one image) is the smallest looked for, row by row
-    group_of = np.cumsum(np.r_[True, sorted_numbers[1:] != sorted_numbers[:-1]]) - 1
-    same = pc.equal(urls.take(pa.array(order, pa.int64())), urls.take(pa.array(chosen[group_of], pa.int64())))
-    for group in np.unique(group_of[~same.to_numpy(zero_copy_only=False)]):
-        members = order[group_of == group]
-        chosen[group] = min(members, key=lambda row: urls[int(row)].as_py())
-    return table.take(pa.array(chosen, pa.int64())).select(_CORPUS_FILE.names)
+# qrels and corpus: ids and URLs, unique per row: neither dictionaries nor statistics pay off
+UNIQUE_COLUMNS = {"use_dictionary": False, "write_statistics": False}
 
 
 def write_ei(root: DataRoot, entity_uses: Counter) -> pa.Table:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..schema import MENTION, QUERIES
 from .fast_ids import normal_image_id, normal_url, query_id
+from .keys import is_normal_url
 from .linker import LinkerSpec, load_linker
 from .mask import context_words, mask_text
 from .stats import SplitStats
@@ -64,7 +65,7 @@ class StagedPart:
 
     path: str
     rows: int
-    keys: pa.Table  # query_id, target_image_id, target_image_url (for dedup, qrels and corpus)
+    keys: pa.Table  # query_id, target_image_id, target_image_url, url_is_normal (dedup, qrels, corpus)
     entity_counts: pa.Table  # entity_id, count (queries using each entity)
 
 
@@ -188,6 +189,7 @@ def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitSta
     counts = pc.value_counts(pc.list_flatten(table["entity_ids"]))
     entity_counts = pa.table({"entity_id": counts.field("values"), "count": counts.field("counts")})
     keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
+    keys = keys.append_column("url_is_normal", is_normal_url(keys["target_image_url"]))
     # dictionaries only where values repeat, and no statistics: the text columns are unique per
     # row, and trying both cost a fifth of the write (zstd stays: files a third the size of lz4's)
     write_parquet_atomic(table.drop_columns(["split"]), path, use_dictionary=["language", "query_type"],

@@ -88,8 +88,11 @@ def write_table_dir(
     *,
     meta: dict[str, Any] | None = None,
     rows_per_file: int = 1_000_000,
+    **parquet: Any,
 ) -> dict[str, Any]:
     """Replace `directory` with parquet part files of `parts` plus a manifest; returns it.
+
+    `parquet`: options for pyarrow.parquet.write_table (as use_dictionary, write_statistics).
 
     Parts are cast to `schema` and re-chunked into files of at most `rows_per_file` rows.
     The manifest is written last, so a folder without one is an unfinished write.
@@ -110,7 +113,7 @@ def write_table_dir(
         for start in range(0, table.num_rows, rows_per_file):
             piece = table.slice(start, rows_per_file)
             name = f"part-{len(files):05d}.parquet"
-            write_parquet_atomic(piece, directory / name)
+            write_parquet_atomic(piece, directory / name, **parquet)
             files.append({"file": name, "rows": piece.num_rows})
             total += piece.num_rows
         pending, pending_rows = [], 0
