@@ -65,6 +65,8 @@ class FastShard:
             table = table.take(pa.array(keep, pa.int64()))
             self.index = {entity: i for i, entity in enumerate(table["entity_id"].to_pylist())}
         self._entities = _buffers(table["entity_id"])
+        self._entities_array = table["entity_id"].combine_chunks() if isinstance(table["entity_id"], pa.ChunkedArray) \
+            else table["entity_id"]
         self._urls = _buffers(pc.fill_null(table["image_url"], ""))
         offsets, data = _buffers(table["image_id"])
         self._images = bytes(data)[offsets[0]:offsets[-1]] if len(offsets) > 1 else b""
@@ -93,8 +95,7 @@ class FastShard:
             if lang is None or not lang.keys:
                 self._automata[language] = None
             else:
-                choices = self._choices.setdefault(language, [])
-                targets = np.array([self._target(value[3], choices) for value in lang.values], np.int32)
+                targets = self._targets(lang.values, self._choices.setdefault(language, []))
                 automaton = _load_blob(lang.fast)
                 if automaton is None:  # no cached blob (or a bad one): built from the keys
                     automaton = _fastbuild.Automaton(lang.keys, [(*value[:3], -1) for value in lang.values])
@@ -104,6 +105,19 @@ class FastShard:
             self.linker.load_cpu_seconds = getattr(self.linker, "load_cpu_seconds", 0.0) + (
                 time.process_time() - started)
         return self._automata[language]
+
+    def _targets(self, values: list[tuple], choices: list) -> np.ndarray:
+        """Each key's target for the C automaton: an entity index, -1 (a blocker) or -2 - k (choice k).
+
+        Entity ids are looked up in one Arrow kernel (a Python loop over ~100k keys per language
+        cost a worker a third of a second at start-up); the rare others one by one.
+        """
+        names = [value[3] if value[3].__class__ is str else None for value in values]
+        found = pc.index_in(pa.array(names, pa.string()), value_set=self._entities_array)
+        targets = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+        for k in np.flatnonzero(targets < 0):  # blockers, choices, ids the entity table lacks
+            targets[k] = self._target(values[k][3], choices)
+        return targets
 
     def _target(self, target, choices: list) -> int:
         if target is None:
