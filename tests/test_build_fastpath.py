@@ -258,8 +258,8 @@ def test_rows_equal_on_tricky_rows(filters, monkeypatch):
     monkeypatch.setattr(fastpath.FastShard, "_fallback",
                         lambda self, *args: handed_back.append(args[-1]) or fallback(self, *args))
     table = _assert_same(_batch(ROWS), filters)
-    assert [ROWS[i]["caption_reference_description"] for i in handed_back] == [
-        t for r in ROWS if not unicodedata.is_normalized("NFC", t := r["caption_reference_description"])]
+    assert sorted(ROWS[i]["caption_reference_description"] for i in handed_back) == sorted(
+        t for r in ROWS if not unicodedata.is_normalized("NFC", t := r["caption_reference_description"]))
     if filters == FilterConfig():
         # the rows do reach every part of the paths, not only the drops
         dropped = _both(_batch(ROWS), filters)[0][1]

@@ -20,8 +20,11 @@ typedef struct {
     uint32_t *cps, *boff, *w;
     int32_t *fmap, *fmapbuf;  /* folded index -> original index (-1 inside an expansion); NULL: identity */
     size_t cap;
-    Span *spans;
+    Span *spans;  /* the batch's spans, row after row (span_at, span_n: each row's) */
     size_t nspans, spans_cap;
+    int32_t *visit, *span_at, *span_n;  /* rows in scan order (by language); each row's spans */
+    size_t rows_cap;
+    Py_ssize_t nvisit, n;  /* candidate rows; the decoded row's length in code points */
     int32_t *order, *mask_of;
     size_t order_cap;
     int32_t lang;
@@ -116,9 +119,8 @@ static int fallback_spans(Ctx *c, Py_ssize_t row) {
     return 1;
 }
 
-/* link one row: fills c->spans (Python links the rows C cannot fold; c->cps stays the row) */
+/* link one row: appends its spans to c->spans (Python links the rows C cannot fold) */
 static int link_row(Ctx *c, Py_ssize_t row, Py_ssize_t n) {
-    c->nspans = 0;
     int32_t lang = c->langs[row];
     c->lang = lang;
     if (lang < 0 || lang >= PyTuple_GET_SIZE(c->automata)) return 0;
@@ -321,6 +323,7 @@ static Ctx g_kept;
 static void ctx_take_buffers(Ctx *c) {
     c->cps = g_kept.cps; c->boff = g_kept.boff; c->w = g_kept.w; c->fmapbuf = g_kept.fmapbuf; c->cap = g_kept.cap;
     c->spans = g_kept.spans; c->spans_cap = g_kept.spans_cap;
+    c->visit = g_kept.visit; c->span_at = g_kept.span_at; c->span_n = g_kept.span_n; c->rows_cap = g_kept.rows_cap;
     c->order = g_kept.order; c->mask_of = g_kept.mask_of; c->order_cap = g_kept.order_cap;
     c->normal = g_kept.normal;
     Buf *mine[] = {&c->rows, &c->num_entities, &c->list_off, &c->ment_off, &c->m_mask, &c->m_start, &c->m_end};
@@ -367,6 +370,49 @@ static PyObject *ctx_result(Ctx *c) {
     "one byte per entity; keep: one byte per row, 0 = skip the row (no text). Returns the kept rows'\n" \
     "column buffers and the drop counts."
 
+/* c->visit: the candidate rows, grouped by language (a counting sort; rows of no language last) */
+static int visit_by_language(Ctx *c, Py_ssize_t rows, const uint8_t *keep_rows) {
+    if ((size_t)rows + 1 > c->rows_cap) {
+        size_t cap = (size_t)rows + 1;
+        int32_t *v = realloc(c->visit, cap * sizeof *v), *a = realloc(c->span_at, cap * sizeof *a),
+                *n = realloc(c->span_n, cap * sizeof *n);
+        if (v) c->visit = v;
+        if (a) c->span_at = a;
+        if (n) c->span_n = n;
+        if (!v || !a || !n) { PyErr_NoMemory(); return -1; }
+        c->rows_cap = cap;
+    }
+    Py_ssize_t languages = PyTuple_GET_SIZE(c->automata);
+    Py_ssize_t *start = calloc((size_t)languages + 2, sizeof *start);
+    if (!start) { PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        if (keep_rows && !keep_rows[row]) continue;
+        int32_t lang = c->langs[row];
+        start[(lang >= 0 && lang < languages ? lang : languages) + 1]++;
+    }
+    for (Py_ssize_t k = 0; k <= languages; k++) start[k + 1] += start[k];
+    c->nvisit = start[languages + 1];
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        if (keep_rows && !keep_rows[row]) continue;
+        int32_t lang = c->langs[row];
+        c->visit[start[lang >= 0 && lang < languages ? lang : languages]++] = (int32_t)row;
+    }
+    free(start);
+    return 0;
+}
+
+/* a row's text into c->cps (code points) and c->boff (their byte offsets); c->n its length */
+static int decode_row(Ctx *c, Py_ssize_t row) {
+    size_t len = (size_t)(c->t_off[row + 1] - c->t_off[row]);
+    if (grow_scratch(c, len + 1) < 0) return -1;
+    c->n = utf8_decode(c->t_data + c->t_off[row], len, c->cps, c->boff);
+    if (c->n < 0) {
+        PyErr_Format(PyExc_ValueError, "row %zd of the batch is not valid UTF-8", row);
+        return -1;
+    }
+    return 0;
+}
+
 static int get_strbuf(PyObject *pair, Py_buffer *off, Py_buffer *data, const char *name) {
     if (!PyArg_ParseTuple(pair, "y*y*", off, data)) {
         PyErr_Format(PyExc_TypeError, "%s must be (offsets, data) buffers", name);
@@ -386,6 +432,8 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
     Ctx c;
     memset(&c, 0, sizeof c);
     ctx_take_buffers(&c);
+    Span *span_base = NULL;
+    size_t span_total = 0;
     PyObject *keep = Py_None;
     Py_buffer keep_buf;
     memset(&keep_buf, 0, sizeof keep_buf);
@@ -413,19 +461,29 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
         strcol_init(&c.m_surface) < 0 || buf_i32(&c.list_off, 0) < 0 || buf_i32(&c.ment_off, 0) < 0)
         goto release;
     const uint8_t *keep_rows = keep_buf.obj ? keep_buf.buf : NULL;
-    for (Py_ssize_t row = 0; row < rows; row++) {
-        if (keep_rows && !keep_rows[row]) continue;  /* no reference description: not a candidate */
-        size_t len = (size_t)(c.t_off[row + 1] - c.t_off[row]);
-        if (grow_scratch(&c, len + 1) < 0) goto release;
-        Py_ssize_t n = utf8_decode(c.t_data + c.t_off[row], len, c.cps, c.boff);
-        if (n < 0) {
-            PyErr_Format(PyExc_ValueError, "row %zd of the batch is not valid UTF-8", row);
-            goto release;
-        }
-        if (link_row(&c, row, n) < 0 || keep_row(&c, row, n) < 0) goto release;
+    if (visit_by_language(&c, rows, keep_rows) < 0) goto release;
+    c.nspans = 0;
+    for (Py_ssize_t k = 0; k < c.nvisit; k++) {  /* link, a language at a time: its trie stays in cache */
+        Py_ssize_t row = c.visit[k];
+        if (decode_row(&c, row) < 0) goto release;
+        c.span_at[row] = (int32_t)c.nspans;
+        if (link_row(&c, row, c.n) < 0) goto release;
+        c.span_n[row] = (int32_t)(c.nspans - (size_t)c.span_at[row]);
     }
+    span_base = c.spans;
+    span_total = c.nspans;
+    for (Py_ssize_t row = 0; row < rows; row++) {  /* then filter and write, in row order */
+        if (keep_rows && !keep_rows[row]) continue;
+        if (decode_row(&c, row) < 0) goto release;
+        c.spans = span_base + c.span_at[row];
+        c.nspans = (size_t)c.span_n[row];
+        if (keep_row(&c, row, c.n) < 0) goto release;
+    }
+    c.spans = span_base;
+    c.nspans = span_total;
     result = ctx_result(&c);
 release:
+    if (span_base) c.spans = span_base;  /* the allocation itself, kept for the next batch */
     PyBuffer_Release(&keep_buf);
     PyBuffer_Release(&eu_off);
     PyBuffer_Release(&eu_data);
