@@ -147,26 +147,22 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
                 entity_uses: Counter) -> None:
     """One split's shard results -> its queries (the workers' files, moved in place), corpus and qrels."""
     parts: list[StagedPart] = []
-    for result in results:
+    for result in results:  # counted as they come: the main process is idle while workers run
         stats.add(result.stats)
         errors.merge(result.errors)
         parts.extend(result.parts)
+        for part in result.parts:
+            entity_uses.update(dict(zip(part.entity_counts["entity_id"].to_pylist(),
+                                        part.entity_counts["count"].to_pylist())))
     keys = pa.concat_tables([p.keys for p in parts]) if parts else None
     if keys is not None and repeats(keys["query_id"]):
-        keys = _drop_duplicates(parts, keys, stats)
-    entity_counts = [p.entity_counts for p in parts if p.entity_counts.num_rows]
-    if entity_counts:
-        totals = pa.concat_tables(entity_counts).group_by("entity_id", use_threads=False).aggregate([("count", "sum")])
-        totals = totals.filter(pc.greater(totals["count_sum"], 0))  # an entity only repeats used is unused
-        entity_uses.update(dict(zip(totals["entity_id"].to_pylist(), totals["count_sum"].to_pylist())))
+        keys = _drop_duplicates(parts, keys, stats, entity_uses)
     meta = {"builder": "build_mmir", "split": split}
     publish_table_dir(root.table_split("queries", split), [(p.path, p.rows) for p in parts], QUERIES_FILE, meta=meta)
+    publish_table_dir(root.table_split("qrels", split), [(p.qrels_path, p.rows) for p in parts], QRELS, meta=meta)
     if keys is None:
         keys = pa.table({"query_id": pa.array([], pa.string()), "target_image_id": pa.array([], pa.string()),
                          "target_image_url": pa.array([], pa.string())})
-    qrels = pa.table({"query_id": keys["query_id"], "image_id": keys["target_image_id"],
-                      "relevance": pa.array(np.ones(keys.num_rows, np.int32))})
-    write_table_dir(root.table_split("qrels", split), [qrels], QRELS, meta=meta, **UNIQUE_COLUMNS)
     normal = None
     if "url_is_normal" in keys.column_names:  # chunk by chunk: ChunkedArray.to_numpy goes through pandas
         normal = np.concatenate([np.zeros(0, bool)] + [chunk.to_numpy(zero_copy_only=False)
@@ -176,7 +172,7 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
     write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta, **UNIQUE_COLUMNS)
 
 
-def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats) -> pa.Table:
+def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats, entity_uses: Counter) -> pa.Table:
     """Keep the first of queries whose id repeats within the split (a WIT row given twice).
 
     Rare, so done in Python: the part files holding a repeat are rewritten without it, and its
@@ -199,10 +195,11 @@ def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats)
         dropped = table.filter(pc.invert(mask))
         stats.duplicates += dropped.num_rows
         stats.count_queries(dropped.append_column("split", pa.array([""] * dropped.num_rows)), sign=-1)
-        counts = pc.value_counts(pc.list_flatten(dropped["entity_ids"]))
-        taken = pa.table({"entity_id": counts.field("values"), "count": pc.negate(counts.field("counts"))})
-        part.entity_counts = pa.concat_tables([part.entity_counts, taken])
+        entity_uses.subtract(pc.list_flatten(dropped["entity_ids"]).to_pylist())
+        for entity in [e for e, n in entity_uses.items() if n <= 0]:  # used only by repeats: unused
+            del entity_uses[entity]
         write_parquet_atomic(table.filter(mask), part.path)
+        write_parquet_atomic(pq.read_table(part.qrels_path).filter(mask), part.qrels_path)
         part.keys = part.keys.filter(mask)
         part.rows = part.keys.num_rows
         kept_keys.append(part.keys)
@@ -210,7 +207,7 @@ def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats)
 
 
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
-# qrels and corpus: ids and URLs, unique per row: neither dictionaries nor statistics pay off
+# the corpus: ids and URLs, unique per row: neither dictionaries nor statistics pay off
 UNIQUE_COLUMNS = {"use_dictionary": False, "write_statistics": False}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..schema import MENTION, QUERIES
+from ..schema import MENTION, QRELS, QUERIES
 from .fast_ids import normal_image_id, normal_url, query_id
 from .keys import is_normal_url
 from .linker import LinkerSpec, load_linker
@@ -65,6 +65,7 @@ class StagedPart:
 
     path: str
     rows: int
+    qrels_path: str  # the part's qrels (query_id, image_id, relevance), also final
     keys: pa.Table  # query_id, target_image_id, target_image_url, url_is_normal (dedup, qrels, corpus)
     entity_counts: pa.Table  # entity_id, count (queries using each entity)
 
@@ -194,7 +195,17 @@ def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitSta
     # row, and trying both cost a fifth of the write (zstd stays: files a third the size of lz4's)
     write_parquet_atomic(table.drop_columns(["split"]), path, use_dictionary=["language", "query_type"],
                          write_statistics=False)
-    return StagedPart(str(path), table.num_rows, keys, entity_counts)
+    qrels_path = path.with_suffix(".qrels.parquet")
+    write_parquet_atomic(qrels_of(keys), qrels_path, use_dictionary=False, write_statistics=False)
+    return StagedPart(str(path), table.num_rows, str(qrels_path), keys, entity_counts)
+
+
+def qrels_of(keys: pa.Table) -> pa.Table:
+    """The QRELS rows of queries: each query's one relevant image, its target."""
+    import numpy as np
+
+    return pa.table({"query_id": keys["query_id"], "image_id": keys["target_image_id"],
+                     "relevance": pa.array(np.ones(keys.num_rows, np.int32))}, schema=QRELS)
 
 
 _FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # linker -> its fastpath.FastShard
