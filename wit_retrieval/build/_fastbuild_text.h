@@ -29,7 +29,7 @@ static Py_ssize_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cps, uint32_
     return k;
 }
 
-/* fast_ids._NORMAL / _ENCODED: https, lower-case host, a path of characters quote() keeps */
+/* fast_ids.NORMAL_FORM / _ENCODED: https, lower-case host, a path of characters quote() keeps */
 static uint8_t URL_CHARS[256];  /* 1: path character quote() keeps, 2: host character */
 
 static void init_url_chars(void) {

@@ -15,14 +15,14 @@ from urllib.parse import unquote_to_bytes
 
 from ..ids import normalize_url
 
-_NORMAL = re.compile(r"https://[a-z0-9.\-]+/[A-Za-z0-9/:@!$&'()*+,;=\-._~]*")
+NORMAL_FORM = re.compile(r"https://[a-z0-9.\-]+/[A-Za-z0-9/:@!$&'()*+,;=\-._~]*")
 # percent escapes of non-ASCII bytes, upper-case: quote(unquote(x)) gives them back if they are UTF-8
 _ENCODED = re.compile(r"https://[a-z0-9.\-]+/(?:[A-Za-z0-9/:@!$&'()*+,;=\-._~]|%[89A-F][0-9A-F])*")
 
 
 def normal_url(url: str) -> str:
     """normalize_url(url), skipping the parse when the URL is already normal."""
-    if _NORMAL.fullmatch(url):
+    if NORMAL_FORM.fullmatch(url):
         return url
     if _ENCODED.fullmatch(url):
         try:

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .fast_ids import NORMAL_FORM
+
 _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
@@ -46,9 +48,9 @@ def repeats(query_ids) -> bool:
     return bool((numbers[1:] == numbers[:-1]).any())
 
 
-# fast_ids._NORMAL: a URL this matches is its own normal form, so rows of one image whose URLs
-# all match it carry the same URL (their ids are the hash of that normal form)
-NORMAL_URL = r"^https://[a-z0-9.\-]+/[A-Za-z0-9/:@!$&'()*+,;=\-._~]*$"
+# fast_ids' test of a URL that is its own normal form (as RE2 sees it: anchored), so rows of one
+# image whose URLs all pass it carry the same URL (their ids are the hash of that normal form)
+NORMAL_URL = f"^{NORMAL_FORM.pattern}$"
 
 
 def is_normal_url(urls) -> pa.Array:
