@@ -53,7 +53,7 @@ def stage_breakdown(path: Path, root: Path) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for number, table in enumerate(tables):
             write_parquet_atomic(table.drop_columns(["split"]), Path(folder) / f"{number}.parquet",
-                                 use_dictionary=["language", "query_type"], write_statistics=False)
+                                 **shard_module.QUERY_FILE_OPTIONS)
         tick("write the query files (parquet, zstd)")
         for table in tables:
             SplitStats().count_queries(table)

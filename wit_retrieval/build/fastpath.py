@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from ..ids import normalize_url
 from ..schema import MENTION, QUERIES
+from .keys import string_buffers
 from .names import _FOLDS, match_form
 
 try:
@@ -64,11 +65,11 @@ class FastShard:
             keep = sorted(self.index.values())
             table = table.take(pa.array(keep, pa.int64()))
             self.index = {entity: i for i, entity in enumerate(table["entity_id"].to_pylist())}
-        self._entities = _buffers(table["entity_id"])
+        self._entities = string_buffers(table["entity_id"])
         self._entities_array = table["entity_id"].combine_chunks() if isinstance(table["entity_id"], pa.ChunkedArray) \
             else table["entity_id"]
-        self._urls = _buffers(pc.fill_null(table["image_url"], ""))
-        offsets, data = _buffers(table["image_id"])
+        self._urls = string_buffers(pc.fill_null(table["image_url"], ""))
+        offsets, data = string_buffers(table["image_id"])
         self._images = bytes(data)[offsets[0]:offsets[-1]] if len(offsets) > 1 else b""
         if len(self._images) != 16 * len(ids):  # the C path compares 16 bytes per entity
             raise ValueError("entity image ids must be 16 hex digits each (ids.image_id)")
@@ -81,8 +82,8 @@ class FastShard:
         index = self.index.get(entity_id)
         if index is None:
             index = self.index[entity_id] = len(self.index)
-            self._entities = _string_buffers([*self.index])
-            self._urls = _string_buffers([*_decode(self._urls), ""])
+            self._entities = string_buffers(pa.array([*self.index], pa.string()))
+            self._urls = string_buffers(pa.array([*_decode(self._urls), ""], pa.string()))
             self._images += b"0" * 16
             self._has += b"\x00"
         return index
@@ -142,8 +143,8 @@ class FastShard:
         lang_index = pc.fill_null(codes.indices, -1).cast(pa.int32())
         texts = batch.column("caption_reference_description")
         out = _fastbuild.process(
-            _buffers(texts), _buffers(pc.fill_null(batch.column("image_url"), "")),
-            _buffers(pc.fill_null(batch.column("page_url"), "")), _values(lang_index), automata,
+            string_buffers(texts), string_buffers(pc.fill_null(batch.column("image_url"), "")),
+            string_buffers(pc.fill_null(batch.column("page_url"), "")), _values(lang_index), automata,
             self._entities, self._urls, self._images, self._has, split.encode("utf-8"),
             max(filters.min_entities, 1), filters.max_entities, filters.min_context_words,
             filters.drop_target_is_entity_image,
@@ -181,23 +182,8 @@ def _load_blob(blob: bytes | None):
         return None
 
 
-def _buffers(array) -> tuple:
-    """(int32 offsets, data) of a string array, zero-copy, offsets starting at the array's own."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if array.type != pa.string():
-        array = array.cast(pa.string())
-    _, offsets, data = array.buffers()
-    offsets = np.frombuffer(offsets, np.int32)[array.offset:array.offset + len(array) + 1]
-    return offsets, data if data is not None else b""
-
-
 def _values(array: pa.Array) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array)]
-
-
-def _string_buffers(values: list[str]) -> tuple:
-    return _buffers(pa.array(values, pa.string()))
 
 
 def _decode(buffers: tuple) -> list[str]:

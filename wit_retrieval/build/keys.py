@@ -17,6 +17,17 @@ _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
+def string_buffers(array) -> tuple[np.ndarray, object]:
+    """(int32 offsets, data buffer) of a string array, zero-copy; offsets start at the array's own."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type != pa.string():
+        array = array.cast(pa.string())
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, np.int32)[array.offset:array.offset + len(array) + 1]
+    return offsets, data if data is not None else b""
+
+
 def hex_tails(ids) -> np.ndarray | None:
     """The last 16 hex digits of each id as uint64, or None when the ids are not all of one length
     ending in 16 lower-case hex digits (then callers fall back to string kernels)."""
@@ -27,11 +38,11 @@ def hex_tails(ids) -> np.ndarray | None:
         return np.concatenate(parts) if parts else None
     if not len(ids) or ids.null_count:
         return None
-    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset:ids.offset + len(ids) + 1]
+    offsets, data = string_buffers(ids)
     width = int(offsets[1] - offsets[0])
     if width < 16 or np.any(np.diff(offsets) != width):
         return None
-    raw = np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(len(ids), width)[:, -16:]
+    raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]].reshape(len(ids), width)[:, -16:]
     digits = _HEX[raw]
     if (digits > 15).any():
         return None

@@ -25,7 +25,14 @@ import pyarrow.parquet as pq
 
 from ..engine import EngineConfig, run_shards
 from ..errors import ConfigError
-from ..io.shards import publish_table_dir, read_manifest, read_table_dir, write_json_atomic, write_table_dir
+from ..io.shards import (
+    UNIQUE_COLUMNS,
+    publish_table_dir,
+    read_manifest,
+    read_table_dir,
+    write_json_atomic,
+    write_table_dir,
+)
 from ..layout import DataRoot
 from ..schema import CORPUS, EI, QRELS, QUERIES, SPLITS
 from .keys import repeats, unique_images
@@ -207,8 +214,6 @@ def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats,
 
 
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
-# the corpus: ids and URLs, unique per row: neither dictionaries nor statistics pay off
-UNIQUE_COLUMNS = {"use_dictionary": False, "write_statistics": False}
 
 
 def write_ei(root: DataRoot, entity_uses: Counter) -> pa.Table:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -180,9 +181,14 @@ STAGE_ROWS = 100_000
 QUERIES_FILE = pa.schema([f for f in QUERIES if f.name != "split"])
 
 
+# dictionaries only where values repeat, and no statistics: the text columns are unique per row,
+# and trying both cost a fifth of the write (zstd stays: files a third the size of lz4's)
+QUERY_FILE_OPTIONS = {"use_dictionary": ["language", "query_type"], "write_statistics": False}
+
+
 def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitStats) -> StagedPart:
     """Write one final query file (parquet, in the worker: the writes run in parallel) and count it."""
-    from ..io.shards import write_parquet_atomic
+    from ..io.shards import UNIQUE_COLUMNS, write_parquet_atomic
 
     path = Path(task.staging) / f"{task.index:05d}-{number:05d}.parquet"
     table = pa.concat_tables(tables)
@@ -191,19 +197,14 @@ def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitSta
     entity_counts = pa.table({"entity_id": counts.field("values"), "count": counts.field("counts")})
     keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
     keys = keys.append_column("url_is_normal", is_normal_url(keys["target_image_url"]))
-    # dictionaries only where values repeat, and no statistics: the text columns are unique per
-    # row, and trying both cost a fifth of the write (zstd stays: files a third the size of lz4's)
-    write_parquet_atomic(table.drop_columns(["split"]), path, use_dictionary=["language", "query_type"],
-                         write_statistics=False)
+    write_parquet_atomic(table.drop_columns(["split"]), path, **QUERY_FILE_OPTIONS)
     qrels_path = path.with_suffix(".qrels.parquet")
-    write_parquet_atomic(qrels_of(keys), qrels_path, use_dictionary=False, write_statistics=False)
+    write_parquet_atomic(qrels_of(keys), qrels_path, **UNIQUE_COLUMNS)
     return StagedPart(str(path), table.num_rows, str(qrels_path), keys, entity_counts)
 
 
 def qrels_of(keys: pa.Table) -> pa.Table:
     """The QRELS rows of queries: each query's one relevant image, its target."""
-    import numpy as np
-
     return pa.table({"query_id": keys["query_id"], "image_id": keys["target_image_id"],
                      "relevance": pa.array(np.ones(keys.num_rows, np.int32))}, schema=QRELS)
 

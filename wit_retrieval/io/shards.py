@@ -74,6 +74,11 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n")
 
 
+# parquet options for columns unique per row (ids, URLs, text): dictionaries and statistics
+# cost write time and pay nothing back there
+UNIQUE_COLUMNS = {"use_dictionary": False, "write_statistics": False}
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> None:
     """Write one parquet file atomically (zstd by default)."""
     kwargs.setdefault("compression", "zstd")
