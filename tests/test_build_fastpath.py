@@ -518,15 +518,20 @@ def test_build_ei_leaves_the_automata_that_workers_load(tmp_path):
     assert gazetteer.warm_cache() == 0  # all there already
     for path in cached:
         lang = pickle.loads(path.read_bytes())
-        assert lang.fast, path
-        loaded = _fastbuild.Automaton(lang.fast)
+        compiled = pickle.loads(path.with_suffix(".fast").read_bytes())  # what workers load: no keys
+        assert compiled["blob"], path
+        loaded = _fastbuild.Automaton(compiled["blob"])
         built = _fastbuild.Automaton(lang.keys, [(*v[:3], -1) for v in lang.values])
         text = " " + " ".join(k.strip() for k in lang.keys[:50]) + " paris köln x \x00"
         assert loaded.iter_long(text) == built.iter_long(text) and built.iter_long(text)
+        assert compiled["targets"].to_pylist() == [v[3] if isinstance(v[3], str) else None for v in lang.values]
+        assert compiled["others"] == {k: v[3] for k, v in enumerate(lang.values) if not isinstance(v[3], str)}
     with pytest.raises(ValueError, match="blob"):
-        _fastbuild.Automaton(lang.fast[:-4])
+        _fastbuild.Automaton(compiled["blob"][:-4])
     path.unlink()  # a missing cache is rebuilt once by warm_cache
     assert gazetteer.warm_cache() == 1 and path.exists()
+    path.with_suffix(".fast").unlink()  # so is a missing compiled form
+    assert gazetteer.warm_cache() == 1 and path.with_suffix(".fast").exists()
 
 
 def test_the_portable_sha256_build_gives_the_same_rows(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -87,6 +88,31 @@ def test_engines_keep_task_order():
     assert list(run_shards(_square, tasks, EngineConfig(workers=2))) == [x * x for x in tasks]
     with pytest.raises(ConfigError):
         EngineConfig(name="spark")
+
+
+_PRELOADED: list[int] = []
+
+
+def _preload() -> None:
+    _PRELOADED.append(os.getpid())
+
+
+def _seen(x: int) -> tuple[list[int], int]:
+    return list(_PRELOADED), os.getpid()
+
+
+def test_preload_runs_once_in_the_parent_and_workers_inherit_it():
+    """Workers forked after `preload` see what it loaded, without loading it themselves."""
+    parent = os.getpid()
+    _PRELOADED.clear()
+    results = list(run_shards(_seen, list(range(6)), EngineConfig(workers=2), preload=_preload))
+    assert [parent] == _PRELOADED  # once, here
+    assert all(loaded == [parent] for loaded, _ in results)  # inherited, not loaded again
+    assert {pid for _, pid in results} - {parent}  # and the tasks ran in other processes
+    _PRELOADED.clear()
+    assert [pid for _, pid in run_shards(_seen, [1, 2], EngineConfig(workers=1), preload=_preload)] == [parent] * 2
+    assert [parent] == _PRELOADED  # inline runs preload too, once
+    _PRELOADED.clear()
 
 
 def test_cli_help_and_version():

@@ -41,22 +41,40 @@ class EngineConfig:
 
 
 def run_shards(
-    fn: Callable[[T], R], tasks: Sequence[T], engine: EngineConfig = EngineConfig()
+    fn: Callable[[T], R], tasks: Sequence[T], engine: EngineConfig = EngineConfig(),
+    preload: Callable[[], None] | None = None,
 ) -> Iterator[R]:
-    """Yield fn(task) for each task, in task order."""
+    """Yield fn(task) for each task, in task order.
+
+    `preload` loads, in this process, the read-only state every task needs (imports, models,
+    lookup tables). Local workers are then forked from it and share that state copy-on-write,
+    instead of each loading its own copy; without it they start from a fork server, which
+    inherits nothing (no threads, no open connections). Ray workers load for themselves.
+    """
     if not tasks:
         return
     if engine.name == "ray":
         yield from _run_ray(fn, tasks, engine)
     elif engine.num_workers == 1 or len(tasks) == 1:
+        if preload is not None:
+            preload()
         for task in tasks:
             yield fn(task)
     else:
         import multiprocessing
 
-        # forkserver/spawn avoid inheriting threads (progress bars, HTTP pools) into workers
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=min(engine.num_workers, len(tasks)), mp_context=ctx) as pool:
+        method = "fork" if preload is not None and "fork" in multiprocessing.get_all_start_methods() else "forkserver"
+        initializer = None
+        if method == "fork":
+            import gc
+
+            preload()
+            # the inherited objects live as long as the worker: keep its collector from walking
+            # (and so copying) their pages
+            initializer = gc.freeze
+        ctx = multiprocessing.get_context(method)
+        with ProcessPoolExecutor(max_workers=min(engine.num_workers, len(tasks)), mp_context=ctx,
+                                 initializer=initializer) as pool:
             yield from pool.map(fn, tasks)
 
 

@@ -91,14 +91,15 @@ class FastShard:
     def automaton(self, language: str):
         """The C automaton of a language (None when it has no names); built once per process."""
         if language not in self._automata:
-            lang = self.linker.language(language)  # its load time is the linker's own
+            compiled = self.linker.compiled(language)  # its load time is the linker's own
             started = time.process_time()
-            if lang is None or not lang.keys:
+            if compiled is None or not len(compiled["targets"]):
                 self._automata[language] = None
             else:
-                targets = self._targets(lang.values, self._choices.setdefault(language, []))
-                automaton = _load_blob(lang.fast)
-                if automaton is None:  # no cached blob (or a bad one): built from the keys
+                targets = self._targets(compiled, self._choices.setdefault(language, []))
+                automaton = _load_blob(compiled["blob"])
+                if automaton is None:  # no cached blob (or another version's): built from the keys
+                    lang = self.linker.language(language)
                     automaton = _fastbuild.Automaton(lang.keys, [(*value[:3], -1) for value in lang.values])
                 automaton.set_targets(targets)
                 self._automata[language] = automaton
@@ -107,17 +108,17 @@ class FastShard:
                 time.process_time() - started)
         return self._automata[language]
 
-    def _targets(self, values: list[tuple], choices: list) -> np.ndarray:
+    def _targets(self, compiled: dict, choices: list) -> np.ndarray:
         """Each key's target for the C automaton: an entity index, -1 (a blocker) or -2 - k (choice k).
 
         Entity ids are looked up in one Arrow kernel (a Python loop over ~100k keys per language
         cost a worker a third of a second at start-up); the rare others one by one.
         """
-        names = [value[3] if value[3].__class__ is str else None for value in values]
-        found = pc.index_in(pa.array(names, pa.string()), value_set=self._entities_array)
+        ids, others = compiled["targets"], compiled["others"]
+        found = pc.index_in(ids, value_set=self._entities_array)
         targets = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-        for k in np.flatnonzero(targets < 0):  # blockers, choices, ids the entity table lacks
-            targets[k] = self._target(values[k][3], choices)
+        for k in map(int, np.flatnonzero(targets < 0)):  # blockers, choices, ids the entity table lacks
+            targets[k] = self._target(others[k] if k in others else ids[k].as_py(), choices)
         return targets
 
     def _target(self, target, choices: list) -> int:
@@ -164,6 +165,15 @@ class FastShard:
     def _choose(self, languages, lang: int, choice: int, surface: str) -> int:
         entity = self._choices[languages[lang]][choice].get(surface)
         return -1 if entity is None else self._entity(entity)
+
+
+def compile_language(lang) -> dict:
+    """What the C path needs of a linker._Language, cached by the gazetteer in place of its keys:
+    the automaton as bytes (`blob`; None without the extension), each key's target entity id
+    (`targets`; null for a blocker or a choice) and those others by key index (`others`)."""
+    targets = [value[3] if value[3].__class__ is str else None for value in lang.values]
+    return {"blob": automaton_blob(lang.keys, lang.values), "targets": pa.array(targets, pa.string()),
+            "others": {k: value[3] for k, value in enumerate(lang.values) if value[3].__class__ is not str}}
 
 
 def automaton_blob(keys: list[str], values: list[tuple]) -> bytes | None:

@@ -64,7 +64,7 @@ class LinkerSpec:
 
 
 _CACHE: dict[LinkerSpec, Linker] = {}
-_CACHE_VERSION = 5  # bump when the automaton's keys or values change shape
+_CACHE_VERSION = 6  # bump when the automaton's keys or values change shape
 GAZETTEER_CACHE = "_gazetteer"  # folder inside entity_names (ignored by readers: leading underscore)
 
 
@@ -99,7 +99,6 @@ class _Language:
     values: list[tuple]  # (length, right, left, target): target an entity id, {title: id}, or None (blocker)
     ambiguous: int  # folded names not linked because they name several entities
     names: int
-    fast: bytes | None = None  # the C automaton of the keys (fastpath), cached with them
     _automaton: object = None
 
     @property
@@ -133,6 +132,7 @@ class Gazetteer:
         self.load_cpu_seconds = 0.0  # spent loading or building automata (one-time, per process)
         self._by_language: dict[str, object] | None = None  # read on the first cache miss only
         self._languages: dict[str, _Language | None] = {}
+        self._compiled: dict[str, dict | None] = {}
 
     def _names_of(self, language: str):
         """The names of one language (the table is read and split by language once)."""
@@ -154,20 +154,31 @@ class Gazetteer:
         """Build the on-disk automaton cache of every language that lacks one (once, here, rather
         than in every build worker at the same time); returns how many were built. Nothing stays
         in memory."""
+
+
+        if not self.spec.names_path or self._names is not None:
+            return 0
+        from . import fastpath
+
+        kinds = (False, True) if fastpath.enabled() else (False,)
+        built = [code for code in self.languages() if not all(self._cache_path(code, fast).exists() for fast in kinds)]
+        for code in built:
+            for fast in kinds:
+                self._cached(code, fast)
+        self._by_language = None
+        self._languages.clear()
+        return len(built)
+
+    def languages(self) -> list[str]:
+        """The language codes that have names."""
         import pyarrow.compute as pc
 
         from ..io.shards import read_table_dir
 
-        if not self.spec.names_path or self._names is not None:
-            return 0
-        codes = pc.unique(read_table_dir(self.spec.names_path, columns=["language"])["language"]).to_pylist()
-        built = [code for code in codes if code is not None and not self._cache_path(code).exists()]
-        for code in built:
-            self._cached(code)
-        self._by_language = None
-        return len(built)
+        table = self._names if self._names is not None else read_table_dir(self.spec.names_path, columns=["language"])
+        return [code for code in pc.unique(table["language"]).to_pylist() if code is not None]
 
-    def _cache_path(self, language: str) -> Path:
+    def _cache_path(self, language: str, fast: bool = False) -> Path:
         """Where a language's automaton is cached: keyed by the table's manifest and the options."""
         import hashlib
 
@@ -177,7 +188,7 @@ class Gazetteer:
         key = json.dumps([manifest, language, self.spec.min_length, self.spec.allow_digit_names, _CACHE_VERSION],
                          sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return Path(self.spec.names_path) / GAZETTEER_CACHE / f"{language}-{digest}.pkl"
+        return Path(self.spec.names_path) / GAZETTEER_CACHE / f"{language}-{digest}.{'fast' if fast else 'pkl'}"
 
     def language(self, language: str) -> _Language | None:
         """The automaton of one language (None when it has no names); built once, cached on disk."""
@@ -187,8 +198,18 @@ class Gazetteer:
             self.load_cpu_seconds += time.process_time() - started
         return self._languages[language]
 
-    def _cached(self, language: str) -> _Language | None:
-        """Load the language's automaton from the table's cache, or build and store it there.
+    def compiled(self, language: str) -> dict | None:
+        """What the C path needs of a language (`fastpath.compile_language`), cached on disk beside
+        the keys and loaded without them: the keys are read only when a rare row needs Python."""
+        if language not in self._compiled:
+            started = time.process_time()
+            self._compiled[language] = self._cached(language, fast=True)
+            self.load_cpu_seconds += time.process_time() - started
+        return self._compiled[language]
+
+    def _cached(self, language: str, fast: bool = False):
+        """Load the language's keys (or, `fast`, its compiled form) from the table's cache, or make
+        and store them there.
 
         The cache key covers the table's manifest and the matching options, so a rebuilt
         entity_names table or other options never reuse a stale automaton.
@@ -199,22 +220,25 @@ class Gazetteer:
 
         manifest = read_manifest(self.spec.names_path) if self.spec.names_path and self._names is None else None
         if manifest is None:
-            names = self._names_of(language)
-            return None if names is None else self._build(names)
-        path = self._cache_path(language)
+            return self._make(language, fast)
+        path = self._cache_path(language, fast)
         if path.exists():
             try:
                 return pickle.loads(path.read_bytes())
             except Exception:  # a damaged cache file is rebuilt, never trusted
                 path.unlink(missing_ok=True)
-        names = self._names_of(language)
-        built = None if names is None else self._build(names)
-        if built is not None:
-            from .fastpath import automaton_blob
+        made = self._make(language, fast)
+        write_bytes_atomic(path, pickle.dumps(made, protocol=pickle.HIGHEST_PROTOCOL))
+        return made
 
-            built.fast = automaton_blob(built.keys, built.values)
-        write_bytes_atomic(path, pickle.dumps(built, protocol=pickle.HIGHEST_PROTOCOL))
-        return built
+    def _make(self, language: str, fast: bool):
+        if fast:
+            from .fastpath import compile_language
+
+            lang = self.language(language)
+            return None if lang is None else compile_language(lang)
+        names = self._names_of(language)
+        return None if names is None else self._build(names)
 
     def _build(self, names) -> _Language:
         candidates: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))

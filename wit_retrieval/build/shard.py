@@ -220,11 +220,41 @@ def _queries(batch: pa.RecordBatch, has_text: pa.Array, task: ShardTask, linker,
     from .linker import Gazetteer
 
     if isinstance(linker, Gazetteer) and fastpath.enabled():
-        fast = _FAST.get(linker)
-        if fast is None or fast.images is not images:
-            fast = _FAST[linker] = fastpath.FastShard(linker, images)
-        return fast.queries(batch, task.split, task.filters, stats, has_text)
+        return _fast_shard(linker, images).queries(batch, task.split, task.filters, stats, has_text)
     return _queries_python(batch.filter(has_text), task, linker, images, stats)
+
+
+def _fast_shard(linker, images):
+    """The process's fastpath.FastShard of a linker and entity table."""
+    from . import fastpath
+
+    fast = _FAST.get(linker)
+    if fast is None or fast.images is not images:
+        fast = _FAST[linker] = fastpath.FastShard(linker, images)
+    return fast
+
+
+def preload(task: ShardTask) -> None:
+    """Load once, in this process, what every shard task reads: the reader and writer modules, the
+    linker with all its languages, the entity images and (C path) the automata.
+
+    Workers forked after this share it copy-on-write (`engine.run_shards(preload=...)`) instead of
+    each importing and loading its own: about a second per worker, and one copy in memory.
+    """
+    import pyarrow.csv  # noqa: F401  (lazy imports the first shard would otherwise pay)
+    import pyarrow.parquet  # noqa: F401
+
+    from ..io import tsv  # noqa: F401
+    from . import fastpath
+    from .linker import Gazetteer
+
+    pa.scalar(0)  # pyarrow looks for pandas on the first Python value it converts: ~0.2 s, done here once
+    linker = load_linker(task.linker)
+    images = entity_images(task.entities_path)
+    if isinstance(linker, Gazetteer):
+        fast = _fast_shard(linker, images) if fastpath.enabled() else None
+        for code in linker.languages():
+            fast.automaton(code) if fast is not None else linker.language(code)
 
 
 def _queries_python(batch: pa.RecordBatch, task: ShardTask, linker, images, stats: SplitStats) -> pa.Table:
