@@ -34,6 +34,7 @@ import pyarrow.csv as pcsv
 
 from ..errors import InputError
 from ..schema import WIT_BOOL_COLUMNS, WIT_COLUMNS, WIT_INT_COLUMNS
+from . import inflate
 
 log = logging.getLogger(__name__)
 
@@ -215,25 +216,22 @@ def _segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _raw_segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
-    with open_binary(path) as probe:
-        compressed = isinstance(probe, gzip.GzipFile)
     line, rest = 2, b""
-    # Arrow's stream decompresses without the GIL, so it overlaps parsing (see _prefetch)
-    with pa.input_stream(str(path), compression="gzip" if compressed else None) as f:
-        block = f.read(size)
-        while b"\n" not in block and (more := f.read(size)):
-            block += more
-        block = block[block.find(b"\n") + 1 :] if b"\n" in block else b""  # past the header
-        while block or rest:
-            data = rest + block if rest else block
-            end = _last_cut(data, cut) if block else len(data)
-            if end <= 0:
-                rest = data  # no row start in sight (a huge row): read on
-            else:
-                segment, rest = data[:end], data[end:]
-                yield line, segment
-                line += segment.count(b"\n")
-            block = f.read(size)
+    blocks = inflate.blocks(path, size)  # decompressed in the prefetch thread, overlapping parsing
+    block = next(blocks, b"")
+    while b"\n" not in block and (more := next(blocks, b"")):
+        block += more
+    block = block[block.find(b"\n") + 1 :] if b"\n" in block else b""  # past the header
+    while block or rest:
+        data = rest + block if rest else block
+        end = _last_cut(data, cut) if block else len(data)
+        if end <= 0:
+            rest = data  # no row start in sight (a huge row): read on
+        else:
+            segment, rest = data[:end], data[end:]
+            yield line, segment
+            line += segment.count(b"\n")
+        block = next(blocks, b"")
 
 
 def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
