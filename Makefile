@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
-# the one compiled part (build mmir's rows in C): rebuilt in place when its source changes
-EXT_SRC := $(wildcard wit_retrieval/build/_fastbuild*.c wit_retrieval/build/_fastbuild*.h) setup.py
+# the compiled parts (build mmir's rows, TSV segments): rebuilt in place when their source changes
+EXT_SRC := $(wildcard wit_retrieval/build/_fastbuild*.c wit_retrieval/build/_fastbuild*.h wit_retrieval/io/_fasttsv.c) setup.py
 EXT_STAMP := $(VENV)/.fastbuild
 $(EXT_STAMP): $(STAMP) $(EXT_SRC)
 	$(PY) setup.py -q build_ext --inplace

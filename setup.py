@@ -1,7 +1,9 @@
-"""The one compiled part: build/_fastbuild.c (the MMIR shard rows in C). Metadata lives in pyproject.toml.
+"""The compiled parts: build/_fastbuild.c (the MMIR shard rows in C) and io/_fasttsv.c (TSV
+segments to Arrow buffers). Metadata lives in pyproject.toml.
 
-The extension is optional: where it cannot be compiled, `build mmir` runs its pure-Python path
-(same outputs, slower), so a failed compile warns instead of failing the install.
+Both are optional: where they cannot be compiled, `build mmir` runs its pure-Python path and
+the TSV reader pyarrow.csv alone (same outputs, slower), so a failed compile warns instead of
+failing the install.
 """
 
 import os
@@ -15,13 +17,13 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # no compiler: the pure-Python path still works
-            print(f"warning: wit_retrieval.build._fastbuild not compiled ({exc}); build mmir uses Python")
+            print(f"warning: extensions not compiled ({exc}); build mmir uses Python")
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
-            print(f"warning: {ext.name} not compiled ({exc}); build mmir uses Python")
+            print(f"warning: {ext.name} not compiled ({exc}); its Python path runs")
 
 
 # OpenSSL's SHA-256 where its headers are (Debian: libssl-dev), else the portable one in the file
@@ -32,6 +34,8 @@ setup(
                            depends=[f"wit_retrieval/build/_fastbuild_{part}.h" for part in ("rows", "sha", "text", "trie")],
                            define_macros=[("HAVE_OPENSSL", "1"), ("OPENSSL_API_COMPAT", "0x10100000L")] if OPENSSL else [],
                            libraries=["crypto"] if OPENSSL else [],
+                           extra_compile_args=["-O2", "-std=c11", "-Wall"]),
+                 Extension("wit_retrieval.io._fasttsv", ["wit_retrieval/io/_fasttsv.c"],
                            extra_compile_args=["-O2", "-std=c11", "-Wall"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -28,13 +28,18 @@ def is_gzip(path: str | os.PathLike) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
+def pieces(path: str | os.PathLike, size: int) -> Iterator[bytes]:
+    """The file's content (decompressed when it is gzip) in pieces: a few MB each for gzip,
+    `size` bytes for a plain file."""
+    return _gzip_pieces(path) if is_gzip(path) else _plain_pieces(path, size)
+
+
 def blocks(path: str | os.PathLike, size: int) -> Iterator[bytes]:
     """The file's content (decompressed when it is gzip) in blocks of at least `size` bytes (the
     last may be shorter)."""
-    pieces = _gzip_pieces(path) if is_gzip(path) else _plain_pieces(path, size)
     pending: list[bytes] = []
     held = 0
-    for piece in pieces:
+    for piece in pieces(path, size):
         pending.append(piece)
         held += len(piece)
         if held >= size:

@@ -36,6 +36,11 @@ from ..errors import InputError
 from ..schema import WIT_BOOL_COLUMNS, WIT_COLUMNS, WIT_INT_COLUMNS
 from . import inflate
 
+try:
+    from . import _fasttsv
+except ImportError:  # not compiled: pyarrow.csv splits every segment
+    _fasttsv = None
+
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 20
@@ -205,7 +210,7 @@ def _cut_pattern(path, header: list[str]) -> re.Pattern:
     return re.compile(rb"\n(?=" + shape + rb"(?:[^\t\n]*\t){%d})" % tabs)
 
 
-def _segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
+def _segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, memoryview]]:
     """(first line number, bytes) of consecutive blocks of whole rows (cut before a row-start line)."""
     line = 2
     try:
@@ -215,23 +220,33 @@ def _segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
         raise damaged(path, line, exc) from None
 
 
-def _raw_segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, bytes]]:
-    line, rest = 2, b""
-    blocks = inflate.blocks(path, size)  # decompressed in the prefetch thread, overlapping parsing
-    block = next(blocks, b"")
-    while b"\n" not in block and (more := next(blocks, b"")):
-        block += more
-    block = block[block.find(b"\n") + 1 :] if b"\n" in block else b""  # past the header
-    while block or rest:
-        data = rest + block if rest else block
-        end = _last_cut(data, cut) if block else len(data)
-        if end <= 0:
-            rest = data  # no row start in sight (a huge row): read on
-        else:
-            segment, rest = data[:end], data[end:]
-            yield line, segment
-            line += segment.count(b"\n")
-        block = next(blocks, b"")
+def _raw_segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, memoryview]]:
+    """Segments as views of one joined block each: the decompressed bytes are copied once."""
+    line, rest, header = 2, b"", True
+    pending: list[bytes] = []
+    held = 0
+    pieces = inflate.pieces(path, size)  # decompressed in the prefetch thread, overlapping parsing
+    while True:
+        piece = next(pieces, None)
+        if piece is not None:
+            pending.append(piece)
+            held += len(piece)
+            if held < size:
+                continue
+        data = b"".join([rest, *pending]) if rest or len(pending) != 1 else pending[0]
+        pending, held = [], 0
+        if header:  # the first line is the header: past it
+            if b"\n" not in data and piece is not None:
+                rest = data
+                continue
+            data, header = data[data.find(b"\n") + 1 :] if b"\n" in data else b"", False
+        end = _last_cut(data, cut) if piece is not None else len(data)
+        if end > 0:
+            yield line, memoryview(data)[:end]
+            line += data.count(b"\n", 0, end)
+        rest = data[end:] if end > 0 else data  # no row start in sight (a huge row): read on
+        if piece is None:
+            return
 
 
 def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
@@ -335,7 +350,10 @@ def read_wit_batches(
 
 
 def _fast_segment(path, first_line: int, data: bytes, header, selected, types, cut) -> list | None:
-    """pyarrow's batches of a segment, or None when the robust reader must take it."""
+    """The batches of a segment (split in C, else by pyarrow), or None when the robust reader must take it."""
+    batch = _split_strings(data, header, selected, types)
+    if batch is not None:
+        return [batch]
     last = header[-1]
     include = selected if last in selected else [*selected, last]
     try:
@@ -350,6 +368,27 @@ def _fast_segment(path, first_line: int, data: bytes, header, selected, types, c
         log.info("%s: lines from %d: rows swallowed by an open quote; robust reader", path, first_line)
         return None
     return batches if include is selected else [b.select(selected) for b in batches]
+
+
+def _split_strings(data: bytes, header, selected, types) -> pa.RecordBatch | None:
+    """The selected columns of a segment via io/_fasttsv.c when they are all strings: it copies
+    only those (pyarrow tokenizes and converts more), and leaves anything unusual to pyarrow (None)."""
+    if _fasttsv is None or any(types[name] != pa.string() for name in selected):
+        return None
+    split = _fasttsv.split(data, len(header), [header.index(name) for name in selected])
+    if split is None:
+        return None
+    rows, columns = split
+    arrays = []
+    for offsets, values, validity, nulls in columns:
+        array = pa.Array.from_buffers(pa.string(), rows, [pa.py_buffer(validity) if nulls else None,
+                                                          pa.py_buffer(offsets), pa.py_buffer(values)], null_count=nulls)
+        try:
+            array.validate(full=True)  # UTF-8, as pyarrow.csv checks it
+        except pa.ArrowInvalid:
+            return None
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=list(selected))
 
 
 def read_tsv_rows(

@@ -189,9 +189,9 @@ class RobustParser:
             yield row
 
 
-def text_lines(data: bytes, first_line: int) -> Iterator[tuple[int, str]]:
+def text_lines(data, first_line: int) -> Iterator[tuple[int, str]]:
     """(line number, text) of a block of whole lines (UTF-8, bad bytes replaced)."""
-    lines = data.decode("utf-8", errors="replace").split("\n")
+    lines = str(data, "utf-8", errors="replace").split("\n")  # bytes or a memoryview of them
     if lines and lines[-1] == "":
         lines.pop()
     for number, line in enumerate(lines, start=first_line):
