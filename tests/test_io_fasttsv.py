@@ -90,6 +90,12 @@ def test_declines_what_pyarrow_must_decide():
     assert tsv._split_strings(bad_utf8, HEADER, ["c"], TYPES) is None  # ... but Arrow's UTF-8 check declines
 
 
+@given(data=st.binary(max_size=300))
+def test_newlines_counts_as_bytes_count(data):
+    assert tsv._fasttsv.newlines(data) == data.count(b"\n")
+    assert tsv._fasttsv.newlines(memoryview(data)[1:-1]) == data[1:-1].count(b"\n")
+
+
 def test_nulls_and_quotes():
     data = b'\t""\t"a""b"\t"\n"\n\t\t\t\n'
     table = _c(data, HEADER)

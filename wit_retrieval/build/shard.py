@@ -127,8 +127,10 @@ def entity_images(entities_path: str) -> EntityImages:
 
 def build_shard(task: ShardTask) -> ShardResult:
     """Link, mask and filter every row of one WIT file that has a reference description."""
+    from ..io.allocator import keep_freed_memory
     from ..io.tsv import RowErrors, read_wit_batches
 
+    keep_freed_memory()  # once per process (preload did it already where workers are forked)
     errors = RowErrors()
     stats = SplitStats()
     linker = load_linker(task.linker)
@@ -245,8 +247,11 @@ def preload(task: ShardTask) -> None:
     import pyarrow.parquet  # noqa: F401
 
     from ..io import tsv  # noqa: F401
+    from ..io.allocator import keep_freed_memory
     from . import fastpath
     from .linker import Gazetteer
+
+    keep_freed_memory()
 
     pa.scalar(0)  # pyarrow looks for pandas on the first Python value it converts: ~0.2 s, done here once
     linker = load_linker(task.linker)

@@ -242,8 +242,9 @@ def _raw_segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, memor
             data, header = data[data.find(b"\n") + 1 :] if b"\n" in data else b"", False
         end = _last_cut(data, cut) if piece is not None else len(data)
         if end > 0:
-            yield line, memoryview(data)[:end]
-            line += data.count(b"\n", 0, end)
+            segment = memoryview(data)[:end]
+            yield line, segment
+            line += _fasttsv.newlines(segment) if _fasttsv is not None else data.count(b"\n", 0, end)
         rest = data[end:] if end > 0 else data  # no row start in sight (a huge row): read on
         if piece is None:
             return
