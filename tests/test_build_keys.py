@@ -7,7 +7,15 @@ import pyarrow as pa
 import pytest
 
 from wit_retrieval.build.fast_ids import image_id
-from wit_retrieval.build.keys import hex_tails, is_normal_url, repeats, unique_images
+from wit_retrieval.build.keys import (
+    hex_tails,
+    is_normal_url,
+    part_images,
+    repeats,
+    sorted_tails,
+    split_images,
+    unique_images,
+)
 from wit_retrieval.schema import CORPUS
 
 SCHEMA = pa.schema([f for f in CORPUS if f.name != "split"])
@@ -37,6 +45,33 @@ def test_unique_images_equals_group_by(seed):
     assert expected.num_rows == 3  # the spellings of one image are one corpus row
     for result in (unique_images(chunked, SCHEMA), unique_images(chunked, SCHEMA, normal)):
         assert result.equals(expected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_split_merged_from_sorted_parts_equals_one_pass(seed):
+    """Workers sort their parts (part_images); the merged corpus equals one pass over all rows."""
+    rng = np.random.default_rng(seed)
+    urls = [URLS[i] for i in rng.integers(0, len(URLS), 300)]
+    table = pa.table({"image_id": [image_id(u) for u in urls], "image_url": urls})
+    cuts = sorted(rng.choice(np.arange(1, 300), 4, replace=False))
+    parts = [table.slice(a, b - a) for a, b in zip([0, *cuts], [*cuts, 300])]
+    sorted_parts = [part_images(p["image_id"], p["image_url"]) for p in parts]
+    assert all("image_number" in p.column_names for p in sorted_parts)
+    for part in sorted_parts:
+        numbers = part["image_number"].to_numpy()
+        assert (numbers[1:] >= numbers[:-1]).all()
+    assert split_images(sorted_parts, SCHEMA).equals(_reference(table))
+    unnumbered = [part_images(pa.array([f"x{i}" for i in range(3)]), pa.array(URLS[:3]))]  # no hex tails
+    assert "image_number" not in unnumbered[0].column_names
+    assert split_images(unnumbered + sorted_parts, SCHEMA).num_rows == 3 + _reference(table).num_rows
+    assert split_images([], SCHEMA).num_rows == 0
+
+
+def test_repeats_on_sorted_runs():
+    ids = pa.array([f"train-{n:016x}" for n in (9, 3, 7, 1, 5)])
+    runs = [sorted_tails(ids.slice(0, 3)), sorted_tails(ids.slice(3))]
+    assert not repeats(None, np.concatenate(runs))
+    assert repeats(None, np.concatenate(runs + [sorted_tails(ids.slice(4))]))
 
 
 def test_normal_urls_are_the_fast_ids_ones():

@@ -50,13 +50,55 @@ def hex_tails(ids) -> np.ndarray | None:
     return packed.view(">u8").ravel().astype(np.uint64)
 
 
-def repeats(query_ids) -> bool:
-    """Whether any query id occurs twice."""
-    numbers = hex_tails(query_ids)
+def repeats(query_ids, numbers: np.ndarray | None = None) -> bool:
+    """Whether any query id occurs twice (`numbers`: their hex tails, when already known)."""
+    if numbers is None:
+        numbers = hex_tails(query_ids)
     if numbers is None:
         return pc.count_distinct(query_ids).as_py() < len(query_ids)
-    numbers.sort()
+    numbers = np.sort(numbers, kind="stable")  # runs sorted in the workers merge, not re-sort
     return bool((numbers[1:] == numbers[:-1]).any())
+
+
+def sorted_tails(ids) -> np.ndarray | None:
+    """hex_tails of ids, sorted (None when they have none)."""
+    numbers = hex_tails(ids)
+    if numbers is not None:
+        numbers.sort()
+    return numbers
+
+
+def part_images(image_ids, image_urls) -> pa.Table:
+    """A part's (image_id, image_url, url_is_normal) rows, for the corpus: sorted by the id's tail
+    (stably: an image's rows keep their order), which is then an `image_number` column.
+
+    Workers sort their parts, so the main process's sort of a split merges sorted runs, and its
+    gather of the corpus rows reads them nearly in order. Ids without a tail stay unsorted and
+    without the column (the string kernels take them).
+    """
+    table = pa.table({"image_id": image_ids, "image_url": image_urls, "url_is_normal": is_normal_url(image_urls)})
+    numbers = hex_tails(table["image_id"]) if table.num_rows else None
+    if numbers is None:
+        return table
+    order = np.argsort(numbers, kind="stable")
+    return table.take(pa.array(order)).append_column("image_number", pa.array(numbers[order]))
+
+
+def split_images(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """The corpus rows of a split from its parts' `part_images` tables (in part order)."""
+    if not parts:
+        return schema.empty_table()
+    numbered = all("image_number" in part.column_names for part in parts)
+    names = ["image_id", "image_url", "url_is_normal", *(["image_number"] if numbered else [])]
+    table = pa.concat_tables([part.select(names) for part in parts])
+    normal = _numpy(table["url_is_normal"], bool)
+    numbers = _numpy(table["image_number"], np.uint64) if numbered else None
+    return unique_images(table.select(["image_id", "image_url"]), schema, normal, numbers)
+
+
+def _numpy(column: pa.ChunkedArray, dtype) -> np.ndarray:
+    # chunk by chunk: ChunkedArray.to_numpy goes through pandas
+    return np.concatenate([np.zeros(0, dtype)] + [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks])
 
 
 # fast_ids' test of a URL that is its own normal form (as RE2 sees it: anchored), so rows of one
@@ -69,15 +111,18 @@ def is_normal_url(urls) -> pa.Array:
     return pc.fill_null(pc.match_substring_regex(urls, NORMAL_URL), False)
 
 
-def unique_images(table: pa.Table, schema: pa.Schema, normal: np.ndarray | None = None) -> pa.Table:
+def unique_images(table: pa.Table, schema: pa.Schema, normal: np.ndarray | None = None,
+                  numbers: np.ndarray | None = None) -> pa.Table:
     """(image_id, image_url) rows -> one per image id, sorted by it, with its smallest URL.
 
     `normal` (bool per row, from is_normal_url) spares the URL comparison in groups whose URLs
-    are all normal forms: one id, one normal form, one URL.
+    are all normal forms: one id, one normal form, one URL. `numbers`: the ids' hex tails,
+    when already known.
     """
     # one chunk: a take over a chunked column resolves the chunk row by row (~30x slower)
     table = table.rename_columns(["image_id", "image_url"]).combine_chunks()
-    numbers = hex_tails(table["image_id"]) if table.num_rows else None
+    if numbers is None:
+        numbers = hex_tails(table["image_id"]) if table.num_rows else None
     if numbers is None or table["image_url"].null_count:
         table = table.group_by("image_id", use_threads=False).aggregate([("image_url", "min")])
         return table.rename_columns(["image_id", "image_url"]).sort_by("image_id").select(schema.names)

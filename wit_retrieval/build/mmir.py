@@ -36,7 +36,7 @@ from ..io.shards import (
 )
 from ..layout import DataRoot
 from ..schema import CORPUS, EI, QRELS, QUERIES, SPLITS
-from .keys import repeats, unique_images
+from .keys import repeats, split_images
 from .linker import LinkerSpec
 from .shard import (
     QUERIES_FILE,
@@ -47,6 +47,7 @@ from .shard import (
     build_shard,
     preload,
     split_of,
+    staged_part,
 )
 from .stats import SplitStats, update_stats
 
@@ -198,42 +199,47 @@ def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stat
         parts.extend(result.parts)
         for part in result.parts:
             entity_uses.add(part.entity_counts)
-    keys = pa.concat_tables([p.keys for p in parts]) if parts else None
-    if keys is not None and repeats(keys["query_id"]):
-        keys = _drop_duplicates(parts, keys, stats, entity_uses)
+    if _repeats(parts):
+        _drop_duplicates(parts, stats, entity_uses)
     meta = {"builder": "build_mmir", "split": split}
     publish_table_dir(root.table_split("queries", split), [(p.path, p.rows) for p in parts], QUERIES_FILE, meta=meta)
     publish_table_dir(root.table_split("qrels", split), [(p.qrels_path, p.rows) for p in parts], QRELS, meta=meta)
-    if keys is None:
-        keys = pa.table({"query_id": pa.array([], pa.string()), "target_image_id": pa.array([], pa.string()),
-                         "target_image_url": pa.array([], pa.string())})
-    normal = None
-    if "url_is_normal" in keys.column_names:  # chunk by chunk: ChunkedArray.to_numpy goes through pandas
-        normal = np.concatenate([np.zeros(0, bool)] + [chunk.to_numpy(zero_copy_only=False)
-                                                      for chunk in keys["url_is_normal"].chunks])
-    images = unique_images(keys.select(["target_image_id", "target_image_url"]), _CORPUS_FILE, normal)
+    images = split_images([p.images for p in parts], _CORPUS_FILE)
     stats.corpus = images.num_rows
     write_table_dir(root.table_split("corpus", split), [images], _CORPUS_FILE, meta=meta, **UNIQUE_COLUMNS)
 
 
-def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats, entity_uses: EntityUses
-                     ) -> pa.Table:
+def _repeats(parts: list[StagedPart]) -> bool:
+    """Whether a query id occurs twice in the split (on the workers' sorted id tails when all have them)."""
+    if not parts:
+        return False
+    if all(p.query_numbers is not None for p in parts):
+        numbers = np.concatenate([p.query_numbers for p in parts])
+        return repeats(None, numbers)
+    return repeats(pa.chunked_array([_query_ids(p) for p in parts], pa.string()))
+
+
+def _query_ids(part: StagedPart) -> pa.Array:
+    if part.query_ids is not None:
+        return part.query_ids
+    return pq.read_table(part.path, columns=["query_id"])["query_id"].combine_chunks()
+
+
+def _drop_duplicates(parts: list[StagedPart], stats: SplitStats, entity_uses: EntityUses) -> None:
     """Keep the first of queries whose id repeats within the split (a WIT row given twice).
 
-    Rare, so done in Python: the part files holding a repeat are rewritten without it, and its
-    counts and entity uses taken back out.
+    Rare, so done in Python: the part files holding a repeat are rewritten without it, their
+    records remade, and its counts and entity uses taken back out.
     """
     from ..io.shards import write_parquet_atomic
 
     seen: set[str] = set()
-    kept_keys = []
-    for part in parts:
+    for number, part in enumerate(parts):
         keep = []
-        for qid in part.keys["query_id"].to_pylist():
+        for qid in _query_ids(part).to_pylist():
             keep.append(qid not in seen)
             seen.add(qid)
         if all(keep):
-            kept_keys.append(part.keys)
             continue
         mask = pa.array(keep)
         table = pq.read_table(part.path)
@@ -241,12 +247,11 @@ def _drop_duplicates(parts: list[StagedPart], keys: pa.Table, stats: SplitStats,
         stats.duplicates += dropped.num_rows
         stats.count_queries(dropped.append_column("split", pa.array([""] * dropped.num_rows)), sign=-1)
         entity_uses.subtract(pc.list_flatten(dropped["entity_ids"]).to_pylist())
-        write_parquet_atomic(table.filter(mask), part.path)
+        table = table.filter(mask)
+        write_parquet_atomic(table, part.path)
         write_parquet_atomic(pq.read_table(part.qrels_path).filter(mask), part.qrels_path)
-        part.keys = part.keys.filter(mask)
-        part.rows = part.keys.num_rows
-        kept_keys.append(part.keys)
-    return pa.concat_tables(kept_keys)
+        keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
+        parts[number] = staged_part(part.path, keys, part.qrels_path, part.entity_counts)
 
 
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from ..schema import MENTION, QRELS, QUERIES
 from .fast_ids import normal_image_id, normal_url, query_id
-from .keys import is_normal_url
+from .keys import part_images, sorted_tails
 from .linker import LinkerSpec, load_linker
 from .mask import context_words, mask_text
 from .stats import SplitStats
@@ -67,7 +67,9 @@ class StagedPart:
     path: str
     rows: int
     qrels_path: str  # the part's qrels (query_id, image_id, relevance), also final
-    keys: pa.Table  # query_id, target_image_id, target_image_url, url_is_normal (dedup, qrels, corpus)
+    images: pa.Table  # keys.part_images of its targets (the corpus, merged by the main process)
+    query_numbers: np.ndarray | None  # keys.sorted_tails of its query ids (repeats in the split)
+    query_ids: pa.Array | None  # the query ids themselves, only when they have no tails
     entity_counts: pa.Table  # entity_id, count (queries using each entity)
 
 
@@ -198,11 +200,18 @@ def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitSta
     counts = pc.value_counts(pc.list_flatten(table["entity_ids"]))
     entity_counts = pa.table({"entity_id": counts.field("values"), "count": counts.field("counts")})
     keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
-    keys = keys.append_column("url_is_normal", is_normal_url(keys["target_image_url"]))
     write_parquet_atomic(table.drop_columns(["split"]), path, **QUERY_FILE_OPTIONS)
     qrels_path = path.with_suffix(".qrels.parquet")
     write_parquet_atomic(qrels_of(keys), qrels_path, **UNIQUE_COLUMNS)
-    return StagedPart(str(path), table.num_rows, str(qrels_path), keys, entity_counts)
+    return staged_part(str(path), keys, str(qrels_path), entity_counts)
+
+
+def staged_part(path: str, keys: pa.Table, qrels_path: str, entity_counts: pa.Table) -> StagedPart:
+    """A part's record from its keys (query_id, target_image_id, target_image_url, in file order)."""
+    query_numbers = sorted_tails(keys["query_id"]) if keys.num_rows else np.zeros(0, np.uint64)
+    return StagedPart(path, keys.num_rows, qrels_path,
+                      part_images(keys["target_image_id"], keys["target_image_url"]), query_numbers,
+                      keys["query_id"] if query_numbers is None else None, entity_counts)
 
 
 def qrels_of(keys: pa.Table) -> pa.Table:
