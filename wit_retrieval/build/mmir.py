@@ -40,6 +40,7 @@ from .keys import repeats, split_images
 from .linker import LinkerSpec
 from .shard import (
     QUERIES_FILE,
+    QUERY_FILE_OPTIONS,
     FilterConfig,
     ShardResult,
     ShardTask,
@@ -248,8 +249,8 @@ def _drop_duplicates(parts: list[StagedPart], stats: SplitStats, entity_uses: En
         stats.count_queries(dropped.append_column("split", pa.array([""] * dropped.num_rows)), sign=-1)
         entity_uses.subtract(pc.list_flatten(dropped["entity_ids"]).to_pylist())
         table = table.filter(mask)
-        write_parquet_atomic(table, part.path)
-        write_parquet_atomic(pq.read_table(part.qrels_path).filter(mask), part.qrels_path)
+        write_parquet_atomic(table, part.path, **QUERY_FILE_OPTIONS)
+        write_parquet_atomic(pq.read_table(part.qrels_path).filter(mask), part.qrels_path, **UNIQUE_COLUMNS)
         keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
         parts[number] = staged_part(part.path, keys, part.qrels_path, part.entity_counts)
 
