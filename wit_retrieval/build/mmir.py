@@ -110,13 +110,16 @@ def build_mmir(config: MmirConfig) -> dict:
     results = _measured(run_shards(build_shard, tasks, config.engine, partial(preload, tasks[0])), workers)
     # a split's tables are written as soon as its last shard is in (tasks come sorted by split):
     # grouping by the next result's split would leave the main process idle until it arrives
+    entities = None
     for split, count in Counter(task.split for task in tasks).items():
         group = itertools.islice(results, count)
         stats = split_stats[split] = SplitStats()
         write_split(root, split, group, stats, errors, entity_uses)
+        if entities is None:  # read while workers still run the other splits, not after the last
+            entities = ei_entities(root)
     shutil.rmtree(staging_dir(root), ignore_errors=True)
     uses = entity_uses.totals()
-    write_ei(root, uses)
+    write_ei(root, uses, entities)
     write_json_atomic(root.config / "build_mmir.json", asdict(config))
     section = {
         "splits": {s: split_stats[s].to_dict() for s in SPLITS if s in split_stats},
@@ -258,11 +261,17 @@ def _drop_duplicates(parts: list[StagedPart], stats: SplitStats, entity_uses: En
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
 
 
-def write_ei(root: DataRoot, uses: pa.Table) -> pa.Table:
+def ei_entities(root: DataRoot) -> pa.Table:
+    """The entities table's columns the EI dataset keeps."""
+    return read_table_dir(root.table("entities"), columns=["entity_id", "language", "page_title", "image_url",
+                                                          "image_id"])
+
+
+def write_ei(root: DataRoot, uses: pa.Table, entities: pa.Table | None = None) -> pa.Table:
     """The released EI dataset: entities MMIR queries use (`uses`: entity_id, count), with how many
-    queries use each."""
-    entities = read_table_dir(root.table("entities"), columns=["entity_id", "language", "page_title", "image_url",
-                                                              "image_id"])
+    queries use each (`entities`: ei_entities, read here when not given)."""
+    if entities is None:
+        entities = ei_entities(root)
     found = pc.index_in(entities["entity_id"], value_set=uses["entity_id"])
     used = pc.is_valid(found)
     table = entities.filter(used).append_column("num_queries", uses["count"].take(found.filter(used)))
