@@ -5,9 +5,10 @@ Dialect: tab-separated, a header row, double-quoted fields that may hold tabs an
 written as Python byte literals `b'...'`.
 
 `read_wit_batches` cuts the (decompressed) file into segments of ~8 MB of whole rows, each
-cut made before a line shaped like the first line of a row of this file. Each segment goes
-through pyarrow.csv (the fast path) all or nothing, so nothing is yielded from a segment that
-fails. A failed segment (a malformed row, a wrong field count, invalid UTF-8) goes through the
+cut made before a line shaped like the first line of a row of this file (`segments.py`). Each
+segment goes through the fast path all or nothing, so nothing is yielded from a segment that
+fails: its string columns split in C (`_fasttsv.c`, when all the columns read are strings and
+the segment holds nothing unusual), else pyarrow.csv. A failed segment (a malformed row, a wrong field count, invalid UTF-8) goes through the
 robust Python reader of `tsv_robust.py`, which reports bad rows (file + line) and keeps every
 good row; a row it finds still open at the segment's end carries over into the next segment,
 which is then read by the robust reader too. One bad row costs one segment of Python parsing,
@@ -17,15 +18,10 @@ not a shard, and no row is ever yielded twice.
 from __future__ import annotations
 
 import codecs
-import gzip
 import logging
 import os
-import queue
-import re
-import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +30,7 @@ import pyarrow.csv as pcsv
 
 from ..errors import InputError
 from ..schema import WIT_BOOL_COLUMNS, WIT_COLUMNS, WIT_INT_COLUMNS
-from . import inflate
+from .segments import cut_pattern, open_binary, prefetch, segments
 
 try:
     from . import _fasttsv
@@ -134,25 +130,6 @@ def decode_byte_literals_array(array: pa.Array | pa.ChunkedArray) -> pa.Array | 
     return pa.array(values, pa.string())
 
 
-READ_ERRORS = (OSError, EOFError, pa.ArrowInvalid)
-
-
-def damaged(path, line: int, exc: BaseException) -> InputError:
-    """The error for a file that cannot be read on (a damaged .gz, e.g. an interrupted download)."""
-    return InputError(f"unreadable after line {line} ({exc}); the file is truncated or corrupt: download it again",
-                      path=str(path))
-
-
-def open_binary(path: str | os.PathLike):
-    """Open a plain or gzip file (detected by its magic bytes) for binary reading."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path=str(path))
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-
-
 def read_header(path: str | os.PathLike) -> list[str]:
     """Column names from the header row (byte literals decoded, blanks stripped)."""
     with open_binary(path) as f:
@@ -193,106 +170,6 @@ def _decode_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         decode_byte_literals_array(col) if pa.types.is_string(col.type) else col for col in batch.columns
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
-
-
-def _cut_pattern(path, header: list[str]) -> re.Pattern:
-    """Where a segment may end: before a line shaped like the first line of a row of this file."""
-    with open_binary(path) as f:
-        f.readline()
-        first = f.readline().decode("utf-8", errors="replace").split("\t", 1)[0]
-    if first.startswith(("http://", "https://", "b'http", 'b"http')):
-        shape = rb"(?:b['\"])?https?://[^\t\n]*\t"
-    elif re.fullmatch(r"[a-z]{2,3}([-_][A-Za-z0-9]+)*", first):
-        shape = rb"[a-z]{2,3}(?:[-_][A-Za-z0-9]+)*\t"
-    else:
-        shape = rb"[^\t\n]*\t"
-    tabs = max(0, min(4, len(header) - 2))  # a few more fields on that line, as a row's first line has
-    return re.compile(rb"\n(?=" + shape + rb"(?:[^\t\n]*\t){%d})" % tabs)
-
-
-def _segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, memoryview]]:
-    """(first line number, bytes) of consecutive blocks of whole rows (cut before a row-start line)."""
-    line = 2
-    try:
-        for line, segment in _raw_segments(path, cut, size):
-            yield line, segment
-    except READ_ERRORS as exc:
-        raise damaged(path, line, exc) from None
-
-
-def _raw_segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, memoryview]]:
-    """Segments as views of one joined block each: the decompressed bytes are copied once."""
-    line, rest, header = 2, b"", True
-    pending: list[bytes] = []
-    held = 0
-    pieces = inflate.pieces(path, size)  # decompressed in the prefetch thread, overlapping parsing
-    while True:
-        piece = next(pieces, None)
-        if piece is not None:
-            pending.append(piece)
-            held += len(piece)
-            if held < size:
-                continue
-        data = b"".join([rest, *pending]) if rest or len(pending) != 1 else pending[0]
-        pending, held = [], 0
-        if header:  # the first line is the header: past it
-            if b"\n" not in data and piece is not None:
-                rest = data
-                continue
-            data, header = data[data.find(b"\n") + 1 :] if b"\n" in data else b"", False
-        end = _last_cut(data, cut) if piece is not None else len(data)
-        if end > 0:
-            segment = memoryview(data)[:end]
-            yield line, segment
-            line += _fasttsv.newlines(segment) if _fasttsv is not None else data.count(b"\n", 0, end)
-        rest = data[end:] if end > 0 else data  # no row start in sight (a huge row): read on
-        if piece is None:
-            return
-
-
-def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
-    """Produce `items` in a background thread, `depth` ahead: decompression overlaps parsing."""
-    done, stop = object(), threading.Event()
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-
-    def produce():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put(done)
-        except BaseException as exc:  # handed to the consumer, raised there
-            slots.put(exc)
-
-    thread = threading.Thread(target=produce, daemon=True, name="tsv-segments")
-    thread.start()
-    try:
-        while (item := slots.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
-def _last_cut(data: bytes, cut: re.Pattern) -> int:
-    window = 1 << 16
-    while True:
-        start = max(0, len(data) - window)
-        last = None
-        for last in cut.finditer(data, start):  # noqa: B007 - only the last match is wanted
-            pass
-        if last is not None:
-            return last.start() + 1
-        if start == 0:
-            return 0
-        window *= 4
 
 
 def _parse_segment(data: bytes, header, selected, types) -> list[pa.RecordBatch]:
@@ -338,8 +215,8 @@ def read_wit_batches(
     if variable_fields is None:
         variable_fields = tuple(header) != WIT_COLUMNS
     parser = RobustParser(path, header, errors if errors is not None else RowErrors(), variable_fields)
-    cut = _cut_pattern(path, header)
-    for first_line, data in _prefetch(_segments(path, cut, _SEGMENT_BYTES)):
+    cut = cut_pattern(path, header)
+    for first_line, data in prefetch(segments(path, cut, _SEGMENT_BYTES)):
         batches = None if parser.pending else _fast_segment(path, first_line, data, header, selected, types, cut)
         if batches is None:  # failed, or a row left open by the robust reader continues here
             yield from rows_to_batches(parser.rows(text_lines(data, first_line)), schema, batch_rows)

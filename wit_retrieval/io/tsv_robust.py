@@ -18,7 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .tsv import READ_ERRORS, RowErrors, column_types, damaged, decode_byte_literal, open_binary
+from .segments import READ_ERRORS, damaged, open_binary
+from .tsv import RowErrors, column_types, decode_byte_literal
 
 _MAX_RECORD_CHARS = 512 << 20
 _SHAPES = (

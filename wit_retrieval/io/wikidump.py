@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from ..errors import InputError
-from .tsv import READ_ERRORS, RowErrors, damaged, open_binary
+from .segments import READ_ERRORS, damaged, open_binary
+from .tsv import RowErrors
 
 # Documented column orders (reference/domain.md section 3), used when a dump has no CREATE TABLE.
 DEFAULT_COLUMNS = {
