@@ -4,8 +4,9 @@ On a generated world (>= 1M WIT rows, >= 100k entities, no images; cached in ben
 one run measures:
 1. the floor: reading and parsing every WIT shard with pyarrow.csv alone (all columns);
 2. our MMIR build on all shards (local engine, one worker per CPU), in a subprocess
-   (peak memory = ru_maxrss of it and of its workers), between two floor runs; three such
-   rounds, the median ratio reported (this VM's 2 vCPUs are noisy);
+   (peak memory = ru_maxrss of it and of its workers), interleaved with the floor
+   (floor, ours, floor, ours, ...); each side's best run is compared, and each build's ratio
+   to the floors beside it is listed (this VM's 2 vCPUs are noisy);
 3. rows/s of the build in one process on ~100k, ~300k and all rows (build_scaling.py): end to
    end, and after the fixed part of a build (flat = within 20%);
 4. the usual script: pandas.read_csv of every shard, then for each row with a reference
@@ -15,7 +16,7 @@ one run measures:
    sample rows both produce.
 
 Writes benchmarks/out/build.json and benchmarks/results/build.md.
-Run: .venv/bin/python benchmarks/bench_build.py [--entities 103000] [--scenes 760000] [--rounds 3]
+Run: .venv/bin/python benchmarks/bench_build.py [--entities 103000] [--scenes 760000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -218,13 +219,22 @@ def same_masks(root: Path, masks: dict[str, str]) -> dict:
         {"ours": ours[q], "usual": masks[q]} for q in both if masks[q] != ours[q]][:3]}
 
 
-def floor_and_ours(files: list[Path], root: Path) -> tuple[tuple[float, float, int], dict]:
-    """One round: the floor (best of the runs just before and after, as the machine may be
-    shared), and our build between them."""
-    before = floor_seconds(files)
-    ours = run_child("mmir", "--root", str(root), "--files", *map(str, files))
-    after = floor_seconds(files)
-    return (min(before[0], after[0]), min(before[1], after[1]), before[2]), ours
+def floor_and_ours(files: list[Path], root: Path, rounds: int) -> tuple[tuple[float, float, int], dict]:
+    """The floor and our build, interleaved (floor, ours, floor, ours, ..., floor), each the best
+    of its runs: on a shared machine interference only adds time, so the fastest run is the best
+    estimate of each one's cost, and both sides get the same number of chances. The ratio of
+    each build to the faster of the floors around it is kept too (the spread across rounds)."""
+    floors = [floor_seconds(files)]
+    builds = []
+    for _ in range(rounds):
+        builds.append(run_child("mmir", "--root", str(root), "--files", *map(str, files)))
+        floors.append(floor_seconds(files))
+        print(f"floor {floors[-2][0]:.2f} s, ours {builds[-1]['seconds']:.2f} s, floor {floors[-1][0]:.2f} s",
+              flush=True)
+    ours = dict(min(builds, key=lambda run: run["seconds"]))
+    ours["rounds"] = sorted(run["seconds"] / min(floors[i][0], floors[i + 1][0]) for i, run in enumerate(builds))
+    floor = min(floors)
+    return (floor[0], min(f[1] for f in floors), floor[2]), ours
 
 
 def main() -> None:
@@ -233,7 +243,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=760_000)
     parser.add_argument("--shards", type=int, default=8, help="train shards of the world")
     parser.add_argument("--sample", type=int, default=300, help="rows the pandas script is timed on")
-    parser.add_argument("--rounds", type=int, default=3, help="floor/ours rounds (the median ratio is reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="our builds, interleaved with one more floor run")
     parser.add_argument("--child", choices=["ei", "mmir"])
     parser.add_argument("--root")
     parser.add_argument("--dumps")
@@ -248,12 +258,9 @@ def main() -> None:
     root = OUT / "build_root"
     ei = build_ei_cached(world, root, files)
     print(f"build ei: {ei}", flush=True)
-    rounds = [floor_and_ours(files, root) for _ in range(args.rounds)]
-    for floor_run, ours_run in rounds:
-        print(f"floor {floor_run[0]:.2f} s ({floor_run[1]:.2f} s CPU), ours {ours_run['seconds']:.2f} s: "
-              f"{ours_run['seconds'] / floor_run[0]:.2f}x", flush=True)
-    (floor, floor_cpu, rows), ours = sorted(rounds, key=lambda pair: pair[1]["seconds"] / pair[0][0])[len(rounds) // 2]
-    ours["ratios"] = sorted(pair[1]["seconds"] / pair[0][0] for pair in rounds)
+    (floor, floor_cpu, rows), ours = floor_and_ours(files, root, args.rounds)
+    print(f"best of {args.rounds}: floor {floor:.2f} s, ours {ours['seconds']:.2f} s: {ours['seconds'] / floor:.2f}x; "
+          f"rounds {ours['rounds']}", flush=True)
     flat = scaling(files, str(root), run_child, OUT)
     print(f"scaling: {flat['after_fixed_ratio']:.2f}x after the fixed cost", flush=True)
     stages = stage_breakdown(scaling_subset(files)[0], root)
@@ -298,7 +305,7 @@ def report(world, rows, ei, floor, ours, flat, usual, agreement, stages) -> None
     }
     (OUT / "build.json").write_text(json.dumps(result, indent=2) + "\n")
     small, large = flat["runs"][0], flat["runs"][-1]
-    ratios = ", ".join(f"{r:.2f}x" for r in ours["ratios"])
+    ratios = ", ".join(f"{r:.2f}x" for r in ours["rounds"])
     lines = [
         "### build (`build mmir` vs pyarrow.csv floor and pandas + per-entity regex)",
         "",
@@ -310,10 +317,10 @@ def report(world, rows, ei, floor, ours, flat, usual, agreement, stages) -> None
         "",
         "| what | wall | CPU | rows/s | ratio |",
         "|---|---:|---:|---:|---:|",
-        f"| floor: pyarrow.csv reads all columns of all shards (best of the runs before and after ours) | "
-        f"{floor:.2f} s | {floor_cpu:.2f} s | {rows / floor:,.0f} | 1.00 |",
-        f"| ours: `build mmir` (local, {os.cpu_count()} workers), {ours['queries']:,} queries; the median of "
-        f"{len(ours['ratios'])} rounds ({ratios}) | "
+        f"| floor: pyarrow.csv reads all columns of all shards (best of {len(ours['rounds']) + 1} runs, "
+        f"interleaved with ours) | {floor:.2f} s | {floor_cpu:.2f} s | {rows / floor:,.0f} | 1.00 |",
+        f"| ours: `build mmir` (local, {os.cpu_count()} workers), {ours['queries']:,} queries; best of "
+        f"{len(ours['rounds'])} (each run against the faster floor beside it: {ratios}) | "
         f"{ours['seconds']:.2f} s | {ours['cpu_seconds']:.2f} s | {rows / ours['seconds']:,.0f} | "
         f"**{ours['seconds'] / floor:.2f}x floor** (CPU {ours['cpu_seconds'] / floor_cpu:.1f}x) |",
         f"| usual script: pandas.read_csv + per-entity regex (loop timed on {usual['sample_rows']} rows, "
