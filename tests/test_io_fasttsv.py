@@ -126,3 +126,10 @@ def test_the_sample_segment_is_split_in_c(wit_fixtures):
     batch = tsv._split_strings(data, header, QUERY_COLUMNS, tsv.column_types(header))
     assert batch is not None and batch.num_rows == 3
     assert header == list(WIT_COLUMNS)
+
+
+def test_the_pure_python_switch_turns_the_split_off(monkeypatch):
+    data = b"x\ty\tz\tw\n"
+    assert tsv._split_strings(data, HEADER, ["a"], TYPES) is not None
+    monkeypatch.setenv("WIT_RETRIEVAL_PURE_PYTHON", "1")
+    assert tsv._split_strings(data, HEADER, ["a"], TYPES) is None

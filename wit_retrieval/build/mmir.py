@@ -262,20 +262,19 @@ _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
 
 
 def ei_entities(root: DataRoot) -> pa.Table:
-    """The entities table's columns the EI dataset keeps."""
+    """The entities table's columns the EI dataset keeps, sorted by entity_id."""
     return read_table_dir(root.table("entities"), columns=["entity_id", "language", "page_title", "image_url",
-                                                          "image_id"])
+                                                          "image_id"]).sort_by("entity_id")
 
 
 def write_ei(root: DataRoot, uses: pa.Table, entities: pa.Table | None = None) -> pa.Table:
     """The released EI dataset: entities MMIR queries use (`uses`: entity_id, count), with how many
-    queries use each (`entities`: ei_entities, read here when not given)."""
+    queries use each (`entities`: ei_entities, read here when not given; the rows keep its order)."""
     if entities is None:
         entities = ei_entities(root)
     found = pc.index_in(entities["entity_id"], value_set=uses["entity_id"])
     used = pc.is_valid(found)
     table = entities.filter(used).append_column("num_queries", uses["count"].take(found.filter(used)))
-    table = table.sort_by("entity_id")
     write_table_dir(root.table("ei"), [table], EI, meta={"builder": "build_mmir"})
     return table
 

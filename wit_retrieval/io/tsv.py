@@ -251,7 +251,8 @@ def _fast_segment(path, first_line: int, data: bytes, header, selected, types, c
 def _split_strings(data: bytes, header, selected, types) -> pa.RecordBatch | None:
     """The selected columns of a segment via io/_fasttsv.c when they are all strings: it copies
     only those (pyarrow tokenizes and converts more), and leaves anything unusual to pyarrow (None)."""
-    if _fasttsv is None or any(types[name] != pa.string() for name in selected):
+    if _fasttsv is None or any(types[name] != pa.string() for name in selected) or \
+            os.environ.get("WIT_RETRIEVAL_PURE_PYTHON", "") in ("1", "true", "yes"):
         return None
     split = _fasttsv.split(data, len(header), [header.index(name) for name in selected])
     if split is None:
