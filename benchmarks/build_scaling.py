@@ -1,7 +1,7 @@
 """Rows/s of `build mmir` from ~100k to ~1M rows (used by bench_build.py).
 
 One-process builds (no worker start-up) of 1, 3 and all WIT files of the world, each the best
-of 2 runs in fresh processes. A build's time is a fixed part (loading the linker's automata
+of 3 runs in fresh processes. A build's time is a fixed part (loading the linker's automata
 and the entity table, first use of memory and kernels, writing the tables' files) plus a part
 per row: the fixed part is the intercept of a least-squares line through the three builds,
 and rows/s after it is the rate that would drop if a build slowed down with size (memory
@@ -30,13 +30,13 @@ def header_only(like: Path, folder: Path) -> Path:
 
 
 def scaling(files: list[Path], root: str, run_child: Callable[..., dict], out: Path) -> dict:
-    """One-process builds of 0 rows, 1, 3 and all files (best of 2 each); rates end to end and
+    """One-process builds of 0 rows, 1, 3 and all files (best of 3 each); rates end to end and
     after the fitted fixed cost."""
     train = sorted((f for f in files if ".train." in f.name), key=lambda f: f.stat().st_size)
     empty = header_only(files[0], out)
 
     def build(label: str, subset: list[Path]) -> dict:
-        runs = [run_child("mmir", "--root", root, "--workers", "1", "--files", *map(str, subset)) for _ in range(2)]
+        runs = [run_child("mmir", "--root", root, "--workers", "1", "--files", *map(str, subset)) for _ in range(3)]
         return {"label": label, **min(runs, key=lambda run: run["seconds"])}
 
     zero = build("0 rows", [empty])
@@ -58,7 +58,7 @@ def scaling_lines(flat: dict) -> list[str]:
     """The scaling table (markdown)."""
     zero, runs, fixed = flat["zero_rows"], flat["runs"], flat["fixed_seconds"]
     lines = [
-        "Rows/s from ~100k to ~1M rows (1 process, so no worker start-up; each build the best of 2 in fresh "
+        "Rows/s from ~100k to ~1M rows (1 process, so no worker start-up; each build the best of 3 in fresh "
         "processes, timed from its first call, after imports):", "",
         "| build | rows | wall | CPU | rows/s | rows/s after the fixed part |",
         "|---|---:|---:|---:|---:|---:|",
