@@ -161,6 +161,17 @@ def test_same_output_whatever_the_worker_count(world, tmp_path):
         assert export.read_bytes() == (other / "exports" / export.name).read_bytes()
 
 
+def test_background_reads_only_with_a_spare_core(world, monkeypatch):
+    """Workers on every core read in their own thread; a build with a core to spare reads ahead."""
+    from wit_retrieval.build.mmir import plan_tasks
+
+    root, files, _ = world
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    flags = {workers: {t.background_reads for t in plan_tasks(MmirConfig(
+        out=str(root), wit=files, engine=EngineConfig(workers=workers)))} for workers in (1, 2, 0)}
+    assert flags == {1: {True}, 2: {False}, 0: {False}}
+
+
 def test_spans_linker(world, tmp_path):
     root, files, _ = world
     text = "A quiet street"

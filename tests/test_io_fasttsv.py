@@ -118,6 +118,17 @@ def test_real_rows_read_the_same_with_and_without_c(wit_fixtures, monkeypatch, n
     assert (len(rows_c), with_c.count) == ((3, 0) if name == "wit_train_sample.tsv" else (0, 1))
 
 
+@pytest.mark.parametrize("name", ["wit_train_sample.tsv", "wit_test_truncated.tsv"])
+def test_reading_in_the_foreground_gives_the_same_rows(wit_fixtures, name):
+    path = wit_fixtures / name
+    runs = []
+    for background in (True, False):
+        errors = RowErrors()
+        rows = [r for b in read_wit_batches(path, errors=errors, background=background) for r in b.to_pylist()]
+        runs.append((rows, [(s.line, s.reason) for s in errors.samples]))
+    assert runs[0] == runs[1]
+
+
 def test_the_sample_segment_is_split_in_c(wit_fixtures):
     """The real rows take the C path (quoted multi-line context fields included)."""
     path = wit_fixtures / "wit_train_sample.tsv"

@@ -11,6 +11,7 @@ order, corpus is sorted by image_id, qrels follow the queries.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import time
 from collections import Counter
@@ -157,7 +158,10 @@ def plan_tasks(config: MmirConfig) -> list[ShardTask]:
     entities = str(DataRoot(config.out).table("entities"))
     staging = str(staging_dir(DataRoot(config.out)))
     tasks = sorted(config.wit, key=lambda path: (SPLITS.index(split_of(path)), path))
-    return [ShardTask(path, split_of(path), entities, spec, config.filters, config.batch_rows, staging, index)
+    # a reader's background thread pays where a core is spare, not with a worker on every core
+    background = config.engine.name == "local" and min(config.engine.num_workers, len(tasks)) < (os.cpu_count() or 1)
+    return [ShardTask(path, split_of(path), entities, spec, config.filters, config.batch_rows, staging, index,
+                      background)
             for index, path in enumerate(tasks)]
 
 

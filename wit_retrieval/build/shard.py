@@ -57,6 +57,7 @@ class ShardTask:
     batch_rows: int = 65536
     staging: str = ""  # folder the worker writes its query files to (the main process moves them in place)
     index: int = 0  # the task's position: names its staged parts
+    background_reads: bool = True  # decompress in a thread (io.tsv.read_wit_batches): only with a spare core
 
 
 @dataclass
@@ -141,7 +142,8 @@ def build_shard(task: ShardTask) -> ShardResult:
     loads = getattr(linker, "load_cpu_seconds", 0.0)  # automata load lazily: subtract that one-time cost
     staged: list[StagedPart] = []
     pending: list[pa.Table] = []
-    batches = read_wit_batches(task.path, columns=WIT_QUERY_COLUMNS, batch_rows=task.batch_rows, errors=errors)
+    batches = read_wit_batches(task.path, columns=WIT_QUERY_COLUMNS, batch_rows=task.batch_rows, errors=errors,
+                               background=task.background_reads)
     for batch in _rebatched(batches, task.batch_rows):
         stats.rows_read += batch.num_rows
         text = batch.column("caption_reference_description")
