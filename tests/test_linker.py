@@ -7,8 +7,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from wit_retrieval.build.linker import LINKERS, Gazetteer, LinkerSpec, SpansLinker, leftmost_longest
+from wit_retrieval.build.linker import LINKERS, Gazetteer, LinkerSpec, leftmost_longest
 from wit_retrieval.build.names import fold_with_offsets
+from wit_retrieval.build.spans import SpansLinker
 from wit_retrieval.errors import ConfigError, InputError
 from wit_retrieval.schema import ENTITY_NAMES
 
