@@ -189,7 +189,7 @@ QUERIES_FILE = pa.schema([f for f in QUERIES if f.name != "split"])
 
 # dictionaries only where values repeat, and no statistics: the text columns are unique per row,
 # and trying both cost a fifth of the write. lz4, not zstd: measured on 84k queries, a write of
-# 0.10 s instead of 0.14 s (a seventh of a worker's CPU per shard) for 12 MiB instead of 8, and
+# 0.10 s instead of 0.14 s (a seventh of a worker's CPU per shard) for 13 MiB instead of 8, and
 # readers decompress it faster too. The corpus, qrels and ei tables stay zstd (small, written once).
 QUERY_FILE_OPTIONS = {"use_dictionary": ["language", "query_type"], "write_statistics": False, "compression": "lz4"}
 
