@@ -1,7 +1,7 @@
 """Rows/s of `build mmir` from ~100k to ~1M rows (used by bench_build.py).
 
 One-process builds (no worker start-up) of 1, 3 and all WIT files of the world, each the best
-of 3 runs in fresh processes. A build's time is a fixed part (loading the linker's automata
+of 5, 5 and 3 runs in fresh processes. A build's time is a fixed part (loading the linker's automata
 and the entity table, first use of memory and kernels, writing the tables' files) plus a part
 per row: the fixed part is the intercept of a least-squares line through the three builds,
 and rows/s after it is the rate that would drop if a build slowed down with size (memory
@@ -30,19 +30,21 @@ def header_only(like: Path, folder: Path) -> Path:
 
 
 def scaling(files: list[Path], root: str, run_child: Callable[..., dict], out: Path) -> dict:
-    """One-process builds of 0 rows, 1, 3 and all files (best of 3 each); rates end to end and
-    after the fitted fixed cost."""
+    """One-process builds of 0 rows, 1, 3 and all files (best of 5, 5, 5 and 3); rates end to end
+    and after the fitted fixed cost."""
     train = sorted((f for f in files if ".train." in f.name), key=lambda f: f.stat().st_size)
     empty = header_only(files[0], out)
 
-    def build(label: str, subset: list[Path]) -> dict:
-        runs = [run_child("mmir", "--root", root, "--workers", "1", "--files", *map(str, subset)) for _ in range(3)]
-        return {"label": label, **min(runs, key=lambda run: run["seconds"])}
+    def build(label: str, subset: list[Path], repeats: int) -> dict:
+        runs = [run_child("mmir", "--root", root, "--workers", "1", "--files", *map(str, subset))
+                for _ in range(repeats)]
+        return {"label": label, "repeats": repeats, **min(runs, key=lambda run: run["seconds"])}
 
-    zero = build("0 rows", [empty])
-    # the last leaves the whole world built (the mask comparison reads it)
-    runs = [build(label, subset) for label, subset in (("1 file", train[:1]), ("3 files", train[:3]),
-                                                       ("all files", files))]
+    zero = build("0 rows", [empty], 5)
+    # short builds vary most with the machine's noise: more repeats; the last leaves the whole
+    # world built (the mask comparison reads it)
+    runs = [build(label, subset, repeats) for label, subset, repeats in (
+        ("1 file", train[:1], 5), ("3 files", train[:3], 5), ("all files", files, 3))]
     slope, fixed = np.polyfit([run["rows"] for run in runs], [run["seconds"] for run in runs], 1)
     for run in runs:
         run["rows_per_s"] = run["rows"] / run["seconds"]
@@ -58,8 +60,9 @@ def scaling_lines(flat: dict) -> list[str]:
     """The scaling table (markdown)."""
     zero, runs, fixed = flat["zero_rows"], flat["runs"], flat["fixed_seconds"]
     lines = [
-        "Rows/s from ~100k to ~1M rows (1 process, so no worker start-up; each build the best of 3 in fresh "
-        "processes, timed from its first call, after imports):", "",
+        "Rows/s from ~100k to ~1M rows (1 process, so no worker start-up; each build the best of "
+        f"{runs[0]['repeats']}, {runs[1]['repeats']} and {runs[2]['repeats']} runs in fresh processes, timed from its "
+        "first call, after imports):", "",
         "| build | rows | wall | CPU | rows/s | rows/s after the fixed part |",
         "|---|---:|---:|---:|---:|---:|",
         f"| a header-only WIT file | 0 | {zero['seconds']:.2f} s | {zero['cpu_seconds']:.2f} s | | |",
