@@ -334,7 +334,7 @@ def report(world, rows, ei, floor, ours, flat, usual, agreement, stages) -> None
         f"{rows / floor:,.0f} | 1.00 |",
         f"| for reference: the same read in a process that has read once (best of 3) | "
         f"{ours['warm_floor'][0]:.2f} s | {ours['warm_floor'][1]:.2f} s | "
-        f"{rows / ours['warm_floor'][0]:,.0f} | ours is {ours['seconds'] / ours['warm_floor'][0]:.2f}x this |",
+        f"{rows / ours['warm_floor'][0]:,.0f} | |",
         f"| ours: `build mmir` (local, {os.cpu_count()} workers), {ours['queries']:,} queries; best of "
         f"{len(ours['rounds'])} (each run against the faster floor beside it: {ratios}) | "
         f"{ours['seconds']:.2f} s | {ours['cpu_seconds']:.2f} s | {rows / ours['seconds']:,.0f} | "
