@@ -63,7 +63,7 @@ def stage_breakdown(path: Path, root: Path) -> dict:
         for number, table in enumerate(tables):
             SplitStats().count_queries(table)
             pc.value_counts(pc.list_flatten(table["entity_ids"]))
-            keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
+            keys = shard_module.keys_of(table)
             write_parquet_atomic(shard_module.qrels_of(keys), Path(folder) / f"{number}.qrels.parquet",
                                  **UNIQUE_COLUMNS)
             shard_module.staged_part("", keys, "", None)

@@ -154,8 +154,6 @@ class Gazetteer:
         """Build the on-disk automaton cache of every language that lacks one (once, here, rather
         than in every build worker at the same time); returns how many were built. Nothing stays
         in memory."""
-
-
         if not self.spec.names_path or self._names is not None:
             return 0
         from . import fastpath
@@ -163,10 +161,12 @@ class Gazetteer:
         kinds = (False, True) if fastpath.enabled() else (False,)
         built = [code for code in self.languages() if not all(self._cache_path(code, fast).exists() for fast in kinds)]
         for code in built:
-            for fast in kinds:
-                self._cached(code, fast)
+            self.language(code)  # the keys first: the compiled form is made from them, in memory
+            if fastpath.enabled():
+                self.compiled(code)
         self._by_language = None
         self._languages.clear()
+        self._compiled.clear()
         return len(built)
 
     def languages(self) -> list[str]:
@@ -192,20 +192,20 @@ class Gazetteer:
 
     def language(self, language: str) -> _Language | None:
         """The automaton of one language (None when it has no names); built once, cached on disk."""
-        if language not in self._languages:
-            started = time.process_time()
-            self._languages[language] = self._cached(language)
-            self.load_cpu_seconds += time.process_time() - started
-        return self._languages[language]
+        return self._loaded(self._languages, language, fast=False)
 
     def compiled(self, language: str) -> dict | None:
         """What the C path needs of a language (`fastpath.compile_language`), cached on disk beside
         the keys and loaded without them: the keys are read only when a rare row needs Python."""
-        if language not in self._compiled:
-            started = time.process_time()
-            self._compiled[language] = self._cached(language, fast=True)
-            self.load_cpu_seconds += time.process_time() - started
-        return self._compiled[language]
+        return self._loaded(self._compiled, language, fast=True)
+
+    def _loaded(self, store: dict, language: str, fast: bool):
+        if language not in store:
+            started, counted = time.process_time(), self.load_cpu_seconds
+            store[language] = self._cached(language, fast)
+            # a load nested in this one (the keys a compiled form is made from) counted itself
+            self.load_cpu_seconds += time.process_time() - started - (self.load_cpu_seconds - counted)
+        return store[language]
 
     def _cached(self, language: str, fast: bool = False):
         """Load the language's keys (or, `fast`, its compiled form) from the table's cache, or make

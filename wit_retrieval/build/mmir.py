@@ -47,6 +47,7 @@ from .shard import (
     ShardTask,
     StagedPart,
     build_shard,
+    keys_of,
     preload,
     split_of,
     staged_part,
@@ -258,8 +259,8 @@ def _drop_duplicates(parts: list[StagedPart], stats: SplitStats, entity_uses: En
         table = table.filter(mask)
         write_parquet_atomic(table, part.path, **QUERY_FILE_OPTIONS)
         write_parquet_atomic(pq.read_table(part.qrels_path).filter(mask), part.qrels_path, **UNIQUE_COLUMNS)
-        keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
-        parts[number] = staged_part(part.path, keys, part.qrels_path, part.entity_counts)
+        # its entity counts were added already (and the repeats' uses taken back above)
+        parts[number] = staged_part(part.path, keys_of(table), part.qrels_path, part.entity_counts)
 
 
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])

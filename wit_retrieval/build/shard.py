@@ -203,15 +203,20 @@ def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitSta
     stats.count_queries(table)
     counts = pc.value_counts(pc.list_flatten(table["entity_ids"]))
     entity_counts = pa.table({"entity_id": counts.field("values"), "count": counts.field("counts")})
-    keys = table.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
+    keys = keys_of(table)
     write_parquet_atomic(table.drop_columns(["split"]), path, **QUERY_FILE_OPTIONS)
     qrels_path = path.with_suffix(".qrels.parquet")
     write_parquet_atomic(qrels_of(keys), qrels_path, **UNIQUE_COLUMNS)
     return staged_part(str(path), keys, str(qrels_path), entity_counts)
 
 
+def keys_of(queries: pa.Table) -> pa.Table:
+    """A part's keys: query_id, target_image_id, target_image_url (one chunk, file order)."""
+    return queries.select(["query_id", "target_image_id", "target_image_url"]).combine_chunks()
+
+
 def staged_part(path: str, keys: pa.Table, qrels_path: str, entity_counts: pa.Table) -> StagedPart:
-    """A part's record from its keys (query_id, target_image_id, target_image_url, in file order)."""
+    """A part's record from its keys (`keys_of`)."""
     query_numbers = sorted_tails(keys["query_id"]) if keys.num_rows else np.zeros(0, np.uint64)
     return StagedPart(path, keys.num_rows, qrels_path,
                       part_images(keys["target_image_id"], keys["target_image_url"]), query_numbers,

@@ -40,9 +40,7 @@ def open_binary(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path=str(path))
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    return gzip.open(path, "rb") if inflate.is_gzip(path) else open(path, "rb")
 
 
 def cut_pattern(path, header: list[str]) -> re.Pattern:
@@ -61,7 +59,8 @@ def cut_pattern(path, header: list[str]) -> re.Pattern:
 
 
 def segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, memoryview]]:
-    """(first line number, bytes) of consecutive blocks of whole rows (cut before a row-start line)."""
+    """(first line number, a view of the bytes) of consecutive blocks of whole rows (cut before a
+    row-start line)."""
     line = 2
     try:
         for line, segment in _raw_segments(path, cut, size):
@@ -75,7 +74,7 @@ def _raw_segments(path, cut: re.Pattern, size: int) -> Iterator[tuple[int, memor
     line, rest, header = 2, b"", True
     pending: list[bytes] = []
     held = 0
-    pieces = inflate.pieces(path, size)  # decompressed in the prefetch thread, overlapping parsing
+    pieces = inflate.pieces(path, size)  # in `prefetch`'s thread when reads run in the background
     while True:
         piece = next(pieces, None)
         if piece is not None:

@@ -8,11 +8,12 @@ written as Python byte literals `b'...'`.
 cut made before a line shaped like the first line of a row of this file (`segments.py`). Each
 segment goes through the fast path all or nothing, so nothing is yielded from a segment that
 fails: its string columns split in C (`_fasttsv.c`, when all the columns read are strings and
-the segment holds nothing unusual), else pyarrow.csv. A failed segment (a malformed row, a wrong field count, invalid UTF-8) goes through the
-robust Python reader of `tsv_robust.py`, which reports bad rows (file + line) and keeps every
-good row; a row it finds still open at the segment's end carries over into the next segment,
-which is then read by the robust reader too. One bad row costs one segment of Python parsing,
-not a shard, and no row is ever yielded twice.
+the segment holds nothing unusual), else pyarrow.csv. A failed segment (a malformed row, a
+wrong field count, invalid UTF-8) goes through the robust Python reader of `tsv_robust.py`,
+which reports bad rows (file + line) and keeps every good row; a row it finds still open at
+the segment's end carries over into the next segment, which is then read by the robust reader
+too. One bad row costs one segment of Python parsing, not a shard, and no row is ever yielded
+twice.
 """
 
 from __future__ import annotations
