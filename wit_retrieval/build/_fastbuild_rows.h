@@ -413,6 +413,38 @@ static int decode_row(Ctx *c, Py_ssize_t row) {
     return 0;
 }
 
+/* The keep pass reads, for each span, its entity's id, image URL, image id and flag: random
+ * places in tables of ~100k entities, which the scan of the whole batch has pushed out of the
+ * cache. Rows ahead are asked for early, in two steps (the offsets, then the strings they
+ * point to, once those offsets have arrived), so that the misses overlap instead of stalling
+ * one after another. Hints only: nothing here changes a result. */
+#define PREFETCH_OFFSETS 8  /* rows ahead */
+#define PREFETCH_STRINGS 4
+
+static void prefetch_row(const Ctx *c, const Span *spans, Py_ssize_t row, int strings) {
+    const Span *s = spans + c->span_at[row];
+    for (int32_t k = 0; k < c->span_n[row]; k++) {
+        int32_t e = s[k].entity;
+        if (e < 0 || e >= c->entities) continue;
+        if (strings) {
+            __builtin_prefetch(c->e_data + c->e_off[e]);
+            __builtin_prefetch(c->eu_data + c->eu_off[e]);
+        } else {
+            __builtin_prefetch(c->e_off + e);
+            __builtin_prefetch(c->eu_off + e);
+            __builtin_prefetch(c->e_has + e);
+            __builtin_prefetch(c->e_img + 16 * (size_t)e);
+        }
+    }
+}
+
+static void prefetch_entities(const Ctx *c, const Span *spans, const uint8_t *keep_rows, Py_ssize_t rows,
+                              Py_ssize_t row) {
+    Py_ssize_t ahead = row + PREFETCH_OFFSETS, near = row + PREFETCH_STRINGS;
+    if (ahead < rows && (!keep_rows || keep_rows[ahead])) prefetch_row(c, spans, ahead, 0);
+    if (near < rows && (!keep_rows || keep_rows[near])) prefetch_row(c, spans, near, 1);
+}
+
 static int get_strbuf(PyObject *pair, Py_buffer *off, Py_buffer *data, const char *name) {
     if (!PyArg_ParseTuple(pair, "y*y*", off, data)) {
         PyErr_Format(PyExc_TypeError, "%s must be (offsets, data) buffers", name);
@@ -473,6 +505,7 @@ static PyObject *process_batch(PyObject *self, PyObject *args, PyObject *kw) {
     span_base = c.spans;
     span_total = c.nspans;
     for (Py_ssize_t row = 0; row < rows; row++) {  /* then filter and write, in row order */
+        prefetch_entities(&c, span_base, keep_rows, rows, row);
         if (keep_rows && !keep_rows[row]) continue;
         if (decode_row(&c, row) < 0) goto release;
         c.spans = span_base + c.span_at[row];

@@ -48,7 +48,7 @@ from .shard import (
     StagedPart,
     build_shard,
     keys_of,
-    preload,
+    preloaded,
     split_of,
     staged_part,
 )
@@ -109,7 +109,7 @@ def build_mmir(config: MmirConfig) -> dict:
     split_stats: dict[str, SplitStats] = {}
     entity_uses = EntityUses()
     workers = {"cpu_seconds": 0.0, "peak_rss_mib": 0.0, "shards": []}
-    results = _measured(run_shards(build_shard, tasks, config.engine, partial(preload, tasks[0])), workers)
+    results = _measured(run_shards(build_shard, tasks, config.engine, partial(preloaded, tasks[0])), workers)
     # a split's tables are written as soon as its last shard is in (tasks come sorted by split):
     # grouping by the next result's split would leave the main process idle until it arrives
     entities = None

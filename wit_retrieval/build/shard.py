@@ -10,7 +10,8 @@ import itertools
 import resource
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,17 @@ def _fast_shard(linker, images):
     return fast
 
 
+@contextmanager
+def preloaded(task: ShardTask) -> Iterator[None]:
+    """`preload`, for `engine.run_shards`: workers forked inside never import pandas; this process
+    does once they run (`io.pandas_probe`: a quarter second off the start of every build)."""
+    from ..io.pandas_probe import pandas_kept_out
+
+    with pandas_kept_out():
+        preload(task)
+        yield
+
+
 def preload(task: ShardTask) -> None:
     """Load once, in this process, what every shard task reads: the reader and writer modules, the
     linker with all its languages, the entity images and (C path) the automata.
@@ -271,7 +283,6 @@ def preload(task: ShardTask) -> None:
 
     keep_freed_memory()
 
-    pa.scalar(0)  # pyarrow looks for pandas on the first Python value it converts: ~0.2 s, done here once
     linker = load_linker(task.linker)
     images = entity_images(task.entities_path)
     if isinstance(linker, Gazetteer):
