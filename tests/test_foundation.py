@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -92,36 +91,26 @@ def test_engines_keep_task_order():
 
 
 _PRELOADED: list[int] = []
-_INSIDE: list[bool] = [False]
 
 
-@contextmanager
-def _preload():
+def _preload() -> None:
     _PRELOADED.append(os.getpid())
-    _INSIDE[0] = True
-    try:
-        yield
-    finally:
-        _INSIDE[0] = False
 
 
-def _seen(x: int) -> tuple[list[int], int, bool]:
-    return list(_PRELOADED), os.getpid(), _INSIDE[0]
+def _seen(x: int) -> tuple[list[int], int]:
+    return list(_PRELOADED), os.getpid()
 
 
 def test_preload_runs_once_in_the_parent_and_workers_inherit_it():
-    """Workers forked inside `preload` see what it loaded, without loading it themselves; the
-    parent leaves it once they are forked, inline runs after the last task."""
+    """Workers forked after `preload` see what it loaded, without loading it themselves."""
     parent = os.getpid()
     _PRELOADED.clear()
     results = list(run_shards(_seen, list(range(6)), EngineConfig(workers=2), preload=_preload))
     assert [parent] == _PRELOADED  # once, here
-    assert all(loaded == [parent] for loaded, _, _ in results)  # inherited, not loaded again
-    assert {pid for _, pid, _ in results} - {parent}  # and the tasks ran in other processes
-    assert all(inside for _, _, inside in results) and not _INSIDE[0]  # workers stay inside; the parent left
+    assert all(loaded == [parent] for loaded, _ in results)  # inherited, not loaded again
+    assert {pid for _, pid in results} - {parent}  # and the tasks ran in other processes
     _PRELOADED.clear()
-    inline = list(run_shards(_seen, [1, 2], EngineConfig(workers=1), preload=_preload))
-    assert [(pid, inside) for _, pid, inside in inline] == [(parent, True)] * 2 and not _INSIDE[0]
+    assert [pid for _, pid in run_shards(_seen, [1, 2], EngineConfig(workers=1), preload=_preload)] == [parent] * 2
     assert [parent] == _PRELOADED  # inline runs preload too, once
     _PRELOADED.clear()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,50 +42,40 @@ class EngineConfig:
 
 def run_shards(
     fn: Callable[[T], R], tasks: Sequence[T], engine: EngineConfig = EngineConfig(),
-    preload: Callable[[], AbstractContextManager] | None = None,
+    preload: Callable[[], None] | None = None,
 ) -> Iterator[R]:
     """Yield fn(task) for each task, in task order.
 
-    `preload()` is a context manager that loads, in this process, the read-only state every task
-    needs (imports, models, lookup tables). Local workers are forked inside it and share that
-    state copy-on-write, instead of each loading its own copy; it is left once they are
-    forked (inline runs: after the last task). Without it, workers start from a fork server,
-    which inherits nothing (no threads, no open connections). Ray workers load for themselves.
+    `preload` loads, in this process, the read-only state every task needs (imports, models,
+    lookup tables). Local workers are then forked from it and share that state copy-on-write,
+    instead of each loading its own copy; without it they start from a fork server, which
+    inherits nothing (no threads, no open connections). Ray workers load for themselves.
     """
     if not tasks:
         return
     if engine.name == "ray":
         yield from _run_ray(fn, tasks, engine)
     elif engine.num_workers == 1 or len(tasks) == 1:
-        with preload() if preload is not None else nullcontext():
-            for task in tasks:
-                yield fn(task)
+        if preload is not None:
+            preload()
+        for task in tasks:
+            yield fn(task)
     else:
-        yield from _run_local(fn, tasks, engine.num_workers, preload)
+        import multiprocessing
 
+        method = "fork" if preload is not None and "fork" in multiprocessing.get_all_start_methods() else "forkserver"
+        initializer = None
+        if method == "fork":
+            import gc
 
-def _run_local(fn: Callable[[T], R], tasks: Sequence[T], workers: int,
-               preload: Callable[[], AbstractContextManager] | None) -> Iterator[R]:
-    import multiprocessing
-
-    method = "fork" if preload is not None and "fork" in multiprocessing.get_all_start_methods() else "forkserver"
-    ctx = multiprocessing.get_context(method)
-    workers = min(workers, len(tasks))
-    if method == "forkserver":
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            preload()
+            # the inherited objects live as long as the worker: keep its collector from walking
+            # (and so copying) their pages
+            initializer = gc.freeze
+        ctx = multiprocessing.get_context(method)
+        with ProcessPoolExecutor(max_workers=min(engine.num_workers, len(tasks)), mp_context=ctx,
+                                 initializer=initializer) as pool:
             yield from pool.map(fn, tasks)
-        return
-    import gc
-
-    with ExitStack() as loaded:
-        loaded.enter_context(preload())
-        # the inherited objects live as long as the worker: keep its collector from walking
-        # (and so copying) their pages
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=gc.freeze)
-        with pool:
-            results = pool.map(fn, tasks)  # submits every task: a fork context starts all workers now
-            loaded.close()
-            yield from results
 
 
 def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], engine: EngineConfig) -> Iterator[R]:

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -48,7 +49,7 @@ from .shard import (
     StagedPart,
     build_shard,
     keys_of,
-    preloaded,
+    preload,
     split_of,
     staged_part,
 )
@@ -89,7 +90,24 @@ class MmirConfig:
 
 
 def build_mmir(config: MmirConfig) -> dict:
-    """Write queries/corpus/qrels per split and the `ei` table; returns the build statistics."""
+    """Write queries/corpus/qrels per split and the `ei` table; returns the build statistics.
+
+    With local workers, pandas is kept out of the build (`io.pandas_probe`): pyarrow would
+    import it on its first conversion, a quarter second in this process and in every worker,
+    and nothing here handles a pandas object. (Ray's driver may want it: not there.)
+    """
+    from ..io.pandas_probe import pandas_kept_out
+
+    with pandas_kept_out() if config.engine.name == "local" else nullcontext():
+        section = _build(config)
+    if config.export:
+        from .export import export_all
+
+        export_all(DataRoot(config.out), train_shards=config.train_shards)
+    return section
+
+
+def _build(config: MmirConfig) -> dict:
     from ..io.tsv import RowErrors
 
     started = time.time()
@@ -109,7 +127,7 @@ def build_mmir(config: MmirConfig) -> dict:
     split_stats: dict[str, SplitStats] = {}
     entity_uses = EntityUses()
     workers = {"cpu_seconds": 0.0, "peak_rss_mib": 0.0, "shards": []}
-    results = _measured(run_shards(build_shard, tasks, config.engine, partial(preloaded, tasks[0])), workers)
+    results = _measured(run_shards(build_shard, tasks, config.engine, partial(preload, tasks[0])), workers)
     # a split's tables are written as soon as its last shard is in (tasks come sorted by split):
     # grouping by the next result's split would leave the main process idle until it arrives
     entities = None
@@ -136,10 +154,6 @@ def build_mmir(config: MmirConfig) -> dict:
     }
     update_stats(root, "mmir", section)
     update_stats(root, "ei", {"entities": uses.num_rows, "uses": pc.sum(uses["count"]).as_py() or 0})
-    if config.export:
-        from .export import export_all
-
-        export_all(root, train_shards=config.train_shards)
     return section
 
 

@@ -10,8 +10,7 @@ import itertools
 import resource
 import time
 import weakref
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,17 +252,6 @@ def _fast_shard(linker, images):
     if fast is None or fast.images is not images:
         fast = _FAST[linker] = fastpath.FastShard(linker, images)
     return fast
-
-
-@contextmanager
-def preloaded(task: ShardTask) -> Iterator[None]:
-    """`preload`, for `engine.run_shards`: workers forked inside never import pandas; this process
-    does once they run (`io.pandas_probe`: a quarter second off the start of every build)."""
-    from ..io.pandas_probe import pandas_kept_out
-
-    with pandas_kept_out():
-        preload(task)
-        yield
 
 
 def preload(task: ShardTask) -> None:
