@@ -61,10 +61,24 @@ def test_a_split_merged_from_sorted_parts_equals_one_pass(seed):
         numbers = part["image_number"].to_numpy()
         assert (numbers[1:] >= numbers[:-1]).all()
     assert split_images(sorted_parts, SCHEMA).equals(_reference(table))
+    for range_rows in (1, 2, 7):  # merged a range of numbers at a time: some ranges empty, some one image
+        assert split_images(sorted_parts, SCHEMA, range_rows=range_rows).equals(_reference(table))
     unnumbered = [part_images(pa.array([f"x{i}" for i in range(3)]), pa.array(URLS[:3]))]  # no hex tails
     assert "image_number" not in unnumbered[0].column_names
     assert split_images(unnumbered + sorted_parts, SCHEMA).num_rows == 3 + _reference(table).num_rows
     assert split_images([], SCHEMA).num_rows == 0
+    assert split_images([part.slice(0, 0) for part in sorted_parts], SCHEMA).equals(SCHEMA.empty_table())
+
+
+def test_a_large_split_merged_by_ranges_equals_one_pass():
+    """Many distinct images (hex tails spread over the whole range), merged in several ranges."""
+    rng = np.random.default_rng(7)
+    urls = [f"https://upload.wikimedia.org/wikipedia/commons/a/ab/Scene_{n}.png" for n in rng.integers(0, 3000, 5000)]
+    table = pa.table({"image_id": [image_id(u) for u in urls], "image_url": urls})
+    parts = [part_images(table["image_id"][a:a + 1000], table["image_url"][a:a + 1000]) for a in range(0, 5000, 1000)]
+    expected = _reference(table)
+    for range_rows in (65536, 500, 37):
+        assert split_images(parts, SCHEMA, range_rows=range_rows).equals(expected)
 
 
 def test_repeats_on_sorted_runs():

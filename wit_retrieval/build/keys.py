@@ -84,15 +84,36 @@ def part_images(image_ids, image_urls) -> pa.Table:
     return table.take(pa.array(order)).append_column("image_number", pa.array(numbers[order]))
 
 
-def split_images(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    """The corpus rows of a split from its parts' `part_images` tables (in part order)."""
+def split_images(parts: list[pa.Table], schema: pa.Schema, range_rows: int = 65536) -> pa.Table:
+    """The corpus rows of a split from its parts' `part_images` tables (in part order).
+
+    Numbered parts are merged a range of image numbers at a time (about `range_rows` rows
+    each): every part is sorted, so a range is one slice of each, and an image's rows never
+    straddle two ranges. Gathering a whole split at once read its URLs at random across
+    ~50 MB, which the workers' scans keep out of the cache: 0.4 s of the build process's CPU
+    for 600k rows, against 0.08 s alone; a range's rows fit in the cache.
+    """
     if not parts:
         return schema.empty_table()
-    numbered = all("image_number" in part.column_names for part in parts)
-    names = ["image_id", "image_url", "url_is_normal", *(["image_number"] if numbered else [])]
+    if not all("image_number" in part.column_names for part in parts):
+        return _unique_rows(parts, ["image_id", "image_url", "url_is_normal"], schema)
+    names = ["image_id", "image_url", "url_is_normal", "image_number"]
+    numbers = [part["image_number"].combine_chunks().to_numpy() for part in parts]
+    count = max(1, sum(map(len, numbers)) // range_rows)
+    step = (1 << 64) // count
+    edges = [[0, *np.searchsorted(n, np.array([k * step for k in range(1, count)], np.uint64)), len(n)]
+             for n in numbers]
+    pieces = [_unique_rows([part.slice(cut[k], cut[k + 1] - cut[k]) for part, cut in zip(parts, edges)], names, schema)
+              for k in range(count)]
+    return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _unique_rows(parts: list[pa.Table], names: list[str], schema: pa.Schema) -> pa.Table:
     table = pa.concat_tables([part.select(names) for part in parts])
+    if not table.num_rows:
+        return schema.empty_table()
     normal = _numpy(table["url_is_normal"], bool)
-    numbers = _numpy(table["image_number"], np.uint64) if numbered else None
+    numbers = _numpy(table["image_number"], np.uint64) if "image_number" in names else None
     return unique_images(table.select(["image_id", "image_url"]), schema, normal, numbers)
 
 
