@@ -226,3 +226,28 @@ def test_real_wit_rows_and_an_unclosed_quote(world, wit_fixtures, tmp_path):
     assert stats["bad_rows"]["count"] == 1
     bad = stats["bad_rows"]["samples"][0]
     assert bad["path"].endswith("wit_test_truncated.tsv") and bad["line"] == 2
+
+
+def test_entity_uses_sum_the_same_compacted_or_not():
+    """Counts summed once at the end, or compacted after each split, give the same totals."""
+    import pyarrow as pa
+
+    from wit_retrieval.build.mmir import EntityUses
+
+    parts = [pa.table({"entity_id": ["Q1", "Q2"], "count": [2, 1]}),
+             pa.table({"entity_id": ["Q2", "Q3"], "count": [4, 1]}),
+             pa.table({"entity_id": ["Q1"], "count": [1]})]
+    once, compacted = EntityUses(), EntityUses()
+    for number, part in enumerate(parts):
+        once.add(part)
+        compacted.add(part)
+        if number == 1:
+            compacted.subtract(["Q3"])  # a repeated query taken back: its entity is used no more
+            once.subtract(["Q3"])
+            compacted.compact()
+    compacted.compact()
+    expected = {"Q1": 3, "Q2": 5}
+    for uses in (once, compacted):
+        totals = uses.totals()
+        assert dict(zip(totals["entity_id"].to_pylist(), totals["count"].to_pylist())) == expected
+    assert EntityUses().totals().num_rows == 0

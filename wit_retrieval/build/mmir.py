@@ -135,6 +135,7 @@ def _build(config: MmirConfig) -> dict:
         group = itertools.islice(results, count)
         stats = split_stats[split] = SplitStats()
         write_split(root, split, group, stats, errors, entity_uses)
+        entity_uses.compact()
         if entities is None:  # read while workers still run the other splits, not after the last
             entities = ei_entities(root)
     shutil.rmtree(staging_dir(root), ignore_errors=True)
@@ -203,13 +204,22 @@ class EntityUses:
         self._parts.append(pa.table({"entity_id": pa.array(entity_ids, pa.string()),
                                      "count": pa.array([-1] * len(entity_ids), pa.int64())}))
 
+    def compact(self) -> None:
+        """Sum what was added so far into one table (done after each split, while workers run the
+        next: the last sum, at the end of the build, then has little left to add)."""
+        if len(self._parts) > 1:
+            self._parts = [self._summed()]
+
     def totals(self) -> pa.Table:
         """(entity_id, count) of the entities used at least once."""
         if not self._parts:
             return self._SCHEMA.empty_table()
-        summed = pa.concat_tables(self._parts).group_by("entity_id", use_threads=False).aggregate([("count", "sum")])
-        summed = summed.rename_columns(["entity_id", "count"]).select(self._SCHEMA.names)
+        summed = self._summed()
         return summed.filter(pc.greater(summed["count"], 0))
+
+    def _summed(self) -> pa.Table:
+        summed = pa.concat_tables(self._parts).group_by("entity_id", use_threads=False).aggregate([("count", "sum")])
+        return summed.rename_columns(["entity_id", "count"]).select(self._SCHEMA.names)
 
 
 def write_split(root: DataRoot, split: str, results: Iterator[ShardResult], stats: SplitStats, errors,
@@ -280,6 +290,11 @@ def _drop_duplicates(parts: list[StagedPart], stats: SplitStats, entity_uses: En
 _CORPUS_FILE = pa.schema([f for f in CORPUS if f.name != "split"])
 
 
+# the last write of a build: a dictionary only for the column whose values repeat, no statistics
+# (37 ms instead of 52 for 100k entities, and a smaller file)
+_EI_FILE_OPTIONS = {"use_dictionary": ["language"], "write_statistics": False}
+
+
 def ei_entities(root: DataRoot) -> pa.Table:
     """The entities table's columns the EI dataset keeps, sorted by entity_id."""
     return read_table_dir(root.table("entities"), columns=["entity_id", "language", "page_title", "image_url",
@@ -294,7 +309,7 @@ def write_ei(root: DataRoot, uses: pa.Table, entities: pa.Table | None = None) -
     found = pc.index_in(entities["entity_id"], value_set=uses["entity_id"])
     used = pc.is_valid(found)
     table = entities.filter(used).append_column("num_queries", uses["count"].take(found.filter(used)))
-    write_table_dir(root.table("ei"), [table], EI, meta={"builder": "build_mmir"})
+    write_table_dir(root.table("ei"), [table], EI, meta={"builder": "build_mmir"}, **_EI_FILE_OPTIONS)
     return table
 
 
