@@ -225,6 +225,7 @@ static PyTypeObject AutomatonType = {
 };
 
 #include "_fastbuild_rows.h"
+#include "_fastbuild_batch.h"
 
 static PyMethodDef module_methods[] = {
     {"set_charinfo", set_charinfo, METH_O, "set_charinfo(fn): fn(cp) -> (match form of the folded character, nfc_safe)"},
