@@ -29,8 +29,8 @@ def stage_breakdown(path: Path, root: Path) -> dict:
     shard_module.preload(task)  # as a build worker starts: loads, imports, allocator settings
     Path(task.staging).mkdir(parents=True, exist_ok=True)
     for part in shard_module.build_shard(task).parts:  # first use (memory, kernels) outside the clock
-        Path(part.path).unlink()
-        Path(part.qrels_path).unlink()
+        for staged in (part.path, part.qrels_path, part.images_path):
+            Path(staged).unlink()
     linker = shard_module.load_linker(task.linker)
     images = shard_module.entity_images(task.entities_path)
     fast = shard_module._fast_shard(linker, images)  # the one the shard function uses
@@ -66,13 +66,13 @@ def stage_breakdown(path: Path, root: Path) -> dict:
             keys = shard_module.keys_of(table)
             write_parquet_atomic(shard_module.qrels_of(keys), Path(folder) / f"{number}.qrels.parquet",
                                  **UNIQUE_COLUMNS)
-            shard_module.staged_part("", keys, "", None)
+            shard_module.staged_part(str(Path(folder) / f"{number}.parquet"), keys, "", None)
         tick("qrels files; counts, sorted id tails and images for the main process")
         gc.enable()
         result = shard_module.build_shard(task)
         for part in result.parts:
-            Path(part.path).unlink()
-            Path(part.qrels_path).unlink()
+            for staged in (part.path, part.qrels_path, part.images_path):
+                Path(staged).unlink()
         named = sum(times.values())
         times["the rest of the shard function"] = max(result.cpu_seconds - named, 0.0)
         gc.disable()

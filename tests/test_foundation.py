@@ -58,6 +58,20 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}
 
 
+def test_arrow_files_hand_tables_over_memory_mapped(tmp_path):
+    """How build workers hand the main process their parts' images: written atomically, read back
+    equal and mapped from the file (not copied into the reader's memory)."""
+    table = pa.table({"image_id": ["a", None, "c"], "image_number": pa.array([1, 2, 3], pa.uint64())})
+    path = tmp_path / "part.images.arrow"
+    shards.write_arrow_atomic(table, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["part.images.arrow"]
+    before = pa.total_allocated_bytes()
+    read = shards.read_arrow(path)
+    assert read.equals(table) and pa.total_allocated_bytes() == before
+    path.unlink()  # the mapping outlives the file's name (the staging folder is removed at the end)
+    assert read.column("image_id").to_pylist() == ["a", None, "c"]
+
+
 def test_table_dir_roundtrip_and_hive_split(tmp_path):
     root = DataRoot(tmp_path)
     for split in ("train", "test"):

@@ -68,10 +68,18 @@ class StagedPart:
     path: str
     rows: int
     qrels_path: str  # the part's qrels (query_id, image_id, relevance), also final
-    images: pa.Table  # keys.part_images of its targets (the corpus, merged by the main process)
+    images_path: str  # keys.part_images of its targets, an Arrow file beside it (the corpus, merged by the main process)
     query_numbers: np.ndarray | None  # keys.sorted_tails of its query ids (repeats in the split)
     query_ids: pa.Array | None  # the query ids themselves, only when they have no tails
     entity_counts: pa.Table  # entity_id, count (queries using each entity)
+
+    @property
+    def images(self) -> pa.Table:
+        """The part's images, memory-mapped (they never pass through the result pipe: ~9 MB a part
+        pickled by the worker, read and unpickled by the main process, cost both a few percent)."""
+        from ..io.shards import read_arrow
+
+        return read_arrow(self.images_path)
 
 
 @dataclass
@@ -216,10 +224,13 @@ def keys_of(queries: pa.Table) -> pa.Table:
 
 
 def staged_part(path: str, keys: pa.Table, qrels_path: str, entity_counts: pa.Table) -> StagedPart:
-    """A part's record from its keys (`keys_of`)."""
+    """A part's record from its keys (`keys_of`); writes its images file."""
+    from ..io.shards import write_arrow_atomic
+
     query_numbers = sorted_tails(keys["query_id"]) if keys.num_rows else np.zeros(0, np.uint64)
-    return StagedPart(path, keys.num_rows, qrels_path,
-                      part_images(keys["target_image_id"], keys["target_image_url"]), query_numbers,
+    images_path = str(Path(path).with_suffix(".images.arrow"))
+    write_arrow_atomic(part_images(keys["target_image_id"], keys["target_image_url"]), images_path)
+    return StagedPart(path, keys.num_rows, qrels_path, images_path, query_numbers,
                       keys["query_id"] if query_numbers is None else None, entity_counts)
 
 

@@ -86,6 +86,18 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> 
         pq.write_table(table, tmp, **kwargs)
 
 
+def write_arrow_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write an Arrow IPC file atomically (uncompressed: for `read_arrow`, a hand-off between processes)."""
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def read_arrow(path: str | os.PathLike) -> pa.Table:
+    """An Arrow IPC file, memory-mapped: its columns are the file's pages, copied nowhere."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
 def write_table_dir(
     directory: str | os.PathLike,
     parts: Iterable[pa.Table],
