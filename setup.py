@@ -31,7 +31,7 @@ OPENSSL = os.path.exists("/usr/include/openssl/sha.h") and not os.environ.get("W
 
 setup(
     ext_modules=[Extension("wit_retrieval.build._fastbuild", ["wit_retrieval/build/_fastbuild.c"],
-                           depends=[f"wit_retrieval/build/_fastbuild_{part}.h" for part in ("batch", "rows", "sha", "text", "trie")],
+                           depends=[f"wit_retrieval/build/_fastbuild_{part}.h" for part in ("batch", "keys", "rows", "sha", "text", "trie")],
                            define_macros=[("HAVE_OPENSSL", "1"), ("OPENSSL_API_COMPAT", "0x10100000L")] if OPENSSL else [],
                            libraries=["crypto"] if OPENSSL else [],
                            extra_compile_args=["-O2", "-std=c11", "-Wall"]),

@@ -99,3 +99,46 @@ def test_repeats_and_hex_tails():
     tails = hex_tails(pa.chunked_array([ids.slice(0, 2), ids.slice(2)]))
     assert tails.dtype == np.uint64 and list(tails[:2]) == [int(i[-16:], 16) for i in ids.to_pylist()[:2]]
     assert hex_tails(pa.array(["train-xyz"])) is None
+
+
+TRICKY_URLS = URLS + [
+    "https://upload.wikimedia.org/wikipedia/commons/a/ab/A%20B.jpg",  # an escape of ASCII: not normal
+    "https://upload.wikimedia.org/wikipedia/commons/a/ab/%E2%82%AC.jpg",  # UTF-8 escapes, upper-case
+    "https://upload.wikimedia.org/wikipedia/commons/a/ab/%e2%82%ac.jpg",  # lower-case escapes
+    "https://upload.wikimedia.org/wikipedia/commons/a/ab/%E2%82.jpg",  # a cut UTF-8 sequence
+    "https://Upload.wikimedia.org/x.jpg", "https://upload.wikimedia.org", "https:///x.jpg",
+    "https://upload.wikimedia.org/x.jpg?width=100", "https://upload.wikimedia.org/x y.jpg", "",
+]
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_normal_url_flags_are_sound_in_c_and_re2(pure, monkeypatch):
+    """True only where fast_ids.normal_url gives the URL back; C passes what RE2 passes, and more."""
+    from wit_retrieval.build.fast_ids import normal_url
+
+    monkeypatch.setenv("WIT_RETRIEVAL_PURE_PYTHON", "1" if pure else "0")
+    flags = is_normal_url(pa.array(TRICKY_URLS)).to_pylist()
+    for url, flag in zip(TRICKY_URLS, flags):
+        if flag:
+            assert normal_url(url) == url, url
+    monkeypatch.setenv("WIT_RETRIEVAL_PURE_PYTHON", "1")
+    re2 = is_normal_url(pa.array(TRICKY_URLS)).to_pylist()
+    assert all(flag for flag, by_re2 in zip(flags, re2) if by_re2)
+    assert flags[TRICKY_URLS.index("https://upload.wikimedia.org/wikipedia/commons/a/ab/%E2%82%AC.jpg")] is (not pure)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hex_tails_in_c_equal_numpy(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    good = [f"train-{int(n):016x}" for n in rng.integers(0, 2**63, 50)]
+    cases = [good, [g.replace("a", "A") for g in good], good[:3] + ["train-0123"], good[:3] + ["x" + good[3]],
+             [f"{int(n):016x}" for n in rng.integers(0, 2**63, 20)], ["0" * 15], good[:2] + ["train-00000000000000g0"]]
+    for ids in cases:
+        array = pa.array(ids).slice(1)  # an offset into the buffers, as a sliced column has
+        monkeypatch.setenv("WIT_RETRIEVAL_PURE_PYTHON", "0")
+        c = hex_tails(array)
+        monkeypatch.setenv("WIT_RETRIEVAL_PURE_PYTHON", "1")
+        reference = hex_tails(array)
+        assert (c is None) == (reference is None), ids[:3]
+        if c is not None:
+            assert c.dtype == np.uint64 and (c == reference).all() and c.flags.writeable

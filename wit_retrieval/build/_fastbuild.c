@@ -226,10 +226,14 @@ static PyTypeObject AutomatonType = {
 
 #include "_fastbuild_rows.h"
 #include "_fastbuild_batch.h"
+#include "_fastbuild_keys.h"
 
 static PyMethodDef module_methods[] = {
     {"set_charinfo", set_charinfo, METH_O, "set_charinfo(fn): fn(cp) -> (match form of the folded character, nfc_safe)"},
     {"process", (PyCFunction)(void (*)(void))process_batch, METH_VARARGS | METH_KEYWORDS, PROCESS_DOC},
+    {"normal_urls", normal_urls, METH_VARARGS, "normal_urls(offsets, data) -> bytes: 1 per URL that surely is its own normal form"},
+    {"hex_tails", hex_tails, METH_VARARGS,
+     "hex_tails(offsets, data) -> bytes of native uint64 (each value's last 16 lower-case hex digits) or None"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastbuild", "MMIR shard rows in C", -1, module_methods};

@@ -13,6 +13,17 @@ import pyarrow.compute as pc
 
 from .fast_ids import NORMAL_FORM
 
+try:  # the column helpers in C (a tenth of the time); the numpy and RE2 versions below otherwise
+    from . import _fastbuild
+except ImportError:
+    _fastbuild = None
+
+
+def _c_helpers() -> bool:
+    from .fastpath import enabled
+
+    return enabled()
+
 _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
@@ -39,6 +50,9 @@ def hex_tails(ids) -> np.ndarray | None:
     if not len(ids) or ids.null_count:
         return None
     offsets, data = string_buffers(ids)
+    if _c_helpers():
+        tails = _fastbuild.hex_tails(offsets, data)
+        return None if tails is None else np.frombuffer(tails, np.uint64).copy()  # writable: callers sort it
     width = int(offsets[1] - offsets[0])
     if width < 16 or np.any(np.diff(offsets) != width):
         return None
@@ -128,7 +142,14 @@ NORMAL_URL = f"^{NORMAL_FORM.pattern}$"
 
 
 def is_normal_url(urls) -> pa.Array:
-    """Whether each URL is surely its own normal form (False: maybe not, check it)."""
+    """Whether each URL is surely its own normal form (False: maybe not, check it).
+
+    In C, the rows half's own test (which also passes upper-case %-escapes of UTF-8); else RE2
+    with fast_ids' pattern. Either says True only where fast_ids.normal_url(url) == url.
+    """
+    if _c_helpers() and isinstance(urls, pa.Array) and urls.type == pa.string() and not urls.null_count:
+        flags = np.frombuffer(_fastbuild.normal_urls(*string_buffers(urls)), np.bool_)
+        return pa.array(flags, pa.bool_())
     return pc.fill_null(pc.match_substring_regex(urls, NORMAL_URL), False)
 
 
