@@ -13,16 +13,14 @@ import pyarrow.compute as pc
 
 from .fast_ids import NORMAL_FORM
 
-try:  # the column helpers in C (a tenth of the time); the numpy and RE2 versions below otherwise
-    from . import _fastbuild
-except ImportError:
-    _fastbuild = None
 
+def _c_helpers():
+    """The compiled module when the C path is on (its column helpers take a tenth of the time),
+    else None: the numpy and RE2 versions below run."""
+    from . import fastpath  # imports this module: asked for late
 
-def _c_helpers() -> bool:
-    from .fastpath import enabled
+    return fastpath._fastbuild if fastpath.enabled() else None
 
-    return enabled()
 
 _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
@@ -50,8 +48,9 @@ def hex_tails(ids) -> np.ndarray | None:
     if not len(ids) or ids.null_count:
         return None
     offsets, data = string_buffers(ids)
-    if _c_helpers():
-        tails = _fastbuild.hex_tails(offsets, data)
+    fast = _c_helpers()
+    if fast is not None:
+        tails = fast.hex_tails(offsets, data)
         return None if tails is None else np.frombuffer(tails, np.uint64).copy()  # writable: callers sort it
     width = int(offsets[1] - offsets[0])
     if width < 16 or np.any(np.diff(offsets) != width):
@@ -147,8 +146,9 @@ def is_normal_url(urls) -> pa.Array:
     In C, the rows half's own test (which also passes upper-case %-escapes of UTF-8); else RE2
     with fast_ids' pattern. Either says True only where fast_ids.normal_url(url) == url.
     """
-    if _c_helpers() and isinstance(urls, pa.Array) and urls.type == pa.string() and not urls.null_count:
-        flags = np.frombuffer(_fastbuild.normal_urls(*string_buffers(urls)), np.bool_)
+    fast = _c_helpers()
+    if fast is not None and isinstance(urls, pa.Array) and urls.type == pa.string() and not urls.null_count:
+        flags = np.frombuffer(fast.normal_urls(*string_buffers(urls)), np.bool_)
         return pa.array(flags, pa.bool_())
     return pc.fill_null(pc.match_substring_regex(urls, NORMAL_URL), False)
 
