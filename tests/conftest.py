@@ -1,4 +1,4 @@
-"""Shared fixtures: the real WIT rows from ../shared, a generated miniature world, temp roots."""
+"""Shared fixtures: the real WIT rows (tests/fixtures/wit), a generated miniature world, temp roots."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _shared_dir() -> Path:
-    for candidate in (REPO.parent / "shared", REPO / "shared"):
-        if candidate.is_dir():
-            return candidate
-    raise RuntimeError("../shared (with fixtures/wit) is missing beside the repository")
+WIT_FIXTURES = REPO / "tests" / "fixtures" / "wit"
+WIT_FIXTURE_FILES = ("wit_train_sample.tsv", "wit_test_truncated.tsv")
 
 
 @pytest.fixture(scope="session")
 def wit_fixtures() -> Path:
-    """Folder of the real WIT rows (wit_train_sample.tsv, wit_test_truncated.tsv)."""
-    return _shared_dir() / "fixtures" / "wit"
+    """Folder of the real WIT rows (wit_train_sample.tsv, wit_test_truncated.tsv), in the repository."""
+    missing = [name for name in WIT_FIXTURE_FILES if not (WIT_FIXTURES / name).is_file()]
+    assert not missing, f"WIT fixtures missing from {WIT_FIXTURES}: {missing}"
+    return WIT_FIXTURES

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import WIT_FIXTURE_FILES, WIT_FIXTURES
 from wit_retrieval.io import inflate
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "wit"
 
 
 @pytest.fixture(params=["isal", "zlib"])
@@ -31,7 +30,9 @@ def _content(path: Path, size: int) -> bytes:
 
 @pytest.mark.parametrize("size", [1, 1000, 1 << 22])
 def test_blocks_equal_the_gzip_module_on_real_rows(inflater, tmp_path, size):
-    for fixture in sorted(FIXTURES.glob("*.tsv")):
+    fixtures = sorted(WIT_FIXTURES.glob("*.tsv"))
+    assert [f.name for f in fixtures] == sorted(WIT_FIXTURE_FILES)  # a missing fixture fails, never passes empty
+    for fixture in fixtures:
         raw = fixture.read_bytes()
         packed = tmp_path / (fixture.name + ".gz")
         packed.write_bytes(gzip.compress(raw))
