@@ -79,6 +79,27 @@ def test_reordered_columns_follow_create_table(tmp_path):
     assert list(read_redirects(path)) == [Redirect(10, 0, "Target")]
 
 
+def test_mysql4_redirect_dump_without_interwiki_reads_as_local_redirects(tmp_path):
+    # MySQL-4-era `redirect` tables have 3 columns: no rd_interwiki, so no interwiki redirects
+    create = "CREATE TABLE `redirect` (\n  `rd_from` int(8) unsigned NOT NULL default '0',\n" \
+             "  `rd_namespace` int(11) NOT NULL default '0',\n  `rd_title` varchar(255) binary NOT NULL default '',\n" \
+             "  PRIMARY KEY  (`rd_from`)\n) TYPE=InnoDB;\n"
+    path = tmp_path / "redirect.sql"
+    path.write_text(create + _insert("redirect", [(10, 0, "Target"), (11, 4, "Else")]))
+    assert list(read_redirects(path)) == [Redirect(10, 0, "Target"), Redirect(11, 4, "Else")]
+    bare = tmp_path / "bare.sql"  # no CREATE TABLE at all: the documented order, 3 values a tuple
+    bare.write_text(_insert("redirect", [(12, 0, "Other")]))
+    assert list(read_redirects(bare)) == [Redirect(12, 0, "Other")]
+
+
+def test_redirect_dump_without_a_required_column_is_refused(tmp_path):
+    create = "CREATE TABLE `redirect` (\n  `rd_from` int(8) NOT NULL,\n  `rd_namespace` int(11) NOT NULL\n);\n"
+    path = tmp_path / "redirect.sql"
+    path.write_text(create + _insert("redirect", [(10, 0)]))
+    with pytest.raises(InputError, match="rd_title"):
+        list(read_redirects(path))
+
+
 def test_page_props_without_create_table_use_documented_order(tmp_path):
     path = tmp_path / "page_props.sql.gz"
     rows = [(1, "wikibase_item", "Q42", None), (1, "page_image_free", "A_b.jpg", None),

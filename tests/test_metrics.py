@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,21 @@ def test_row_order_and_layout_do_not_matter():
     assert len(fixed) > 5
     np.testing.assert_allclose(per_query(fixed, qrels, ["nDCG@10"])["nDCG@10"],
                                ir_measures_values(fixed, qrels)["nDCG@10"], atol=1e-9)
+
+
+def test_ir_measures_default_rr_at_k_breaks_ties_otherwise_documented_in_readme():
+    # ir_measures' default provider for RR@k orders tied scores by doc id ascending; trec_eval (and
+    # we) by doc id descending. The README says which measure to compare: our MRR with pytrec_eval's RR.
+    import ir_measures
+    from ir_measures import RR
+
+    qrels = {"q": {"a": 1}}
+    run = {"q": [("a", 1.0), ("b", 1.0), ("c", 1.0)]}
+    scored = [ir_measures.ScoredDoc(q, d, s) for q, items in run.items() for d, s in items]
+    default_rr10 = ir_measures.calc_aggregate([RR @ 10], qrels, scored)[RR @ 10]
+    trec_rr = ir_measures.pytrec_eval.calc_aggregate([RR], qrels, scored)[RR]
+    ours = evaluate_run(run, qrels, ["MRR@10", "MRR"])
+    assert default_rr10 == pytest.approx(1.0)  # "a" first under doc id ascending
+    assert ours["MRR@10"] == ours["MRR"] == pytest.approx(trec_rr) == pytest.approx(1 / 3)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "`RR@k`" in readme and "pytrec_eval" in readme

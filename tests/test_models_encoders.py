@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -162,3 +164,16 @@ def test_every_registered_fusion_encodes(trained_dir, images):
     for name in FUSIONS.names():
         out = encoder.encode_queries(TEXTS, [images[:2], [images[2]]], fusion=name, names=[["a", "b"], ["c"]])
         assert out.shape == (2, 64) and _unit(out), name
+
+
+def test_loading_a_checkpoint_says_its_weights_are_loaded_not_random(trained_dir):
+    # open_clip logs "No pretrained weights loaded ... Model initialized randomly" when it builds the
+    # architecture; our weights are loaded right after, so the user must read what is true, once
+    code = ("import sys\nfrom wit_retrieval.models import load_encoder\n"
+            "for _ in range(3):\n    load_encoder('local-dir:' + sys.argv[1], device='cpu')\n"
+            "load_encoder('open_clip:wit-tiny-vit:random', device='cpu')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(trained_dir)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "initialized randomly" not in done.stderr
+    assert done.stderr.count("trained weights loaded from the checkpoint (step 7)") == 1
+    assert done.stderr.count("open_clip:wit-tiny-vit:random: random weights (seed 0), an untrained model") == 1

@@ -38,6 +38,21 @@ class MissingDependencyError(WitRetrievalError):
         self.extra = extra
 
 
+# The top-level module of each optional dependency, and the extra that installs it. The CLI turns a
+# ModuleNotFoundError for one of these, raised anywhere below a command, into the one-line hint.
+EXTRA_OF_MODULE = {
+    "torch": "clip", "torchvision": "clip", "open_clip": "clip", "safetensors": "clip",
+    "sentence_transformers": "text", "ray": "ray", "markdown": "annotate", "matplotlib": "plots",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> MissingDependencyError | None:
+    """The install hint for a missing optional module, or None when it is not one of ours."""
+    package = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(package)
+    return None if extra is None else MissingDependencyError(package, extra)
+
+
 def require(module: str, extra: str):
     """Import an optional module or raise MissingDependencyError with an install hint."""
     import importlib

@@ -13,7 +13,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from ..errors import WitRetrievalError
+from ..errors import WitRetrievalError, missing_extra
 
 # Each module defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
@@ -23,13 +23,23 @@ COMMAND_MODULES = (
 
 
 class _CleanErrors(TyperGroup):
-    """Turn library errors anywhere below into one line and exit code 1."""
+    """Turn library errors anywhere below into one line and exit code 1.
+
+    An optional dependency missing deep inside a command (torch under `evaluate` installed
+    without `[clip]`) becomes the same kind of line, naming the extra to install.
+    """
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except WitRetrievalError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ModuleNotFoundError as exc:
+            hint = missing_extra(exc)
+            if hint is None:
+                raise
+            typer.echo(f"error: {hint}", err=True)
             raise typer.Exit(1) from None
 
 

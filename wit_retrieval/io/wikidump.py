@@ -180,8 +180,13 @@ def iter_dump_tuples(path: str | os.PathLike, *, table: str | None = None) -> It
             yield values
 
 
-def _table_rows(path, table: str, wanted: tuple[str, ...], keep=None) -> Iterator[tuple]:
-    """The `wanted` columns of each tuple of `table`, located by the dump's CREATE TABLE if any."""
+def _table_rows(
+    path, table: str, wanted: tuple[str, ...], keep=None, optional: frozenset[str] = frozenset()
+) -> Iterator[tuple]:
+    """The `wanted` columns of each tuple of `table`, located by the dump's CREATE TABLE if any.
+
+    A column in `optional` that the dump's table lacks (older MediaWiki schemas) reads as None.
+    """
     reader = DumpReader(path, keep=keep)
     positions = None
     for name, values in reader:
@@ -189,13 +194,15 @@ def _table_rows(path, table: str, wanted: tuple[str, ...], keep=None) -> Iterato
             continue
         if positions is None:
             columns = reader.columns.get(table) or DEFAULT_COLUMNS[table]
-            missing = [c for c in wanted if c not in columns]
+            missing = [c for c in wanted if c not in columns and c not in optional]
             if missing:
                 raise InputError(f"table {table} has no column(s) {', '.join(missing)}", path=str(path))
-            positions = [columns.index(c) for c in wanted]
-        if len(values) <= max(positions):
-            continue  # a tuple narrower than its table's columns: nothing usable in it
-        yield tuple(values[i] for i in positions)
+            positions = [columns.index(c) if c in columns else None for c in wanted]
+            last = max(i for c, i in zip(wanted, positions) if i is not None and c not in optional)
+        if len(values) <= last:
+            continue  # a tuple narrower than its table's required columns: nothing usable in it
+        # an optional column past the tuple's end (an older schema without a CREATE TABLE) reads as None
+        yield tuple(None if i is None or i >= len(values) else values[i] for i in positions)
 
 
 def read_pages(path: str | os.PathLike) -> Iterator[Page]:
@@ -218,9 +225,13 @@ def read_page_props(
 
 
 def read_redirects(path: str | os.PathLike) -> Iterator[Redirect]:
-    """Local redirects (interwiki ones skipped: they leave the wiki) from a `redirect` dump."""
+    """Local redirects (interwiki ones skipped: they leave the wiki) from a `redirect` dump.
+
+    MySQL-4-era dumps have no `rd_interwiki` column (3 columns): they hold no interwiki redirects.
+    """
     for from_id, namespace, title, interwiki in _table_rows(
-        path, "redirect", ("rd_from", "rd_namespace", "rd_title", "rd_interwiki")
+        path, "redirect", ("rd_from", "rd_namespace", "rd_title", "rd_interwiki"),
+        optional=frozenset({"rd_interwiki"}),
     ):
         if not interwiki:
             yield Redirect(from_id, namespace, str(title))

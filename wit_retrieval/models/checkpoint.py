@@ -108,17 +108,16 @@ def _load_folder(directory: Path) -> Built:
 
 
 def _load_ours(directory: Path) -> Built:
-    import open_clip
     from safetensors.torch import load_file
 
-    from .encoders import _tokenizer
+    from .encoders import _tokenizer, note_weights, quiet_create
     from .retriever import Retriever, build_heads
 
     spec = json.loads((directory / SPEC).read_text(encoding="utf-8"))
     if spec.get("format") != FORMAT:
         raise InputError(f"{SPEC} is not a {FORMAT} spec", path=str(directory / SPEC))
     config = json.loads((directory / OPEN_CLIP_CONFIG).read_text(encoding="utf-8"))
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}", load_weights=False)
+    model, _, preprocess = quiet_create(f"local-dir:{directory}", load_weights=False)
     retriever = Retriever(model, int(spec.get("embed_dim") or config["model_cfg"]["embed_dim"]))
     for head_name, head in build_heads(model, retriever.embed_dim, spec.get("heads", {})).items():
         retriever.heads[head_name] = head
@@ -128,23 +127,24 @@ def _load_ours(directory: Path) -> Built:
         raise InputError(f"weights do not match the config: missing {result.missing_keys[:3]}, "
                          f"unexpected {result.unexpected_keys[:3]}", path=str(directory / WEIGHTS))
     revision = f"step{spec.get('step', 0)}-{spec.get('weights_sha256', '')[:12]}"
+    note_weights(f"local-dir:{directory}: trained weights loaded from the checkpoint (step {spec.get('step', 0)})")
     return Built(retriever, preprocess, _tokenizer(f"local-dir:{directory}"), config["model_cfg"],
                  config.get("preprocess_cfg", {}), revision, spec)
 
 
 def _load_open_clip_folder(directory: Path) -> Built:
-    import open_clip
-
-    from .encoders import _tokenizer
+    from .encoders import _tokenizer, note_weights, quiet_create
     from .retriever import Retriever
 
     config = json.loads((directory / OPEN_CLIP_CONFIG).read_text(encoding="utf-8"))
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+        model, _, preprocess = quiet_create(f"local-dir:{directory}")
     except (RuntimeError, ValueError, OSError) as exc:
         raise InputError(f"open_clip could not load this folder: {exc}", path=str(directory)) from None
     weights = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
     revision = f"local:{weights[0] if weights else 'no-weights'}"
+    note_weights(f"local-dir:{directory}: weights loaded from {weights[0]}" if weights else
+                 f"local-dir:{directory}: no weights file in the folder, an untrained model (random weights)")
     return Built(Retriever(model, int(config["model_cfg"]["embed_dim"])), preprocess,
                  _tokenizer(f"local-dir:{directory}"), config["model_cfg"], config.get("preprocess_cfg", {}),
                  revision, {"base": f"local-dir:{directory}", "heads": {}, "training_datasets": []})

@@ -99,6 +99,44 @@ def check_arch(arch: str) -> None:
                           "or add a config json with open_clip.add_model_config")
 
 
+class _DropRandomInitWarning:
+    """A logging filter for open_clip's 'No pretrained weights loaded ... initialized randomly'.
+
+    open_clip logs it whenever its factory itself loaded no weights, also when we load ours right
+    after (a checkpoint) or chose random weights on purpose: a user then reads that a trained model
+    is random. We drop that one record and say what is true instead (`note_weights`).
+    """
+
+    def filter(self, record) -> bool:
+        return "No pretrained weights loaded for model" not in record.getMessage()
+
+
+def quiet_create(*args, **kwargs):
+    """open_clip.create_model_and_transforms without its misleading random-init warning."""
+    import logging
+
+    import open_clip
+
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        return open_clip.create_model_and_transforms(*args, **kwargs)
+    finally:
+        root.removeFilter(drop)
+
+
+_NOTED: set[str] = set()
+
+
+def note_weights(message: str) -> None:
+    """Say once per process where a model's weights came from (on stderr, beside the progress bars)."""
+    import sys
+
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(message, file=sys.stderr)
+
+
 def create_open_clip(arch: str, tag: str, *, seed: int = 0):
     """(model, preprocess_val, tokenizer, revision) for open_clip ARCH with weights TAG."""
     import open_clip
@@ -108,8 +146,9 @@ def create_open_clip(arch: str, tag: str, *, seed: int = 0):
     if tag == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # random weights are reproducible and so get a revision
-            model, _, preprocess = open_clip.create_model_and_transforms(arch)
+            model, _, preprocess = quiet_create(arch)
         revision = f"random-seed{seed}"
+        note_weights(f"open_clip:{arch}:random: random weights (seed {seed}), an untrained model")
     else:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if tag not in tags and not Path(tag).is_file():
