@@ -205,7 +205,7 @@ def test_embedding_files_round_trip(tmp_path):
         write_embeddings(tmp_path / name, ids, x, {"model": "m"})
         got_ids, got = read_embeddings(tmp_path / name)
         assert got_ids == ids and np.array_equal(got, x)
-        assert read_embeddings_meta(tmp_path / name) == {"model": "m", "dim": 6}
+        assert read_embeddings_meta(tmp_path / name) == {"model": "m", "dim": 6, "dtype": "float32"}
     parts = tmp_path / "parts"
     write_embeddings(parts / "part-00000.parquet", ids[:10], x[:10])
     write_embeddings(parts / "part-00001.parquet", ids[10:], x[10:])

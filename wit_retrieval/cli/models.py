@@ -105,7 +105,8 @@ def evaluate(
 
 def embed(
     images: str = typer.Option(..., "--images", help="Image store folder."),
-    out: Path = typer.Option(..., "--out", help="Embeddings parquet to write (id, embedding)."),
+    out: Path = typer.Option(..., "--out", help="A folder of parts (part-*.parquet, manifest.json last, "
+                             "failures.jsonl; resumable, any number of ranks) or one FILE.parquet."),
     model: str = typer.Option("", "--model", help="Encoder name: open_clip:ARCH:TAG or local-dir:PATH."),
     checkpoint: str = typer.Option("", "--checkpoint", help="A checkpoint folder."),
     data: str = typer.Option("", "--data", help="Embed only this data root's corpus of --split (default: "
@@ -113,39 +114,77 @@ def embed(
     split: str = typer.Option("test", "--split", help="Corpus split, with --data."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
     workers: int = typer.Option(4, "--workers", help="Image decoding threads."),
-    device: str = typer.Option("", "--device", help="cpu or cuda (default: cuda when available)."),
-    cache_dir: str = typer.Option("", "--cache-dir", help="Embedding cache folder (resumable; default: none)."),
+    device: str = typer.Option("", "--device", help="cpu or cuda (default: cuda when available; under torchrun "
+                               "cuda:LOCAL_RANK)."),
+    cache_dir: str = typer.Option("", "--cache-dir", help="Embedding cache folder, with --out FILE.parquet "
+                                  "(resumable; default: none)."),
+    part_rows: int = typer.Option(8192, "--part-rows", help="Images per part (memory holds one part)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Stored embedding type: float32, or float16 (half "
+                              "the disk; see docs/embedding.md for its effect on recall)."),
     fast_path: str = typer.Option("auto", "--fast-path", help="CPU fast path of ViT image towers: auto (prepacked "
                                   "oneDNN linears where they apply, fp32, same embeddings up to float rounding), "
                                   "onednn (also narrow towers; warns when unusable) or eager."),
 ):
-    """Embed the images of a store (or of one corpus split) into an embeddings file.
+    """Embed the images of a store (or of one corpus split) into a folder of parts or one parquet file.
 
-    Example: wit-retrieval embed --model open_clip:ViT-B-32:laion2b_s34b_b79k --images root/images --out emb.parquet
+    Under `torchrun --nproc_per_node N -m wit_retrieval embed ...` each rank embeds its own
+    contiguous block of parts; a re-run embeds only the parts still missing.
+
+    Example: wit-retrieval embed --model open_clip:ViT-B-32:laion2b_s34b_b79k --images root/images --out emb/
     """
     from ..errors import ConfigError
     from ..images import open_store
-    from ..io.embeddings import write_embeddings
-    from ..layout import DataRoot
-    from ..models import load_encoder
-    from ..models.embed import EmbedConfig, embed_images
+    from ..models.embed import EmbedConfig
 
     if bool(model) == bool(checkpoint):
         raise ConfigError("give exactly one of --model NAME or --checkpoint DIR")
-    config = EmbedConfig(batch_size=batch_size, workers=workers, cache_dir=cache_dir or None, fast_path=fast_path)
-    encoder = load_encoder(model or f"local-dir:{checkpoint}", device=device or None)
+    config = EmbedConfig(batch_size=batch_size, workers=workers, cache_dir=cache_dir or None, fast_path=fast_path,
+                         part_rows=part_rows)
     store = open_store(images)
-    if data:
-        from ..io.shards import read_table_dir
-
-        ids = read_table_dir(DataRoot(data).table_split("corpus", split), columns=["image_id"])["image_id"]
-        ids = ids.to_pylist()
+    ids = _ids_to_embed(store, data, split)
+    name = model or f"local-dir:{checkpoint}"
+    if out.suffix == ".parquet":
+        summary = _embed_to_file(name, device, store, ids, out, config, dtype)
     else:
-        ids = store.ids()
+        summary = _embed_to_parts(name, device, store, ids, out, config, dtype)
+    if summary is not None:
+        typer.echo(json.dumps(summary))
+
+
+def _ids_to_embed(store, data: str, split: str) -> list[str]:
+    if not data:
+        return store.ids()
+    from ..io.shards import read_table_dir
+    from ..layout import DataRoot
+
+    return read_table_dir(DataRoot(data).table_split("corpus", split), columns=["image_id"])["image_id"].to_pylist()
+
+
+def _embed_to_file(name, device, store, ids, out, config, dtype) -> dict:
+    from ..io.embeddings import write_embeddings
+    from ..models import load_encoder
+    from ..models.embed import embed_images
+
+    encoder = load_encoder(name, device=device or None)
     found, matrix, missing = embed_images(encoder, store, ids, config)
-    write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict()})
-    typer.echo(json.dumps({"out": str(out), "embedded": len(found), "missing": len(missing),
-                           "dim": encoder.metadata.dim}))
+    write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict()}, dtype=dtype)
+    return {"out": str(out), "embedded": len(found), "missing": len(missing), "dim": encoder.metadata.dim}
+
+
+def _embed_to_parts(name, device, store, ids, out, config, dtype) -> dict | None:
+    """A folder of parts; under torchrun each rank its block (rank 0 reports)."""
+    from dataclasses import replace
+
+    from ..models import load_encoder
+    from ..models.embed_corpus import embed_to_folder
+    from ..models.ranks import embedding_world
+
+    with embedding_world(device) as world:
+        encoder = load_encoder(name, device=world.device)
+        config = replace(config, progress=config.progress and world.rank == 0)
+        summary = embed_to_folder(encoder, store, ids, out, config, dtype=dtype, rank=world.rank,
+                                  world=world.size, barrier=world.barrier)
+    return summary if world.rank == 0 else None
 
 
 @models_app.command("list")

@@ -170,6 +170,16 @@ class ImageStore:
         """The image_ids stored (status ok), sorted."""
         return sorted(self._where)
 
+    def disk_order(self, ids) -> list[str]:
+        """`ids` (deduplicated) in the order their bytes lie on disk, ids not stored last, as given.
+
+        Reading images in this order reads each tar shard front to back: sequential reads, never
+        a seek per image across the whole store.
+        """
+        wanted = list(dict.fromkeys(ids))
+        stored = sorted((i for i in wanted if i in self._where), key=self._where.__getitem__)
+        return stored + [i for i in wanted if i not in self._where]
+
     def manifest(self) -> pa.Table:
         """Every finished shard's manifest rows (ok and failed)."""
         return self._manifest

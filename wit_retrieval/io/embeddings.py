@@ -3,8 +3,10 @@
 A parquet file keeps its metadata (model, revision, dimension, corpus revision, ...) in the
 schema metadata under the key `wit_retrieval`; an `.npy` keeps it in a `.meta.json` beside it.
 A folder of `part-*.parquet` files (what `models.embed` writes) reads as one file, parts in name
-order. Readers fill one preallocated float32 matrix, so reading costs the matrix and one row
-group, never two copies.
+order; where the folder has a `manifest.json` (what `embed --out DIR` writes last), only the parts
+it lists, in its order: a part without a manifest entry is unfinished or foreign. Embeddings may be
+stored as float16 (half the disk); readers always return float32. Readers fill one preallocated
+float32 matrix, so reading costs the matrix and one row group, never two copies.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ..errors import InputError
 from .shards import atomic_path, write_text_atomic
 
 META_KEY = b"wit_retrieval"
+PARTS_MANIFEST = "manifest.json"
+DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
 
 def _sidecars(path: Path) -> tuple[Path, Path]:
@@ -30,6 +34,14 @@ def _sidecars(path: Path) -> tuple[Path, Path]:
 
 
 def _parquet_files(path: Path) -> list[Path]:
+    if path.is_dir() and (path / PARTS_MANIFEST).is_file():
+        listed = json.loads((path / PARTS_MANIFEST).read_text(encoding="utf-8")).get("parts", [])
+        files = [path / part["file"] for part in listed]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise InputError(f"{len(absent)} part(s) listed in {PARTS_MANIFEST} are missing, e.g. {absent[0]}; "
+                             "re-run the embedding command to rewrite them", path=str(path))
+        return files
     if path.is_dir():
         files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
         if not files:
@@ -127,14 +139,23 @@ def _read_npy(path: Path) -> tuple[list[str], np.ndarray]:
     return ids, np.ascontiguousarray(matrix, dtype=np.float32)
 
 
-def write_embeddings(path: str | Path, ids: list[str], array: np.ndarray, meta: dict | None = None) -> None:
-    """Write ids and an [n, d] matrix as parquet (`.parquet`) or `.npy` + `.ids.txt`, atomically."""
+def write_embeddings(path: str | Path, ids: list[str], array: np.ndarray, meta: dict | None = None,
+                     *, dtype: str = "float32") -> None:
+    """Write ids and an [n, d] matrix as parquet (`.parquet`) or `.npy` + `.ids.txt`, atomically.
+
+    `dtype` float16 halves the file (parquet only); readers return float32 either way.
+    """
     path = Path(path)
+    if dtype not in DTYPES:
+        raise InputError(f"embedding dtype must be one of {', '.join(DTYPES)}, not {dtype!r}", path=str(path))
+    if dtype != "float32" and path.suffix == ".npy":
+        raise InputError("float16 storage is for parquet embeddings; use a .parquet path", path=str(path))
+    np_type, arrow_type = DTYPES[dtype]
     array = np.ascontiguousarray(array, dtype=np.float32)
     if array.ndim != 2 or len(ids) != len(array):
         raise InputError(f"need one id per row of a 2-D array; got {len(ids)} ids, shape {array.shape}",
                          path=str(path))
-    meta = dict(meta or {}, dim=int(array.shape[1]))
+    meta = dict(meta or {}, dim=int(array.shape[1]), dtype=dtype)
     if path.suffix == ".npy":
         ids_file, meta_file = _sidecars(path)
         if any("\n" in i for i in ids):
@@ -144,7 +165,7 @@ def write_embeddings(path: str | Path, ids: list[str], array: np.ndarray, meta: 
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
         return
-    values = pa.array(array.reshape(-1), pa.float32())
+    values = pa.array(array.reshape(-1).astype(np_type, copy=False), arrow_type)
     table = pa.table({
         "id": pa.array([str(i) for i in ids], pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(values, int(array.shape[1])),

@@ -16,12 +16,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -83,8 +85,9 @@ def embed_images(encoder, store, ids: Sequence[str], config: EmbedConfig = Embed
     todo = [i for i in wanted if i not in cached]
     missing: list[str] = []
     if todo:
-        for part_ids, part_emb, part_missing in _embed_parts(encoder, store, todo, config):
-            missing.extend(part_missing)
+        parts = [todo[i: i + config.part_rows] for i in range(0, len(todo), config.part_rows)]
+        for part_ids, part_emb, part_failed in embed_parts(encoder, store, parts, config):
+            missing.extend(f.image_id for f in part_failed)
             cached.update(zip(part_ids, part_emb))
             if folder is not None and part_ids:
                 _write_part(folder, part_ids, part_emb)
@@ -94,45 +97,64 @@ def embed_images(encoder, store, ids: Sequence[str], config: EmbedConfig = Embed
     return found, matrix, missing
 
 
-def _embed_parts(encoder, store, ids: list[str], config: EmbedConfig) -> Iterator[tuple[list, np.ndarray, list]]:
-    """Embed in parts of `part_rows`, each yielded when done (so it can be cached at once)."""
+def embed_parts(encoder, store, parts: Sequence[Sequence[str]], config: EmbedConfig
+                ) -> Iterator[tuple[list[str], np.ndarray, list[Failed]]]:
+    """(ids embedded, embeddings, failures) for each part in turn, yielded as soon as it is done.
+
+    Batches never span two parts, and decoding runs ahead across part boundaries, so the
+    pipeline never drains between parts; memory holds one part's embeddings at a time.
+    """
     from ..progress import progress_task
     from .onednn import fast_encoding
 
-    batches = [ids[i: i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
-    per_part = max(1, config.part_rows // config.batch_size)
+    batches, last_of_part = [], set()
+    for part in parts:
+        batches.extend(list(part[i: i + config.batch_size]) for i in range(0, len(part), config.batch_size))
+        last_of_part.add(len(batches) - 1)
     part_ids: list[str] = []
     part_emb: list[np.ndarray] = []
-    part_missing: list[str] = []
+    part_failed: list[Failed] = []
     split = split_transform(encoder.preprocess, draft=config.draft)
     in_processes = config.decoder == "processes" and config.workers > 0
     decoded = (_decoded_in_processes if in_processes else _decoded_in_threads)(split, store, batches, config)
-    with _maybe_progress(progress_task, "embedding images", len(ids), config.progress) as advance, \
+    total = sum(len(part) for part in parts)
+    with _maybe_progress(progress_task, "embedding images", total, config.progress) as advance, \
             _torch_threads(config.torch_threads), fast_encoding(encoder, config.fast_path, config.batch_size) as encode:
         for n, (batch_ids, pixels, bad) in enumerate(decoded):
             if batch_ids:
                 part_emb.append(encode(pixels))
                 part_ids.extend(batch_ids)
-            part_missing.extend(bad)
+            part_failed.extend(bad)
             advance(len(batch_ids) + len(bad))
-            if (n + 1) % per_part == 0 or n == len(batches) - 1:
+            if n in last_of_part:
                 emb = np.concatenate(part_emb) if part_emb else np.zeros((0, encoder.metadata.dim), np.float32)
-                yield part_ids, emb, part_missing
-                part_ids, part_emb, part_missing = [], [], []
+                yield part_ids, emb, part_failed
+                part_ids, part_emb, part_failed = [], [], []
+
+
+class Failed(NamedTuple):
+    """An image that could not be embedded, and why (recorded, never fatal)."""
+
+    image_id: str
+    reason: str
 
 
 def _load(store, split: SplitTransform, image_id: str):
-    """One image after the PIL stage, or None when it is missing or broken (reported, never fatal)."""
+    """One image after the PIL stage, or a Failed when it is missing or broken (reported, never fatal)."""
     try:
         return prepare(open_image(store, image_id, split), split)
-    except Exception:
-        return None
+    except KeyError:
+        return Failed(image_id, "missing: not in the image store")
+    except Exception as exc:  # any decoder error: the image is recorded as failed, the run goes on
+        # object addresses (PIL's "<_io.BytesIO object at 0x...>") would make equal runs differ
+        message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
+        return Failed(image_id, f"undecodable: {type(exc).__name__}: {message}"[:300])
 
 
-def _batch(ids: list, items: list, split: SplitTransform) -> tuple[list, object, list]:
-    """(ids decoded, one normalised pixel batch or None, ids that failed)."""
-    ok = [(i, t) for i, t in zip(ids, items) if t is not None]
-    bad = [i for i, t in zip(ids, items) if t is None]
+def _batch(ids: list, items: list, split: SplitTransform) -> tuple[list, object, list[Failed]]:
+    """(ids decoded, one normalised pixel batch or None, the failures)."""
+    ok = [(i, t) for i, t in zip(ids, items) if not isinstance(t, Failed)]
+    bad = [t for t in items if isinstance(t, Failed)]
     return [i for i, _ in ok], (to_batch([t for _, t in ok], split) if ok else None), bad
 
 
@@ -241,8 +263,9 @@ def _read_cache(folder: Path, metadata) -> dict[str, np.ndarray]:
 
 
 def _write_part(folder: Path, ids: list[str], matrix: np.ndarray) -> None:
+    """A cache part named by a digest of its ids: the same name from any rank or process, never a clash."""
     from ..io.embeddings import write_embeddings
 
-    number = len(list(folder.glob("part-*.parquet")))
+    digest = hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:16]
     meta = json.loads((folder / "key.json").read_text(encoding="utf-8"))
-    write_embeddings(folder / f"part-{number:05d}.parquet", ids, matrix, meta)
+    write_embeddings(folder / f"part-{digest}.parquet", ids, matrix, meta)
