@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.test_models_world import make_world, one_torch_thread, write_store  # noqa: F401
+from tests.test_models_world import count_encoded, make_world, one_torch_thread, write_store  # noqa: F401
 from wit_retrieval.errors import ConfigError, InputError
 from wit_retrieval.images import open_store
 from wit_retrieval.images.decode import StoredImage
@@ -46,18 +46,6 @@ def encoder():
     from wit_retrieval.models import load_encoder
 
     return load_encoder(TINY, device="cpu")
-
-
-def _counting(encoder):
-    calls = {"images": 0}
-    inner = encoder.encode_pixels
-
-    def counted(pixels):
-        calls["images"] += len(pixels)
-        return inner(pixels)
-
-    encoder.encode_pixels = counted
-    return calls
 
 
 def test_plan_is_contiguous_and_every_part_has_one_rank():
@@ -99,7 +87,7 @@ def test_resume_embeds_only_missing_parts_and_a_finished_run_nothing(store_dir, 
     config = EmbedConfig(batch_size=4, workers=1, part_rows=8, progress=False)
     out = tmp_path / "emb"
     embed_to_folder(encoder, store, store.ids(), out, config)
-    calls = _counting(encoder)
+    calls = count_encoded(encoder)
     embed_to_folder(encoder, store, store.ids(), out, config)
     assert calls["images"] == 0  # finished: nothing re-embedded
     parts = json.loads((out / "manifest.json").read_text())["parts"]

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_models_world import make_world, one_torch_thread  # noqa: F401
+from tests.test_models_world import count_encoded, make_world, one_torch_thread  # noqa: F401
 from wit_retrieval.evaluate import EvalConfig, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,21 +24,9 @@ def encoder():
     return load_encoder("open_clip:wit-tiny-vit:random", device="cpu")
 
 
-def _count_encoded(encoder):
-    calls = {"images": 0}
-    inner = encoder.encode_pixels
-
-    def counting(pixels):
-        calls["images"] += len(pixels)
-        return inner(pixels)
-
-    encoder.encode_pixels = counting
-    return calls
-
-
 @pytest.mark.slow
 def test_evaluate_writes_run_results_and_reuses_the_cache(world, encoder, tmp_path):
-    calls = _count_encoded(encoder)
+    calls = count_encoded(encoder)
     config = EvalConfig(data=str(world.root.root), model="open_clip:wit-tiny-vit:random", fusion="sum",
                         out=str(tmp_path / "sum"), cache_dir=str(tmp_path / "cache"), k=10, bootstrap=50,
                         progress=False)

@@ -172,6 +172,19 @@ def make_world(base, *, entities: int = 24, scenes: dict[str, int] | None = None
     return World(root, DictStore(images), len(kinds))
 
 
+def count_encoded(encoder) -> dict[str, int]:
+    """Count the images an encoder embeds from now on (calls["images"])."""
+    calls = {"images": 0}
+    inner = encoder.encode_pixels
+
+    def counting(pixels):
+        calls["images"] += len(pixels)
+        return inner(pixels)
+
+    encoder.encode_pixels = counting
+    return calls
+
+
 def write_store(store: DictStore, directory) -> None:
     """Write the world's images as a real image store (one tar shard + manifest + done-marker)."""
     import hashlib
