@@ -25,13 +25,19 @@ def build(
     normalize: str = typer.Option("warn", "--normalize", help="warn (keep, warn if not unit length), l2 or none."),
     model: str | None = typer.Option(None, "--model", help="Model name to record (default: from the embeddings)."),
     corpus_revision: str | None = typer.Option(None, "--corpus-revision", help="Corpus revision to record."),
+    scratch: Path | None = typer.Option(None, "--scratch", help="Folder for the memory-mapped staging file "
+                                        "(rows x dim x 4 bytes; default: the system's temp folder)."),
 ) -> None:
     """Build an index from embeddings and save it with its metadata.
 
+    Parts are streamed through a memory-mapped file, never read into one array: memory holds
+    the index and one block (an exact index is itself the matrix).
+
     Example: wit-retrieval index build --embeddings emb/images.parquet --out idx/ --kind exact
     """
-    from ..index import IndexConfig, build_index, parse_memory
-    from ..io.embeddings import read_embeddings, read_embeddings_meta
+    from ..index import IndexConfig, parse_memory
+    from ..index.stream import build_index_from_files
+    from ..io.embeddings import read_embeddings_meta
 
     config = IndexConfig(kind=kind, dim=dim, quantize=quantize, memory_budget_gb=parse_memory(memory_budget),
                          metric=metric, normalize=normalize)
@@ -39,8 +45,7 @@ def build(
     meta["model"] = model or meta.get("model")
     meta["corpus_revision"] = corpus_revision or meta.get("corpus_revision")
     meta["embeddings"] = str(embeddings)
-    ids, matrix = read_embeddings(embeddings)
-    index = build_index(matrix, ids, config, metadata=meta)
+    index = build_index_from_files(embeddings, config, meta, scratch=scratch)
     index.save(out)
     info = index.metadata
     typer.echo(f"indexed {info['count']} vectors ({info['dim']} dims, {info['factory']}, metric {info['metric']}) "
@@ -104,6 +109,8 @@ def search(
     chunk: int = typer.Option(4096, "--chunk", help="Queries searched at once (bounds memory)."),
     tag: str = typer.Option("wit-retrieval", "--tag", help="Run tag (TREC's last column)."),
     mmap: bool = typer.Option(False, "--mmap", help="Memory-map exact vectors instead of reading them in."),
+    device: str = typer.Option("", "--device", help="Exact search in torch on this device (cuda, cuda:N): the "
+                               "same results and tie order as faiss on the CPU. Default: faiss on the CPU."),
 ) -> None:
     """Search query embeddings against an index and write a run.
 
@@ -113,7 +120,7 @@ def search(
     from ..index.runfile import write_search_run
     from ..io.embeddings import read_embeddings
 
-    index = load_index(index_dir, mmap=mmap)
+    index = load_index(index_dir, mmap=mmap, device=device or None)
     query_ids, matrix = read_embeddings(queries)
     stats = write_search_run(index, query_ids, matrix, out, k=k, chunk=chunk, tag=tag)
     typer.echo(json.dumps(stats))

@@ -260,8 +260,12 @@ def _metadata(config, spec, choice, n, unnormalised, extra, seconds) -> dict[str
     return meta
 
 
-def load_index(directory: str | Path, *, mmap: bool = False) -> Index:
-    """Load a saved index; `mmap=True` maps exact fp32 vectors from disk instead of reading them."""
+def load_index(directory: str | Path, *, mmap: bool = False, device: str | None = None) -> Index:
+    """Load a saved index; `mmap=True` maps exact fp32 vectors from disk instead of reading them.
+
+    `device` (cuda, cuda:N; cpu for tests): exact fp32 search runs in torch on that device, with
+    the same results and tie order as faiss (index/torch_exact.py); ANN indexes stay on faiss.
+    """
     directory = Path(directory)
     meta_file = directory / "index.json"
     if not meta_file.exists():
@@ -274,7 +278,12 @@ def load_index(directory: str | Path, *, mmap: bool = False) -> Index:
     spec = VectorSpec(meta["input_dim"], meta["dim"], meta["metric"], meta["normalisation"]["mode"])
     if meta["factory"] == "Flat":
         vectors = np.load(directory / "vectors.npy", mmap_mode="r" if mmap else None)
-        backend = _FlatBackend(vectors, meta["metric"])
+        if device:
+            from .torch_exact import TorchFlatBackend
+
+            backend = TorchFlatBackend(vectors, meta["metric"], device)
+        else:
+            backend = _FlatBackend(vectors, meta["metric"])
     else:
         backend = _FaissBackend(_faiss().read_index(str(directory / "index.faiss")), meta["metric"],
                                 meta["exhaustive"])

@@ -12,6 +12,7 @@ float32 matrix, so reading costs the matrix and one row group, never two copies.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,31 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
         raise InputError("embedding file not found", path=str(path))
     if path.suffix == ".npy":
         return _read_npy(path)
-    files = _parquet_files(path)
-    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
     ids: list[str] = []
     matrix: np.ndarray | None = None
-    row = 0
-    for file in files:
+    total = count_embeddings(path)
+    for block_ids, block in iter_embedding_blocks(path):
+        if matrix is None:
+            matrix = np.empty((total, block.shape[1]), dtype=np.float32)
+        matrix[len(ids): len(ids) + len(block)] = block
+        ids.extend(block_ids)
+    if matrix is None:
+        matrix = np.empty((0, 0), dtype=np.float32)
+    return ids, matrix
+
+
+def count_embeddings(path: str | Path) -> int:
+    """Rows of a parquet embedding file or folder, from the files' footers (nothing else read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(Path(path)))
+
+
+def iter_embedding_blocks(path: str | Path) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(ids, float32 [rows, d]) one parquet row group at a time: memory holds one block, never the whole."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("embedding file not found", path=str(path))
+    row, dim = 0, None
+    for file in _parquet_files(path):
         pf = pq.ParquetFile(file)
         missing = {"id", "embedding"} - set(pf.schema_arrow.names)
         if missing:
@@ -82,17 +102,13 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
         for group in range(pf.num_row_groups):
             batch = pf.read_row_group(group, columns=["id", "embedding"])
             block = _embedding_block(batch.column("embedding"), file, row)
-            if matrix is None:
-                matrix = np.empty((sum(counts), block.shape[1]), dtype=np.float32)
-            if block.shape[1] != matrix.shape[1]:
-                raise InputError(f"embedding at row {row} has {block.shape[1]} dims, earlier rows "
-                                 f"{matrix.shape[1]}", path=str(file))
-            matrix[row : row + len(block)] = block
-            ids.extend(_id_column(batch.column("id"), file, row))
+            if dim is not None and len(block) and block.shape[1] != dim:
+                raise InputError(f"embedding at row {row} has {block.shape[1]} dims, earlier rows {dim}",
+                                 path=str(file))
+            if len(block):
+                dim = block.shape[1]
+                yield _id_column(batch.column("id"), file, row), block
             row += len(block)
-    if matrix is None:
-        matrix = np.empty((0, 0), dtype=np.float32)
-    return ids, matrix
 
 
 def _id_column(column: pa.ChunkedArray, file: Path, first_row: int) -> list[str]:
@@ -126,7 +142,9 @@ def _embedding_block(column: pa.ChunkedArray, file: Path, first_row: int) -> np.
     return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(column), dim)
 
 
-def _read_npy(path: Path) -> tuple[list[str], np.ndarray]:
+def read_npy_ids(path: str | Path) -> list[str]:
+    """The ids of an `.npy` embedding file (its `.ids.txt`), checked against its row count."""
+    path = Path(path)
     ids_file = _sidecars(path)[0]
     if not ids_file.exists():
         raise InputError(f"ids file {ids_file.name} is missing beside it (one id per line)", path=str(path))
@@ -136,7 +154,12 @@ def _read_npy(path: Path) -> tuple[list[str], np.ndarray]:
     ids = ids_file.read_text(encoding="utf-8").splitlines()
     if len(ids) != len(matrix):
         raise InputError(f"{len(ids)} ids for {len(matrix)} rows", path=str(ids_file))
-    return ids, np.ascontiguousarray(matrix, dtype=np.float32)
+    return ids
+
+
+def _read_npy(path: Path) -> tuple[list[str], np.ndarray]:
+    ids = read_npy_ids(path)
+    return ids, np.ascontiguousarray(np.load(path, mmap_mode="r"), dtype=np.float32)
 
 
 def write_embeddings(path: str | Path, ids: list[str], array: np.ndarray, meta: dict | None = None,
