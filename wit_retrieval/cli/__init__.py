@@ -18,7 +18,7 @@ from ..errors import WitRetrievalError, missing_extra
 # Each module defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
     "synth", "serve", "download", "released", "build", "images",
-    "scoring", "index", "models", "soup", "text_baseline", "annotate", "report", "docs",
+    "scoring", "index", "models", "mining", "soup", "text_baseline", "annotate", "report", "docs",
 )
 
 

@@ -53,6 +53,9 @@ class _FlatBackend:
         scores, labels = _faiss().knn(queries, self.vectors, k, metric=_metric(self.metric))
         return (scores, labels) if self.metric == "ip" else (-scores, labels)
 
+    def vector(self, label: int) -> np.ndarray:
+        return np.asarray(self.vectors[label], np.float32)
+
     def save(self, directory: Path) -> None:
         with atomic_path(directory / "vectors.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, self.vectors)
@@ -67,6 +70,13 @@ class _FaissBackend:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, labels = self.index.search(queries, k)
         return (scores, labels) if self.metric == "ip" else (-scores, labels)
+
+    def vector(self, label: int) -> np.ndarray:
+        try:
+            return self.index.reconstruct(label)
+        except RuntimeError:  # an IVF index without its direct map: build it once
+            _faiss().extract_index_ivf(self.index).make_direct_map()
+            return self.index.reconstruct(label)
 
     def set_params(self, params: dict[str, int]) -> None:
         space = _faiss().ParameterSpace()
@@ -146,6 +156,21 @@ class Index:
     def ids(self) -> pa.Array:
         """All ids in label order (sorted)."""
         return self._ids
+
+    def vectors_of(self, ids: list[str | None]) -> list[np.ndarray | None]:
+        """The indexed (prepared: truncated, normalised) vector of each id; None where not indexed.
+
+        Exact indexes return their stored rows; ANN indexes their reconstruction (codes decoded,
+        so approximate for quantised ones).
+        """
+        labels = pc.index_in(pa.array(ids, pa.string()), value_set=self._ids).to_numpy(zero_copy_only=False)
+        out: list[np.ndarray | None] = []
+        for label in labels:
+            if label is None or np.isnan(label):
+                out.append(None)
+            else:
+                out.append(self._backend.vector(int(label)))
+        return out
 
     def save(self, directory: str | Path) -> None:
         """Write ids.parquet, vectors.npy or index.faiss, and index.json (last: marks completion)."""

@@ -64,6 +64,9 @@ class TorchFlatBackend:
                 best_s, best_l = top_s, top_l
         return best_s.float().cpu().numpy(), best_l.cpu().numpy().astype(np.int64)
 
+    def vector(self, label: int) -> np.ndarray:
+        return np.asarray(self.host[label], np.float32)
+
     def save(self, directory) -> None:
         from .core import _FlatBackend
 
