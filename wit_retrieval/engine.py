@@ -78,7 +78,8 @@ def run_shards(
             yield from pool.map(fn, tasks)
 
 
-def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], engine: EngineConfig) -> Iterator[R]:
+def connect(engine: EngineConfig):
+    """Join (or start) Ray for `engine` and return the ray module."""
     ray = require("ray", "ray")
     if not ray.is_initialized():
         ray.init(
@@ -89,6 +90,11 @@ def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], engine: EngineConfig) -> 
             ignore_reinit_error=True,
             configure_logging=False,
         )
+    return ray
+
+
+def _run_ray(fn: Callable[[T], R], tasks: Sequence[T], engine: EngineConfig) -> Iterator[R]:
+    ray = connect(engine)
     remote = ray.remote(fn)
     refs: list[Any] = [remote.remote(task) for task in tasks]
     for ref in refs:  # in task order

@@ -124,6 +124,12 @@ def embed(
     fast_path: str = typer.Option("auto", "--fast-path", help="CPU fast path of ViT image towers: auto (prepacked "
                                   "oneDNN linears where they apply, fp32, same embeddings up to float rounding), "
                                   "onednn (also narrow towers; warns when unusable) or eager."),
+    engine: str = typer.Option("local", "--engine", help="local (this process, or torchrun's ranks) or ray (Ray "
+                               "Data: a CPU decode stage and an encoder actor pool; --out must be a folder)."),
+    ray_address: str = typer.Option("", "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a "
+                                    "local Ray)."),
+    actors: int = typer.Option(0, "--actors", help="Encoder actors with --engine ray (default: one per GPU, "
+                               "else 1)."),
 ):
     """Embed the images of a store (or of one corpus split) into a folder of parts or one parquet file.
 
@@ -143,7 +149,18 @@ def embed(
     store = open_store(images)
     ids = _ids_to_embed(store, data, split)
     name = model or f"local-dir:{checkpoint}"
-    if out.suffix == ".parquet":
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, not {engine!r}")
+    if engine == "ray":
+        if out.suffix == ".parquet":
+            raise ConfigError("--engine ray writes a folder of parts: give --out DIR")
+        from ..engine import EngineConfig, connect
+        from ..models.embed_ray import embed_with_ray
+
+        connect(EngineConfig(name="ray", ray_address=ray_address or None))
+        summary = embed_with_ray(name, images, ids, out, config, dtype=dtype, actors=actors,
+                                 device=device or None)
+    elif out.suffix == ".parquet":
         summary = _embed_to_file(name, device, store, ids, out, config, dtype)
     else:
         summary = _embed_to_parts(name, device, store, ids, out, config, dtype)
