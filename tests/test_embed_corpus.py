@@ -188,3 +188,22 @@ def test_ray_data_engine_writes_what_one_process_writes(store_dir, tmp_path):
     assert (tmp_path / "one" / FAILURES).read_text() == (tmp_path / "ray-out" / FAILURES).read_text()
     assert sorted(p.name for p in (tmp_path / "one").glob("part-*")) == \
         sorted(p.name for p in (tmp_path / "ray-out").glob("part-*"))
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_every_rank_with_its_one_line_error(store_dir, tmp_path):
+    from wit_retrieval.models.embed_corpus import plan_parts as plan_of
+
+    store = open_store(store_dir)
+    plan = plan_of(store.disk_order(store.ids()), 6)
+    blocked = tmp_path / "emb" / plan[list(rank_block(len(plan), 1, 2))[0]].file
+    blocked.mkdir(parents=True)  # rank 1 cannot write its first part there
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    started = time.time()
+    done = subprocess.run([*torchrun, *_embed_cmd(store_dir, tmp_path / "emb")[1:]], env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert time.time() - started < 120  # start-up included; no wait for a collective's timeout
+    lines = [ln for ln in done.stderr.splitlines() if "error:" in ln and "[rank 1]" in ln]
+    assert len(lines) == 1 and "Is a directory" in lines[0], done.stderr[-2000:]
+    assert not (tmp_path / "emb" / "manifest.json").exists()

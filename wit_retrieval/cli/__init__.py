@@ -8,6 +8,7 @@ Library errors (WitRetrievalError) become one clean line on stderr and exit code
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -33,14 +34,22 @@ class _CleanErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except WitRetrievalError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            _fail(exc)
         except ModuleNotFoundError as exc:
             hint = missing_extra(exc)
             if hint is None:
                 raise
-            typer.echo(f"error: {hint}", err=True)
-            raise typer.Exit(1) from None
+            _fail(hint)
+        except OSError as exc:  # disk full, permissions, a path that is a folder: the user's to fix
+            _fail(exc)
+
+
+def _fail(exc: BaseException) -> None:
+    """One line on stderr, and exit 1; under torchrun the line names its rank (torchrun then stops the others)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    where = f"[rank {os.environ.get('RANK', '?')}] " if world > 1 else ""
+    typer.echo(f"{where}error: {exc}", err=True)
+    raise typer.Exit(1) from None
 
 
 app = typer.Typer(
