@@ -211,7 +211,8 @@ def build_index(
     embeddings: np.ndarray, ids: list[str], config: IndexConfig = IndexConfig(), metadata: dict | None = None
 ) -> Index:
     """Index embeddings [n, d] under string ids; `metadata` (model, corpus_revision, ...) is kept."""
-    embeddings = np.asarray(embeddings) if not isinstance(embeddings, np.ndarray) else embeddings
+    if not hasattr(embeddings, "shape"):  # a matrix-like with shape and row indexing (StagedMatrix) is kept
+        embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or len(embeddings) == 0:
         raise InputError(f"embeddings must be a non-empty 2-D array [n, d], got shape {embeddings.shape}")
     if len(ids) != len(embeddings):

@@ -83,6 +83,14 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     return ids, matrix
 
 
+def embedding_files(path: str | Path) -> list[Path]:
+    """The parquet files of an embedding file or folder (a folder with a manifest: the parts it lists)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("embedding file not found", path=str(path))
+    return _parquet_files(path)
+
+
 def count_embeddings(path: str | Path) -> int:
     """Rows of a parquet embedding file or folder, from the files' footers (nothing else read)."""
     return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(Path(path)))
