@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from .errors import InputError
 from .io.runs import RunFile, read_run_table, read_split_table
 from .problems import SEVERITY, Problem, ValidationReport
-from .ranking import flat, group_runs, is_one_block_per_query
+from .ranking import flat, from_numpy, group_runs, is_one_block_per_query, to_numpy
 
 __all__ = ["SEVERITY", "Problem", "SplitTruth", "ValidationConfig", "ValidationReport", "load_truth",
            "validate", "validate_run"]
@@ -81,17 +81,17 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
                  report: ValidationReport) -> None:
     table = run.table
     report.num_rows = table.num_rows
-    lines = table["line"].to_numpy()
-    score = table["score"].to_numpy()
+    lines = to_numpy(table["line"])
+    score = to_numpy(table["score"])
     query_id, image_id = table["query_id"], table["image_id"]
     bad = np.flatnonzero(~np.isfinite(score))
     report.add_rows("nonfinite_score", lines[bad],
                     lambda i: [f"score {v} is not finite" for v in score[bad[i]].tolist()])
     starts, lengths = group_runs(query_id)
-    heads = flat(pc.take(query_id, pa.array(starts, pa.int64())))
+    heads = flat(pc.take(query_id, from_numpy(starts)))
     unique_q = pc.unique(heads)
     report.num_queries = len(unique_q)
-    head_q = pc.index_in(heads, value_set=unique_q).to_numpy().astype(np.int64)
+    head_q = to_numpy(pc.index_in(heads, value_set=unique_q)).astype(np.int64)
     row_q = np.repeat(head_q, lengths)
     per_query = np.bincount(head_q, weights=lengths, minlength=len(unique_q)).astype(np.int64)
     first_row = np.full(len(unique_q), -1)
@@ -108,20 +108,20 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
         doc, exact = fingerprint(image_id), False
     _check_duplicates(row_q, doc, exact, starts, lengths, lines, query_id, image_id, report)
     if "rank" in table.column_names:
-        _check_rank_order(row_q, table["rank"].to_numpy(), score, lines, report)
+        _check_rank_order(row_q, to_numpy(table["rank"]), score, lines, report)
 
 
 def _values(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> list:
     """Python values at the given positions."""
-    return pc.take(values, pa.array(rows, pa.int64())).to_pylist()
+    return pc.take(values, from_numpy(rows.astype(np.int64))).to_pylist()
 
 
 def _check_queries(unique_q: pa.Array, first_row: np.ndarray, lines: np.ndarray, truth: SplitTruth,
                    report: ValidationReport) -> None:
-    unknown = np.flatnonzero(~pc.is_in(unique_q, value_set=truth.query_ids).to_numpy(zero_copy_only=False))
+    unknown = np.flatnonzero(~to_numpy(pc.is_in(unique_q, value_set=truth.query_ids)))
     report.add_rows("unknown_query", lines[first_row[unknown]], lambda i: [
         f"query id {q!r} is not a query of this split" for q in _values(unique_q, unknown[i])])
-    missing = np.flatnonzero(~pc.is_in(truth.query_ids, value_set=unique_q).to_numpy(zero_copy_only=False))
+    missing = np.flatnonzero(~to_numpy(pc.is_in(truth.query_ids, value_set=unique_q)))
     report.add_rows("missing_query", np.zeros(len(missing), np.int64), lambda i: [
         f"query {q!r} has no results; it scores 0" for q in _values(truth.query_ids, missing[i])])
 
@@ -129,7 +129,7 @@ def _check_queries(unique_q: pa.Array, first_row: np.ndarray, lines: np.ndarray,
 def _corpus_codes(image_id: pa.ChunkedArray, corpus: pa.Array, lines: np.ndarray,
                   report: ValidationReport) -> np.ndarray:
     """Each row's position in the corpus ids (-1: unknown, reported)."""
-    code = pc.index_in(image_id, value_set=corpus).fill_null(-1).to_numpy().astype(np.int64)
+    code = to_numpy(pc.index_in(image_id, value_set=corpus), null=-1).astype(np.int64)
     unknown = np.flatnonzero(code < 0)
     report.add_rows("unknown_image", lines[unknown], lambda i: [
         f"image id {d!r} is not in the split's corpus (use corpus image_id values or image URLs)"
@@ -201,8 +201,8 @@ def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, exact: bool, starts: n
         dup = np.flatnonzero((q[1:] == q[:-1]) & (d[1:] == d[:-1])) + 1
         rows, firsts = valid[order[dup]], valid[order[dup - 1]]
     if not exact and len(rows):
-        same = pc.equal(pc.take(image_id, pa.array(rows)), pc.take(image_id, pa.array(firsts)))
-        keep = same.to_numpy(zero_copy_only=False)
+        same = pc.equal(pc.take(image_id, from_numpy(rows)), pc.take(image_id, from_numpy(firsts)))
+        keep = to_numpy(same)
         rows, firsts = rows[keep], firsts[keep]
     rows, firsts = rows.astype(np.int64), firsts.astype(np.int64)
     report.add_rows("duplicate_image", lines[rows], lambda i: [

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from ..errors import InputError
+from ..ranking import from_numpy
 
 RUN_COLUMNS = ["query_id", "q0", "image_id", "rank", "score", "tag"]
 QRELS_COLUMNS = ["query_id", "iteration", "image_id", "relevance"]
@@ -93,7 +94,7 @@ def _min_length(chunk: pa.Array) -> int:
 
 def line_numbers(num_rows: int) -> pa.Array:
     """1-based line numbers of a file whose every line is a row."""
-    return pa.array(np.arange(1, num_rows + 1, dtype=np.int64))
+    return from_numpy(np.arange(1, num_rows + 1, dtype=np.int64))
 
 
 def read_trec_run(path: Path, on_problem: ProblemSink) -> pa.Table:
