@@ -215,10 +215,11 @@ def _check_rank_order(row_q: np.ndarray, rank: np.ndarray, score: np.ndarray, li
     """Within a query in rank order, a later rank must not have a higher score."""
     same = row_q[1:] == row_q[:-1]
     if np.all(~same | (rank[1:] >= rank[:-1])):
-        order = np.arange(len(rank))  # already in rank order within each query: skip the sort
+        order = np.arange(len(rank))  # already in rank order within each query: skip the sort (and the copies)
+        q, s = row_q, score
     else:
         order = np.lexsort((rank, row_q))
-    q, s = row_q[order], score[order]
+        q, s = row_q[order], score[order]
     bad = np.flatnonzero((q[1:] == q[:-1]) & (s[1:] > s[:-1])) + 1
     rows, prev = order[bad], order[bad - 1]
     report.add_rows("rank_order", lines[rows], lambda i: [

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..ids import image_id as url_image_id
@@ -150,6 +149,8 @@ def _read_json(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
 
 def _read_parquet(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
     """Parquet with columns query_id, image_id, score; `line` is the 1-based row number."""
+    import pyarrow.parquet as pq  # lazy: TREC scoring never needs it (nor ssl, which it pulls in)
+
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -234,6 +235,8 @@ def read_qrels_file(path: str | Path) -> pa.Table:
     if not path.exists():
         raise InputError("qrels file not found", path=str(path))
     if path.is_dir() or detect_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
         from .shards import read_table_dir
 
         table = read_table_dir(path) if path.is_dir() else pq.read_table(path)
