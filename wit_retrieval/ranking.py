@@ -81,6 +81,27 @@ def from_numpy(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
     return pa.Array.from_buffers(arrow_type, len(values), [validity, data], null_count=-1 if mask is not None else 0)
 
 
+def take(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
+    """values[rows] as one array. A chunked array is indexed chunk by chunk: pc.take on it
+    concatenates every chunk first (a copy of the whole column per call)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(values, pa.Array) or values.num_chunks == 1:
+        return pc.take(flat(values), from_numpy(rows))
+    if not len(rows) or not values.num_chunks:
+        return values.slice(0, 0).combine_chunks()
+    bounds = np.cumsum([0] + [len(chunk) for chunk in values.chunks])
+    which = np.searchsorted(bounds, rows, side="right") - 1
+    order = np.argsort(which, kind="stable")
+    parts = [pc.take(values.chunk(int(which[seg[0]])), from_numpy(rows[seg] - bounds[which[seg[0]]]))
+             for seg in np.split(order, np.flatnonzero(np.diff(which[order])) + 1)]
+    combined = pa.concat_arrays(parts)
+    if np.array_equal(order, np.arange(len(order))):
+        return combined
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return pc.take(combined, from_numpy(inverse))
+
+
 def run_columns(run: Run | pa.Table) -> pa.Table:
     """The run as a table (query_id, image_id, score); a dict run keeps each item's best score."""
     if isinstance(run, pa.Table):
@@ -174,13 +195,13 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
     """Ranks and gains of the relevant items each query's run retrieved (trec_eval order)."""
     run_t, rel = run_columns(run), _qrels_index(qrels_columns(qrels))
     starts, lengths = group_runs(run_t["query_id"])
-    head_q = _index(pc.take(run_t["query_id"], from_numpy(starts)), rel.query_ids) if len(starts) else starts
+    head_q = _index(take(run_t["query_id"], starts), rel.query_ids) if len(starts) else starts
     known = head_q >= 0
     if not is_one_block_per_query(head_q[known]):
         # A query's rows are split across the file: regroup them (rare; stable keeps file order).
         run_t = run_t.take(from_numpy(np.argsort(np.repeat(head_q, lengths), kind="stable")))
         starts, lengths = group_runs(run_t["query_id"])
-        head_q = _index(pc.take(run_t["query_id"], from_numpy(starts)), rel.query_ids)
+        head_q = _index(take(run_t["query_id"], starts), rel.query_ids)
     score = to_numpy(run_t["score"])
     if np.isnan(score).any():  # NaN would compare false both ways; rank it last, deterministically
         score = np.where(np.isnan(score), -np.inf, score)
@@ -235,7 +256,7 @@ def _match_relevant(block: _Block, rel: _RelevantIndex) -> tuple[np.ndarray, np.
             rows = _rows_of_groups(active, block.starts, block.lengths)
             target_rows = np.repeat(first[active] + j, block.lengths[active])
         targets = pc.take(rel.docs, from_numpy(np.maximum(target_rows, 0), mask=target_rows < 0))
-        ids = block.ids if rows is None else pc.take(block.ids, from_numpy(rows))
+        ids = block.ids if rows is None else take(block.ids, rows)
         equal = np.flatnonzero(to_numpy(pc.equal(ids, targets), null=False))
         rows_found.append(equal if rows is None else rows[equal])
         gains_found.append(rel.gains[target_rows[equal]])
@@ -267,7 +288,7 @@ def _ranks_of(rel_rows: np.ndarray, groups: np.ndarray, block: _Block) -> np.nda
         else:
             above, tied, tied_ref = _compare_group_rows(g, r, starts, lengths, score)
         if len(tied):  # equal scores: the larger image id (byte order) ranks first, as in trec_eval
-            later = pc.greater(pc.take(ids, from_numpy(tied)), pc.take(ids, from_numpy(r[tied_ref])))
+            later = pc.greater(take(ids, tied), take(ids, r[tied_ref]))
             above += np.bincount(tied_ref, weights=to_numpy(later), minlength=len(g)
                                  ).astype(np.int64)
         ranks[sel] = above

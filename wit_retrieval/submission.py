@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from .errors import InputError
 from .io.runs import RunFile, read_run_table, read_split_table
 from .problems import SEVERITY, Problem, ValidationReport
-from .ranking import flat, from_numpy, group_runs, is_one_block_per_query, to_numpy
+from .ranking import flat, group_runs, is_one_block_per_query, take, to_numpy
 
 __all__ = ["SEVERITY", "Problem", "SplitTruth", "ValidationConfig", "ValidationReport", "load_truth",
            "validate", "validate_run"]
@@ -88,7 +88,7 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
     report.add_rows("nonfinite_score", lines[bad],
                     lambda i: [f"score {v} is not finite" for v in score[bad[i]].tolist()])
     starts, lengths = group_runs(query_id)
-    heads = flat(pc.take(query_id, from_numpy(starts)))
+    heads = take(query_id, starts)
     unique_q = pc.unique(heads)
     report.num_queries = len(unique_q)
     head_q = to_numpy(pc.index_in(heads, value_set=unique_q)).astype(np.int64)
@@ -113,7 +113,7 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
 
 def _values(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> list:
     """Python values at the given positions."""
-    return pc.take(values, from_numpy(rows.astype(np.int64))).to_pylist()
+    return take(values, rows).to_pylist()
 
 
 def _check_queries(unique_q: pa.Array, first_row: np.ndarray, lines: np.ndarray, truth: SplitTruth,
@@ -201,7 +201,7 @@ def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, exact: bool, starts: n
         dup = np.flatnonzero((q[1:] == q[:-1]) & (d[1:] == d[:-1])) + 1
         rows, firsts = valid[order[dup]], valid[order[dup - 1]]
     if not exact and len(rows):
-        same = pc.equal(pc.take(image_id, from_numpy(rows)), pc.take(image_id, from_numpy(firsts)))
+        same = pc.equal(take(image_id, rows), take(image_id, firsts))
         keep = to_numpy(same)
         rows, firsts = rows[keep], firsts[keep]
     rows, firsts = rows.astype(np.int64), firsts.astype(np.int64)
