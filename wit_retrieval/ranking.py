@@ -81,6 +81,45 @@ def from_numpy(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
     return pa.Array.from_buffers(arrow_type, len(values), [validity, data], null_count=-1 if mask is not None else 0)
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def fingerprint(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string, 8 bytes per numpy pass over the Arrow buffers (no hash table).
+
+    Equal strings get equal fingerprints; callers confirm equal fingerprints by comparing strings.
+    """
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    parts = [_fingerprint_chunk(c) for c in chunks if len(c)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def _fingerprint_chunk(chunk: pa.Array) -> np.ndarray:
+    n = len(chunk)
+    width = 8 if pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type) else 4
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1,
+                            offset=width * chunk.offset).astype(np.int64)
+    buffer = chunk.buffers()[2]
+    data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    if len(data) < 8:
+        data = np.concatenate([data, np.zeros(8, np.uint8)])
+    # Every 8-byte window of the data as one little-endian word (an unaligned view, no copy).
+    words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
+    start, length = offsets[:-1], np.diff(offsets)
+    h = length.astype(np.uint64) * _MIX
+    last = len(data) - 8
+    for k in range(0, int(length.max(initial=0)), 8):
+        remaining = np.clip(length - k, 0, 8).astype(np.uint64)
+        pos = start + k
+        at = np.minimum(pos, last)
+        word = words[at] >> (np.minimum(pos - at, 7).astype(np.uint64) * np.uint64(8))
+        keep = np.where(remaining == 8, np.uint64(0xFFFFFFFFFFFFFFFF),
+                        (np.uint64(1) << (remaining * np.uint64(8))) - np.uint64(1))
+        h = (h ^ (word & keep)) * _MIX
+        h ^= h >> np.uint64(31)
+    return h
+
+
 def take(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
     """values[rows] as one array. A chunked array is indexed chunk by chunk: pc.take on it
     concatenates every chunk first (a copy of the whole column per call)."""
@@ -165,6 +204,7 @@ class _RelevantIndex:
 
     query_ids: pa.Array  # sorted
     docs: pa.Array  # relevant image ids, grouped by query
+    docs_fp: np.ndarray  # their fingerprints
     gains: np.ndarray
     first: np.ndarray
     count: np.ndarray
@@ -184,8 +224,9 @@ def _qrels_index(qrels: pa.Table) -> _RelevantIndex:
     ideal_order = np.lexsort((-gains, q))
     ideal_q = q[ideal_order]
     ideal_pos = np.arange(len(ideal_q)) - np.searchsorted(ideal_q, ideal_q)
-    return _RelevantIndex(flat(query_ids), flat(pc.take(relevant["image_id"], from_numpy(by_query))),
-                          gains[by_query], first, count, (ideal_q, gains[ideal_order], ideal_pos))
+    docs = flat(pc.take(relevant["image_id"], from_numpy(by_query)))
+    return _RelevantIndex(flat(query_ids), docs, fingerprint(docs), gains[by_query], first, count,
+                          (ideal_q, gains[ideal_order], ideal_pos))
 
 
 BLOCK_ROWS = 1 << 22  # rows per block: temporaries stay small and in cache at 100M rows
@@ -213,8 +254,9 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
             continue
         row_a = int(starts[g_a])
         row_b = int(starts[g_b]) if g_b < len(starts) else len(score)
+        block_ids = ids.slice(row_a, row_b - row_a)
         block = _Block(starts[g_a:g_b] - row_a, lengths[g_a:g_b], head_q[g_a:g_b], score[row_a:row_b],
-                       ids.slice(row_a, row_b - row_a))
+                       block_ids, fingerprint(block_ids))
         rows, groups, gains = _match_relevant(block, rel)
         parts.append((block.head_q[groups], _ranks_of(rows, groups, block), gains))
     if parts:
@@ -234,13 +276,14 @@ class _Block:
     head_q: np.ndarray  # query index of each group (-1: not in the qrels)
     score: np.ndarray
     ids: pa.Array
+    fp: np.ndarray  # fingerprints of ids
 
 
 def _match_relevant(block: _Block, rel: _RelevantIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows (block-local, ascending), their groups and gains where the image is relevant to the query.
 
-    Pass j compares each row's image id with the j-th relevant id of its query: sequential string
-    comparisons, no hash lookups (those thrash the cache at a million queries).
+    Pass j compares each row's image id with the j-th relevant id of its query: sequential
+    comparisons of fingerprints, no hash lookups (those thrash the cache at a million queries).
     """
     known = block.head_q >= 0
     count = np.where(known, rel.count[np.maximum(block.head_q, 0)], 0)
@@ -255,10 +298,12 @@ def _match_relevant(block: _Block, rel: _RelevantIndex) -> tuple[np.ndarray, np.
         else:
             rows = _rows_of_groups(active, block.starts, block.lengths)
             target_rows = np.repeat(first[active] + j, block.lengths[active])
-        targets = pc.take(rel.docs, from_numpy(np.maximum(target_rows, 0), mask=target_rows < 0))
-        ids = block.ids if rows is None else take(block.ids, rows)
-        equal = np.flatnonzero(to_numpy(pc.equal(ids, targets), null=False))
-        rows_found.append(equal if rows is None else rows[equal])
+        block_rows = np.arange(len(block.score)) if rows is None else rows
+        # Fingerprints first (numpy, 8 bytes a row), then the few equal ones confirmed on the strings.
+        equal = np.flatnonzero((block.fp[block_rows] == rel.docs_fp[np.maximum(target_rows, 0)]) & (target_rows >= 0))
+        same = pc.equal(take(block.ids, block_rows[equal]), take(rel.docs, target_rows[equal]))
+        equal = equal[to_numpy(same)]
+        rows_found.append(block_rows[equal])
         gains_found.append(rel.gains[target_rows[equal]])
     if not rows_found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)

@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 from .errors import InputError
 from .io.runs import RunFile, read_run_table, read_split_table
 from .problems import SEVERITY, Problem, ValidationReport
-from .ranking import flat, group_runs, is_one_block_per_query, take, to_numpy
+from .ranking import fingerprint, flat, group_runs, is_one_block_per_query, take, to_numpy
 
-__all__ = ["SEVERITY", "Problem", "SplitTruth", "ValidationConfig", "ValidationReport", "load_truth",
-           "validate", "validate_run"]
+__all__ = ["SEVERITY", "Problem", "SplitTruth", "ValidationConfig", "ValidationReport", "fingerprint",
+           "load_truth", "validate", "validate_run"]
 
 
 @dataclass(frozen=True)
@@ -135,45 +135,6 @@ def _corpus_codes(image_id: pa.ChunkedArray, corpus: pa.Array, lines: np.ndarray
         f"image id {d!r} is not in the split's corpus (use corpus image_id values or image URLs)"
         for d in _values(image_id, unknown[i])])
     return code
-
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def fingerprint(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string, 8 bytes per numpy pass over the Arrow buffers (no hash table).
-
-    Equal strings get equal fingerprints; callers confirm equal fingerprints by comparing strings.
-    """
-    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    parts = [_fingerprint_chunk(c) for c in chunks if len(c)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
-
-
-def _fingerprint_chunk(chunk: pa.Array) -> np.ndarray:
-    n = len(chunk)
-    width = 8 if pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type) else 4
-    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1,
-                            offset=width * chunk.offset).astype(np.int64)
-    buffer = chunk.buffers()[2]
-    data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
-    if len(data) < 8:
-        data = np.concatenate([data, np.zeros(8, np.uint8)])
-    # Every 8-byte window of the data as one little-endian word (an unaligned view, no copy).
-    words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-    start, length = offsets[:-1], np.diff(offsets)
-    h = length.astype(np.uint64) * _MIX
-    last = len(data) - 8
-    for k in range(0, int(length.max(initial=0)), 8):
-        remaining = np.clip(length - k, 0, 8).astype(np.uint64)
-        pos = start + k
-        at = np.minimum(pos, last)
-        word = words[at] >> (np.minimum(pos - at, 7).astype(np.uint64) * np.uint64(8))
-        keep = np.where(remaining == 8, np.uint64(0xFFFFFFFFFFFFFFFF),
-                        (np.uint64(1) << (remaining * np.uint64(8))) - np.uint64(1))
-        h = (h ^ (word & keep)) * _MIX
-        h ^= h >> np.uint64(31)
-    return h
 
 
 def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, exact: bool, starts: np.ndarray, lengths: np.ndarray,
