@@ -1,29 +1,27 @@
-"""Benchmark: our scorer against ranx and ir_measures on the same run, and reading a TREC run file.
+"""Benchmark: `wit-retrieval score` against `ir_measures` as whole processes, and reading a TREC run.
 
-Data (one seed): `--queries` queries x `--depth` results (default 1M x 100 = 100M rows) with
-16-hex image ids, scores strictly decreasing within a query (tie-free, duplicate-free, so every
-tool must agree exactly), one relevant image per query (found in 70% of runs) and 1-2 more
-for 20% of queries, relevance 1 or 2. Measures: R@1, R@5, R@10, MRR@10, nDCG@10.
+Data (one seed per block of 100k queries): Q queries x 100 results, 16-hex image ids, scores
+strictly decreasing within a query (tie-free, duplicate-free, so both tools must agree
+exactly), one relevant image per query (found in 70% of runs) and 1-2 more for 20% of
+queries, relevance 1 or 2; written as TREC run and qrels files.
 
-1. ours: `evaluate_queries` on the columnar run (what `read_run_table` returns), full size.
-2. ranx: `evaluate` on prebuilt Qrels/Run after a JIT warm-up call, on the first
-   `--ranx-queries` queries (building a ranx Run takes minutes and ~6 GB per 100k queries, so
-   1M does not fit this machine); its time is extrapolated linearly and ours is also timed on
-   the same subset. Run construction is reported separately, not counted.
-3. ir_measures (`calc_aggregate`, default providers: pytrec_eval for R/nDCG, its own for
-   RR@10), on the first `--ir-measures-queries` queries, extrapolated linearly.
-4. Reading a TREC file of the full run with `read_run_table` (pyarrow.csv fast path); and ours
-   against pandas.read_csv (C engine) on the ranx subset's file.
-Values are checked equal to 1e-9 on each subset. Timings are the best of `--reps`.
+1. Whole processes on the same files, as users run them, interleaved (ours, peer, ours, ...),
+   best wall time of `--reps` and the CPU time (user + sys) of that run:
+   `wit-retrieval score RUN --qrels QRELS` (defaults: 9 measures, 1000 bootstrap resamples for
+   the CIs, validation) against `python -m ir_measures QRELS RUN <the same 9 measures>`, at
+   20k x 100 and 100k x 100. Values are checked equal to 1e-9.
+2. 1M x 100: ours once as a whole process; ir_measures would need far more than this machine's
+   24 GiB, so its time is extrapolated linearly from 100k (labelled so).
+3. Reading the 100k x 100 file (10M lines): `read_run_table` against `pandas.read_csv` with the C
+   engine, in one process, interleaved, best wall and CPU time of `--reps`.
 
 Writes benchmarks/out/scoring.json and benchmarks/results/scoring.md.
-Run: .venv/bin/python benchmarks/bench_scoring.py [--queries 1000000] [--depth 100]
+Run: .venv/bin/python benchmarks/bench_scoring.py [--sizes 20000,100000] [--big 1000000]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -38,19 +36,18 @@ import pyarrow as pa
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from wit_retrieval.io.runs import read_run_table  # noqa: E402
-from wit_retrieval.metrics import evaluate_queries  # noqa: E402
+OURS_MEASURES = ["R@1", "R@5", "R@10", "Success@1", "Success@5", "Success@10", "MRR@10", "nDCG@10", "AP@10"]
+PEER_MEASURES = {"R@1": "R@1", "R@5": "R@5", "R@10": "R@10", "Success@1": "Success@1", "Success@5": "Success@5",
+                 "Success@10": "Success@10", "MRR@10": "RR@10", "nDCG@10": "nDCG@10", "AP@10": "AP@10"}
+BLOCK = 100_000  # queries generated at a time (bounds memory at 1M queries)
 
-MEASURES = ["R@1", "R@5", "R@10", "MRR@10", "nDCG@10"]
-RANX = {"R@1": "recall@1", "R@5": "recall@5", "R@10": "recall@10", "MRR@10": "mrr@10", "nDCG@10": "ndcg@10"}
 
-
-def make_data(num_queries: int, depth: int, seed: int = 0) -> tuple[pa.Table, pa.Table]:
+def make_data(num_queries: int, depth: int, seed: int = 0, first_query: int = 0) -> tuple[pa.Table, pa.Table]:
     """A tie-free, duplicate-free run and its qrels (see the module docstring)."""
     rng = np.random.default_rng(seed)
     num_docs = 10 * num_queries
     hexes = pa.array([f"{x:016x}" for x in rng.choice(2**62, num_docs + 3 * num_queries, replace=False)])
-    qids = pa.array([f"q{i:07d}" for i in range(num_queries)])
+    qids = pa.array([f"q{i:07d}" for i in range(first_query, first_query + num_queries)])
     # Docs of query q: base_q + j * stride (mod num_docs), distinct within the query.
     stride = max(1, num_docs // depth - 1)
     base = rng.integers(0, num_docs, num_queries)
@@ -79,200 +76,173 @@ def make_data(num_queries: int, depth: int, seed: int = 0) -> tuple[pa.Table, pa
     return run, qrels
 
 
-def best_of(reps: int, fn):
-    """(best seconds, last result) of `reps` calls."""
-    best, result = float("inf"), None
-    for _ in range(reps):
-        gc.collect()
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def subset(run: pa.Table, qrels: pa.Table, num_queries: int, depth: int) -> tuple[pa.Table, pa.Table]:
-    """The first `num_queries` queries (runs are grouped by query)."""
-    import pyarrow.compute as pc
-
-    run_part = run.slice(0, num_queries * depth)
-    keep = pc.is_in(qrels["query_id"], value_set=pc.unique(run_part["query_id"]))
-    return run_part, qrels.filter(keep)
-
-
-def time_ranx(run: pa.Table, qrels: pa.Table, reps: int) -> dict:
-    from ranx import Qrels, Run, evaluate
-
-    def frame(table, names):
-        df = table.to_pandas()
-        df.columns = names
-        for c in names[:2]:
-            df[c] = df[c].astype(object)  # ranx wants object (str) columns
-        return df
-
-    start = time.perf_counter()
-    ranx_run = Run.from_df(frame(run, ["q_id", "doc_id", "score"]), q_id_col="q_id", doc_id_col="doc_id",
-                           score_col="score")
-    ranx_qrels = Qrels.from_df(frame(qrels, ["q_id", "doc_id", "score"]), q_id_col="q_id", doc_id_col="doc_id",
-                               score_col="score")
-    build = time.perf_counter() - start
-    evaluate(ranx_qrels, ranx_run, list(RANX.values()))  # JIT warm-up (and its cache)
-    seconds, values = best_of(reps, lambda: evaluate(ranx_qrels, ranx_run, list(RANX.values())))
-    return {"seconds": seconds, "build_seconds": build, "values": {m: float(values[RANX[m]]) for m in MEASURES}}
-
-
-def time_ir_measures(run: pa.Table, qrels: pa.Table, reps: int) -> dict:
-    import ir_measures
-    from ir_measures import RR, R, nDCG
-
-    objs = {"R@1": R @ 1, "R@5": R @ 5, "R@10": R @ 10, "MRR@10": RR @ 10, "nDCG@10": nDCG @ 10}
-    qrels_list = [ir_measures.Qrel(q, d, int(r)) for q, d, r in zip(*(qrels[c].to_pylist() for c in qrels.column_names))]
-    run_list = [ir_measures.ScoredDoc(q, d, s) for q, d, s in zip(*(run[c].to_pylist() for c in run.column_names))]
-    seconds, values = best_of(reps, lambda: ir_measures.calc_aggregate(list(objs.values()), qrels_list, run_list))
-    return {"seconds": seconds, "values": {m: float(values[o]) for m, o in objs.items()}}
-
-
-def write_trec_streaming(source: Path, target: Path, depth: int) -> None:
-    """A TREC file from a parquet run, batch by batch (whole queries per batch) to bound memory."""
+def write_files(folder: Path, num_queries: int, depth: int) -> tuple[Path, Path]:
+    """run_Q.trec and qrels_Q.txt, generated and written block by block."""
     import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
 
-    with pcsv.CSVWriter(target, pa.schema([("q", pa.string()), ("q0", pa.string()), ("d", pa.string()),
-                                           ("rank", pa.int64()), ("score", pa.float64()), ("tag", pa.string())]),
-                        write_options=pcsv.WriteOptions(include_header=False, delimiter=" ",
-                                                        quoting_style="none")) as writer:
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=depth * 10_000):
-            n = batch.num_rows
-            writer.write_table(pa.table({"q": batch["query_id"], "q0": pa.array(["Q0"] * n), "d": batch["image_id"],
-                                         "rank": np.arange(n) % depth + 1, "score": batch["score"],
-                                         "tag": pa.array(["bench"] * n)}))
-
-
-def time_reading(data: Path, depth: int, reps: int) -> dict:
-    """Our TREC reader on the full run; ours and pandas.read_csv (C engine) on the ranx subset's file."""
-    import pandas as pd
-
-    full, part = data / "full.trec", data / "part.trec"
-    write_trec_streaming(data / "run.parquet", full, depth)
-    write_trec_streaming(data / "run_ranx.parquet", part, depth)
-    ours, rows = best_of(reps, lambda: read_run_table(full).table.num_rows)  # keep no table between calls
-    size = full.stat().st_size
-    full.unlink()
-    names = ["query_id", "q0", "image_id", "rank", "score", "tag"]
-    ours_part, part_rows = best_of(reps, lambda: read_run_table(part).table.num_rows)
-    pandas_part, _ = best_of(reps, lambda: len(pd.read_csv(part, sep=" ", header=None, names=names, engine="c")))
-    return {"rows": rows, "bytes": size, "ours_seconds": ours, "subset_rows": part_rows,
-            "subset_bytes": part.stat().st_size, "ours_subset_seconds": ours_part, "pandas_subset_seconds": pandas_part}
+    run_path, qrels_path = folder / f"run_{num_queries}.trec", folder / f"qrels_{num_queries}.txt"
+    options = pcsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none")
+    run_schema = pa.schema([("q", pa.string()), ("q0", pa.string()), ("d", pa.string()), ("rank", pa.int64()),
+                            ("score", pa.float64()), ("tag", pa.string())])
+    qrels_schema = pa.schema([("q", pa.string()), ("it", pa.string()), ("d", pa.string()), ("rel", pa.int64())])
+    with pcsv.CSVWriter(run_path, run_schema, write_options=options) as runs, \
+            pcsv.CSVWriter(qrels_path, qrels_schema, write_options=options) as qrels:
+        for block, start in enumerate(range(0, num_queries, BLOCK)):
+            run, rel = make_data(min(BLOCK, num_queries - start), depth, seed=block, first_query=start)
+            n = run.num_rows
+            runs.write_table(pa.table({"q": run["query_id"], "q0": pa.array(["Q0"] * n), "d": run["image_id"],
+                                       "rank": np.arange(n) % depth + 1, "score": run["score"],
+                                       "tag": pa.array(["bench"] * n)}, schema=run_schema))
+            qrels.write_table(pa.table({"q": rel["query_id"], "it": pa.array(["0"] * rel.num_rows),
+                                        "d": rel["image_id"], "rel": rel["relevance"]}, schema=qrels_schema))
+    return run_path, qrels_path
 
 
-def generate(data: Path, args) -> int:
-    """Write the run, its qrels and the peers' subsets as parquet; returns the number of rows."""
-    import pyarrow.parquet as pq
-
-    run, qrels = make_data(args.queries, args.depth)
-    pq.write_table(run, data / "run.parquet")
-    pq.write_table(qrels, data / "qrels.parquet")
-    for peer, size in (("ranx", args.ranx_queries), ("ir_measures", args.ir_measures_queries)):
-        run_part, qrels_part = subset(run, qrels, size, args.depth)
-        pq.write_table(run_part, data / f"run_{peer}.parquet")
-        pq.write_table(qrels_part, data / f"qrels_{peer}.parquet")
-    return run.num_rows
-
-
-def worker(phase: str, data: Path, args) -> dict:
-    """One measurement in a fresh process (so one phase's memory never weighs on the next)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    reps = args.reps
-    if phase == "generate":
-        return {"rows": generate(data, args)}
-    if phase == "reading":
-        return time_reading(data, args.depth, reps)
-    suffix = "" if phase == "ours" else f"_{phase}"
-    run, qrels = pq.read_table(data / f"run{suffix}.parquet"), pq.read_table(data / f"qrels{suffix}.parquet")
-    evaluate_queries(run.slice(0, 1000), qrels, MEASURES)  # warm-up: first-call costs, like ranx's JIT
-    ours, values = best_of(reps, lambda: evaluate_queries(run, qrels, MEASURES).mean())
-    result = {"ours_seconds": ours, "ours_values": values, "rows": run.num_rows,
-              "queries": pc.count_distinct(qrels["query_id"]).as_py()}
-    if phase != "ours":
-        timer = time_ranx if phase == "ranx" else time_ir_measures
-        result.update(timer(run, qrels, reps if phase == "ranx" else 1))
-        result["max_abs_difference"] = check_equal(values, result["values"], phase)
-        result["speedup_same_subset"] = result["seconds"] / ours
-    return result
+def timed(command: list[str], folder: Path) -> dict:
+    """Run a command as a whole process: wall seconds, its CPU seconds (user + sys) and peak RSS, stdout."""
+    out_path, err_path = folder / "stdout.txt", folder / "stderr.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{command[:3]} failed (exit {proc.returncode}; -9 is the OOM killer):\n"
+                         f"{err_path.read_text()[-3000:]}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "max_rss_mib": usage.ru_maxrss / 1024,
+            "stdout": out_path.read_text()}
 
 
-def check_equal(ours: dict, theirs: dict, name: str) -> float:
-    worst = max(abs(ours[m] - theirs[m]) for m in MEASURES)
+def ours_command(run: Path, qrels: Path, json_out: Path) -> list[str]:
+    script = Path(sys.executable).with_name("wit-retrieval")
+    entry = [str(script)] if script.exists() else [sys.executable, "-c", "from wit_retrieval.cli import main; main()"]
+    return [*entry, "score", str(run), "--qrels", str(qrels), "--json", str(json_out)]
+
+
+def peer_command(run: Path, qrels: Path) -> list[str]:
+    return [sys.executable, "-m", "ir_measures", str(qrels), str(run), " ".join(PEER_MEASURES.values()), "-p", "12"]
+
+
+def compare_values(json_out: Path, peer_stdout: str) -> float:
+    ours = json.loads(json_out.read_text())["scores"]
+    peer = dict(line.split("\t") for line in peer_stdout.strip().splitlines())
+    worst = max(abs(ours[m] - float(peer[p])) for m, p in PEER_MEASURES.items())
     if worst > 1e-9:
-        raise SystemExit(f"{name} disagrees with us by {worst}: {ours} vs {theirs}")
+        raise SystemExit(f"ir_measures disagrees with us by {worst}: {ours} vs {peer}")
     return worst
+
+
+def side_by_side(folder: Path, num_queries: int, depth: int, reps: int) -> dict:
+    run, qrels = write_files(folder, num_queries, depth)
+    json_out = folder / "ours.json"
+    best: dict[str, dict] = {}
+    for _ in range(reps):  # interleaved: both tools see the same machine load
+        for name, command in (("ours", ours_command(run, qrels, json_out)), ("ir_measures", peer_command(run, qrels))):
+            result = timed(command, folder)
+            if name == "ir_measures":
+                best["max_abs_difference"] = compare_values(json_out, result["stdout"])
+            result.pop("stdout")
+            if name not in best or result["wall"] < best[name]["wall"]:
+                best[name] = result
+            print(f"  {num_queries:,} x {depth} {name}: {result['wall']:.2f} s wall, {result['cpu']:.2f} s CPU",
+                  flush=True)
+    return {"queries": num_queries, "rows": num_queries * depth, "bytes": run.stat().st_size, **best}
+
+
+def reading(path: Path, reps: int) -> dict:
+    """read_run_table against pandas.read_csv (C engine) on one file, interleaved, in a fresh process."""
+    code = f"""
+import json, time, gc
+import pandas as pd
+from wit_retrieval.io.runs import read_run_table
+names = ["query_id", "q0", "image_id", "rank", "score", "tag"]
+best = {{"ours": 1e9, "pandas": 1e9, "ours_cpu": 1e9, "pandas_cpu": 1e9}}
+for _ in range({reps}):
+    for name in ("ours", "pandas"):
+        gc.collect()
+        start, cpu = time.perf_counter(), time.process_time()
+        if name == "ours":
+            rows = read_run_table({str(path)!r}).table.num_rows
+        else:
+            rows = len(pd.read_csv({str(path)!r}, sep=" ", header=None, names=names, engine="c"))
+        best[name] = min(best[name], time.perf_counter() - start)
+        best[name + "_cpu"] = min(best[name + "_cpu"], time.process_time() - cpu)
+print(json.dumps({{"rows": rows, **best}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {"bytes": path.stat().st_size, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=1_000_000)
+    parser.add_argument("--sizes", default="20000,100000", help="Query counts timed for both tools.")
+    parser.add_argument("--big", type=int, default=1_000_000, help="Query count timed for ours only (0: skip).")
     parser.add_argument("--depth", type=int, default=100)
-    parser.add_argument("--ranx-queries", type=int, default=100_000)
-    parser.add_argument("--ir-measures-queries", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--skip-reading", action="store_true", help="Do not time reading a TREC file.")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.data, args)))
-        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out: dict = {"depth": args.depth, "measures": OURS_MEASURES, "cpu_count": os.cpu_count(),
+                 "load_average_start": os.getloadavg()[0], "sizes": []}
     with tempfile.TemporaryDirectory(prefix="bench-scoring-", dir=os.environ.get("BENCH_TMP")) as tmp:
-        data = Path(tmp)
-        out: dict = {"queries": args.queries, "depth": args.depth, "measures": MEASURES,
-                     "cpu_count": os.cpu_count(), "load_average": os.getloadavg()[0]}
-        phases = ["generate", "ours", "ranx", "ir_measures"] + ([] if args.skip_reading else ["reading"])
-        for phase in phases:
-            flags = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
-                     if name not in ("worker", "data", "skip_reading")]
-            done = subprocess.run([sys.executable, __file__, "--worker", phase, "--data", str(data), *flags],
-                                  capture_output=True, text=True)
-            if done.returncode:
-                raise SystemExit(f"{phase} failed (exit {done.returncode}; -9 is the OOM killer):\n{done.stderr[-3000:]}")
-            out[phase] = json.loads(done.stdout.strip().splitlines()[-1])
-            if phase == "generate":
-                out["rows"] = out.pop("generate")["rows"]
-                continue
-            print(f"{phase}: {json.dumps(out[phase])[:300]}", flush=True)
-    for peer in ("ranx", "ir_measures"):
-        r = out[peer]
-        r["extrapolated_seconds"] = r["seconds"] * args.queries / r["queries"]
-        r["speedup_full"] = r["extrapolated_seconds"] / out["ours"]["ours_seconds"]
+        folder = Path(tmp)
+        for num_queries in sizes:
+            reps = args.reps if num_queries <= 20_000 else max(1, args.reps - 1)
+            out["sizes"].append(side_by_side(folder, num_queries, args.depth, reps))
+        largest = max(sizes)
+        out["reading"] = reading(folder / f"run_{largest}.trec", args.reps)
+        print(f"  reading {out['reading']}", flush=True)
+        for name in os.listdir(folder):
+            (folder / name).unlink()
+        if args.big:
+            run, qrels = write_files(folder, args.big, args.depth)
+            result = timed(ours_command(run, qrels, folder / "ours.json"), folder)
+            result.pop("stdout")
+            peer = next(s for s in out["sizes"] if s["queries"] == largest)["ir_measures"]
+            out["big"] = {"queries": args.big, "rows": args.big * args.depth, "bytes": run.stat().st_size,
+                          "ours": result, "ir_measures_extrapolated_from": largest,
+                          "ir_measures_extrapolated_wall": peer["wall"] * args.big / largest,
+                          "ir_measures_extrapolated_cpu": peer["cpu"] * args.big / largest}
+            print(f"  {args.big:,} x {args.depth} ours: {result['wall']:.1f} s wall", flush=True)
+    out["load_average_end"] = os.getloadavg()[0]
     write_outputs(out)
 
 
 def write_outputs(out: dict) -> None:
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "scoring.json").write_text(json.dumps(out, indent=2) + "\n")
-    ranx, irm = out["ranx"], out["ir_measures"]
     lines = [
-        f"Scoring {out['queries']:,} queries x {out['depth']} results ({out['rows']:,} rows), measures "
-        f"{', '.join(out['measures'])}; tie-free runs, values equal to 1e-9 (max difference: ranx "
-        f"{ranx['max_abs_difference']:.1e}, ir_measures {irm['max_abs_difference']:.1e}).", "",
-        "| tool | queries timed | seconds | ours, same queries | speed-up, same queries | "
-        "extrapolated to full size | speed-up at full size |",
-        "|---|---|---|---|---|---|---|",
-        f"| wit-retrieval | {out['queries']:,} | {out['ours']['ours_seconds']:.2f} | - | - | - | - |",
+        "`wit-retrieval score RUN --qrels QRELS` (defaults: validation, 9 measures, 1000 bootstrap resamples) "
+        f"against `python -m ir_measures QRELS RUN` with the same 9 measures, as whole processes on the same TREC "
+        f"files, {out['depth']} results per query, interleaved; best wall time of the repetitions and the CPU time "
+        "(user + sys) of that run. Tie-free runs: every value equal to 1e-9.", "",
+        "| queries x depth | lines | file | ours wall | ours CPU | ours peak RSS | ir_measures wall | ir_measures CPU "
+        "| ir_measures peak RSS | speed-up (wall) | speed-up (CPU) | max difference |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in (("ranx (after JIT warm-up)", ranx), ("ir_measures", irm)):
-        lines.append(f"| {name} | {r['queries']:,} | {r['seconds']:.2f} | {r['ours_seconds']:.2f} | "
-                     f"{r['speedup_same_subset']:.1f}x | {r['extrapolated_seconds']:.1f} | {r['speedup_full']:.1f}x |")
-    lines += ["", f"ranx Run/Qrels construction for {ranx['queries']:,} queries (not counted; includes numba "
-              f"compilation on a cold cache): {ranx['build_seconds']:.0f} s. Machine: {out['cpu_count']} cores, "
-              f"shared with other jobs while measured (load average {out['load_average']:.1f}); each tool in a "
-              "fresh process; peers extrapolated linearly from their subsets."]
-    if "reading" in out:
-        r = out["reading"]
-        lines += ["", f"Reading a TREC run of {r['rows']:,} lines ({r['bytes'] / 2**30:.1f} GiB) with `read_run_table` "
-                  f"(pyarrow.csv fast path): {r['ours_seconds']:.1f} s. On the ranx subset's file ({r['subset_rows']:,} "
-                  f"lines, {r['subset_bytes'] / 2**30:.2f} GiB): ours {r['ours_subset_seconds']:.2f} s, "
-                  f"pandas.read_csv (C engine) {r['pandas_subset_seconds']:.2f} s."]
+    for s in out["sizes"]:
+        ours, peer = s["ours"], s["ir_measures"]
+        lines.append(f"| {s['queries']:,} x {out['depth']} | {s['rows']:,} | {s['bytes'] / 2**20:.0f} MiB | "
+                     f"{ours['wall']:.2f} s | {ours['cpu']:.2f} s | {ours['max_rss_mib']:.0f} MiB | {peer['wall']:.2f} s | "
+                     f"{peer['cpu']:.2f} s | {peer['max_rss_mib']:.0f} MiB | **{peer['wall'] / ours['wall']:.1f}x** | "
+                     f"{peer['cpu'] / ours['cpu']:.1f}x | {s['max_abs_difference']:.1e} |")
+    if "big" in out:
+        b = out["big"]
+        ours = b["ours"]
+        lines.append(f"| {b['queries']:,} x {out['depth']} | {b['rows']:,} | {b['bytes'] / 2**30:.1f} GiB | "
+                     f"{ours['wall']:.1f} s | {ours['cpu']:.1f} s | {ours['max_rss_mib'] / 1024:.1f} GiB | "
+                     f"{b['ir_measures_extrapolated_wall']:.0f} s (extrapolated from {b['ir_measures_extrapolated_from']:,}) | "
+                     f"{b['ir_measures_extrapolated_cpu']:.0f} s (extrapolated) | not run: would need far more than 24 GiB | "
+                     f"{b['ir_measures_extrapolated_wall'] / ours['wall']:.1f}x (vs extrapolated) | "
+                     f"{b['ir_measures_extrapolated_cpu'] / ours['cpu']:.1f}x (vs extrapolated) | - |")
+    r = out["reading"]
+    lines += ["", f"Reading a TREC run of {r['rows']:,} lines ({r['bytes'] / 2**20:.0f} MiB), best of the interleaved "
+              f"repetitions in one process: `read_run_table` {r['ours']:.2f} s, `pandas.read_csv(engine='c')` "
+              f"{r['pandas']:.2f} s: ours reads at **{r['pandas'] / r['ours']:.2f}x** pandas' speed (CPU time, all threads: "
+              f"ours {r['ours_cpu']:.2f} s, pandas {r['pandas_cpu']:.2f} s).", "",
+              f"Machine: {out['cpu_count']} cores shared with other jobs (load average {out['load_average_start']:.1f} "
+              f"at the start, {out['load_average_end']:.1f} at the end); the ratios, measured interleaved, are the "
+              "numbers to read."]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "scoring.md").write_text("\n".join(lines) + "\n")
 

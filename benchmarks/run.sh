@@ -10,7 +10,7 @@ only="${BENCH:-build fetch scoring index embed}"
 declare -A ARGS=(
   [build]="--entities 103000 --scenes 760000"   # >= 1M WIT rows, >= 100k entities after build ei; cached in benchmarks/out/
   [fetch]=""                  # creates .venv-peers with img2dataset if missing
-  [scoring]=""                # 1M queries x 100; BENCH_TMP=dir for its temp files
+  [scoring]=""                # whole processes at 20k and 100k x 100 (+ ours at 1M); BENCH_TMP=dir for its temp files (~6 GB)
   [index]=""                  # 1M x 512, 10k queries
   [embed]="--images 128 --torch-threads 1,2 --decoders threads --repeats 4"   # plain loop vs ours at 1 and 2 (default) torch threads; this VM is noisy
 )

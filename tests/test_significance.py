@@ -86,3 +86,17 @@ def test_score_run_record():
     en = doc["breakdowns"]["language"]["en"]
     assert en["num_queries"] == 30 and en["scores"]["R@1"] == np.mean(doc["per_query"]["R@1"][::2])
     assert "per_query" not in score_run(good, qrels, "R@1", bootstrap=0).to_dict()
+
+
+def test_bootstrap_of_few_distinct_rows_has_the_resampling_distribution():
+    from wit_retrieval.significance import bootstrap_means
+
+    rng = np.random.default_rng(5)
+    hits = (rng.random((4000, 1)) < 0.2).astype(float)  # two distinct rows: the multinomial path
+    jitter = hits + rng.random((4000, 1)) * 1e-9  # all rows distinct: one draw per query
+    few, many = bootstrap_means(hits, 2000, seed=1), bootstrap_means(jitter, 2000, seed=1)
+    expected_sd = hits.std() / np.sqrt(len(hits))
+    for means in (few, many):
+        assert abs(means.mean() - hits.mean()) < 0.2 * expected_sd
+        assert abs(means.std() / expected_sd - 1) < 0.1
+    assert np.array_equal(few, bootstrap_means(hits, 2000, seed=1)) and not np.array_equal(few, bootstrap_means(hits, 2000, seed=2))

@@ -38,6 +38,109 @@ class RankedHits:
         return len(self.query_ids)
 
 
+# Arrow <-> numpy for numbers and booleans straight from the buffers: pyarrow's own to_numpy,
+# pa.array and Python scalars in compute calls import pandas on first use, ~0.3 s of a `score`.
+_NUMPY_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+                pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
+                pa.float32(): np.float32, pa.float64(): np.float64}
+
+
+def _bits(buffer: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(buffer, np.uint8), count=offset + n, bitorder="little")[offset:].astype(bool)
+
+
+def to_numpy(values: pa.Array | pa.ChunkedArray, null=None) -> np.ndarray:
+    """Numbers or booleans of an Arrow array as numpy (read-only when no copy is needed), nulls as `null`."""
+    if isinstance(values, pa.ChunkedArray):
+        parts = [to_numpy(chunk, null) for chunk in values.chunks]
+        if parts:
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return np.zeros(0, bool if pa.types.is_boolean(values.type) else _NUMPY_TYPES[values.type])
+    n, offset = len(values), values.offset
+    validity, data = values.buffers()[:2]
+    if pa.types.is_boolean(values.type):
+        out = _bits(data, offset, n) if n else np.zeros(0, bool)
+    else:
+        dtype = np.dtype(_NUMPY_TYPES[values.type])
+        out = np.frombuffer(data, dtype, count=n, offset=offset * dtype.itemsize) if n else np.zeros(0, dtype)
+    if values.null_count:
+        if null is None:
+            raise ValueError("the array has nulls: say what they become")
+        out = np.where(_bits(validity, offset, n), out, null)
+    return out
+
+
+def from_numpy(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+    """A numpy array of numbers or booleans as Arrow (no copy for numbers); `mask` marks nulls."""
+    values = np.ascontiguousarray(values)
+    if values.dtype == bool:
+        arrow_type, data = pa.bool_(), pa.py_buffer(np.packbits(values, bitorder="little"))
+    else:
+        arrow_type, data = pa.from_numpy_dtype(values.dtype), pa.py_buffer(values)
+    validity = None if mask is None else pa.py_buffer(np.packbits(~np.asarray(mask, bool), bitorder="little"))
+    return pa.Array.from_buffers(arrow_type, len(values), [validity, data], null_count=-1 if mask is not None else 0)
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def fingerprint(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string, 8 bytes per numpy pass over the Arrow buffers (no hash table).
+
+    Equal strings get equal fingerprints; callers confirm equal fingerprints by comparing strings.
+    """
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    parts = [_fingerprint_chunk(c) for c in chunks if len(c)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def _fingerprint_chunk(chunk: pa.Array) -> np.ndarray:
+    n = len(chunk)
+    width = 8 if pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type) else 4
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1,
+                            offset=width * chunk.offset).astype(np.int64)
+    buffer = chunk.buffers()[2]
+    data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    if len(data) < 8:
+        data = np.concatenate([data, np.zeros(8, np.uint8)])
+    # Every 8-byte window of the data as one little-endian word (an unaligned view, no copy).
+    words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
+    start, length = offsets[:-1], np.diff(offsets)
+    h = length.astype(np.uint64) * _MIX
+    last = len(data) - 8
+    for k in range(0, int(length.max(initial=0)), 8):
+        remaining = np.clip(length - k, 0, 8).astype(np.uint64)
+        pos = start + k
+        at = np.minimum(pos, last)
+        word = words[at] >> (np.minimum(pos - at, 7).astype(np.uint64) * np.uint64(8))
+        keep = np.where(remaining == 8, np.uint64(0xFFFFFFFFFFFFFFFF),
+                        (np.uint64(1) << (remaining * np.uint64(8))) - np.uint64(1))
+        h = (h ^ (word & keep)) * _MIX
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def take(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
+    """values[rows] as one array. A chunked array is indexed chunk by chunk: pc.take on it
+    concatenates every chunk first (a copy of the whole column per call)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(values, pa.Array) or values.num_chunks == 1:
+        return pc.take(flat(values), from_numpy(rows))
+    if not len(rows) or not values.num_chunks:
+        return values.slice(0, 0).combine_chunks()
+    bounds = np.cumsum([0] + [len(chunk) for chunk in values.chunks])
+    which = np.searchsorted(bounds, rows, side="right") - 1
+    order = np.argsort(which, kind="stable")
+    parts = [pc.take(values.chunk(int(which[seg[0]])), from_numpy(rows[seg] - bounds[which[seg[0]]]))
+             for seg in np.split(order, np.flatnonzero(np.diff(which[order])) + 1)]
+    combined = pa.concat_arrays(parts)
+    if np.array_equal(order, np.arange(len(order))):
+        return combined
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return pc.take(combined, from_numpy(inverse))
+
+
 def run_columns(run: Run | pa.Table) -> pa.Table:
     """The run as a table (query_id, image_id, score); a dict run keeps each item's best score."""
     if isinstance(run, pa.Table):
@@ -76,7 +179,7 @@ def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def _index(values: pa.Array | pa.ChunkedArray, universe: pa.Array) -> np.ndarray:
     """Position of each value in `universe`, -1 where absent."""
-    return pc.index_in(values, value_set=universe).fill_null(-1).to_numpy().astype(np.int64)
+    return to_numpy(pc.index_in(values, value_set=universe), null=-1).astype(np.int64)
 
 
 def is_one_block_per_query(head_q: np.ndarray) -> bool:
@@ -90,7 +193,7 @@ def group_runs(query_id: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # Chunked is fine: slices are views and the comparison aligns chunks (no copy of the strings).
-    change = pc.not_equal(query_id[1:], query_id[:-1]).to_numpy(zero_copy_only=False)
+    change = to_numpy(pc.not_equal(query_id[1:], query_id[:-1]))
     starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
     return starts, np.diff(np.append(starts, n))
 
@@ -101,6 +204,7 @@ class _RelevantIndex:
 
     query_ids: pa.Array  # sorted
     docs: pa.Array  # relevant image ids, grouped by query
+    docs_fp: np.ndarray  # their fingerprints
     gains: np.ndarray
     first: np.ndarray
     count: np.ndarray
@@ -111,17 +215,18 @@ def _qrels_index(qrels: pa.Table) -> _RelevantIndex:
     """Index the relevant items (relevance > 0) of the qrels by query."""
     unique = pc.unique(qrels["query_id"])
     query_ids = pc.take(unique, pc.sort_indices(unique))
-    relevant = qrels.filter(pa.array(qrels["relevance"].to_numpy() > 0))
+    relevant = qrels.filter(from_numpy(to_numpy(qrels["relevance"]) > 0))
     q = _index(relevant["query_id"], query_ids)
-    gains = relevant["relevance"].to_numpy().astype(np.float64)
+    gains = to_numpy(relevant["relevance"]).astype(np.float64)
     by_query = np.argsort(q, kind="stable")
     count = np.bincount(q, minlength=len(query_ids))
     first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
     ideal_order = np.lexsort((-gains, q))
     ideal_q = q[ideal_order]
     ideal_pos = np.arange(len(ideal_q)) - np.searchsorted(ideal_q, ideal_q)
-    return _RelevantIndex(flat(query_ids), flat(pc.take(relevant["image_id"], pa.array(by_query))),
-                          gains[by_query], first, count, (ideal_q, gains[ideal_order], ideal_pos))
+    docs = flat(pc.take(relevant["image_id"], from_numpy(by_query)))
+    return _RelevantIndex(flat(query_ids), docs, fingerprint(docs), gains[by_query], first, count,
+                          (ideal_q, gains[ideal_order], ideal_pos))
 
 
 BLOCK_ROWS = 1 << 22  # rows per block: temporaries stay small and in cache at 100M rows
@@ -131,14 +236,14 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
     """Ranks and gains of the relevant items each query's run retrieved (trec_eval order)."""
     run_t, rel = run_columns(run), _qrels_index(qrels_columns(qrels))
     starts, lengths = group_runs(run_t["query_id"])
-    head_q = _index(pc.take(run_t["query_id"], pa.array(starts)), rel.query_ids) if len(starts) else starts
+    head_q = _index(take(run_t["query_id"], starts), rel.query_ids) if len(starts) else starts
     known = head_q >= 0
     if not is_one_block_per_query(head_q[known]):
         # A query's rows are split across the file: regroup them (rare; stable keeps file order).
-        run_t = run_t.take(pa.array(np.argsort(np.repeat(head_q, lengths), kind="stable")))
+        run_t = run_t.take(from_numpy(np.argsort(np.repeat(head_q, lengths), kind="stable")))
         starts, lengths = group_runs(run_t["query_id"])
-        head_q = _index(pc.take(run_t["query_id"], pa.array(starts)), rel.query_ids)
-    score = run_t["score"].to_numpy(zero_copy_only=False)
+        head_q = _index(take(run_t["query_id"], starts), rel.query_ids)
+    score = to_numpy(run_t["score"])
     if np.isnan(score).any():  # NaN would compare false both ways; rank it last, deterministically
         score = np.where(np.isnan(score), -np.inf, score)
     ids = run_t["image_id"]  # kept chunked: combining 100M strings would copy gigabytes
@@ -149,8 +254,9 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
             continue
         row_a = int(starts[g_a])
         row_b = int(starts[g_b]) if g_b < len(starts) else len(score)
+        block_ids = ids.slice(row_a, row_b - row_a)
         block = _Block(starts[g_a:g_b] - row_a, lengths[g_a:g_b], head_q[g_a:g_b], score[row_a:row_b],
-                       ids.slice(row_a, row_b - row_a))
+                       block_ids, fingerprint(block_ids))
         rows, groups, gains = _match_relevant(block, rel)
         parts.append((block.head_q[groups], _ranks_of(rows, groups, block), gains))
     if parts:
@@ -170,13 +276,14 @@ class _Block:
     head_q: np.ndarray  # query index of each group (-1: not in the qrels)
     score: np.ndarray
     ids: pa.Array
+    fp: np.ndarray  # fingerprints of ids
 
 
 def _match_relevant(block: _Block, rel: _RelevantIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows (block-local, ascending), their groups and gains where the image is relevant to the query.
 
-    Pass j compares each row's image id with the j-th relevant id of its query: sequential string
-    comparisons, no hash lookups (those thrash the cache at a million queries).
+    Pass j compares each row's image id with the j-th relevant id of its query: sequential
+    comparisons of fingerprints, no hash lookups (those thrash the cache at a million queries).
     """
     known = block.head_q >= 0
     count = np.where(known, rel.count[np.maximum(block.head_q, 0)], 0)
@@ -191,10 +298,12 @@ def _match_relevant(block: _Block, rel: _RelevantIndex) -> tuple[np.ndarray, np.
         else:
             rows = _rows_of_groups(active, block.starts, block.lengths)
             target_rows = np.repeat(first[active] + j, block.lengths[active])
-        targets = pc.take(rel.docs, pa.array(target_rows, mask=target_rows < 0))
-        ids = block.ids if rows is None else pc.take(block.ids, pa.array(rows))
-        equal = np.flatnonzero(pc.equal(ids, targets).fill_null(False).to_numpy(zero_copy_only=False))
-        rows_found.append(equal if rows is None else rows[equal])
+        block_rows = np.arange(len(block.score)) if rows is None else rows
+        # Fingerprints first (numpy, 8 bytes a row), then the few equal ones confirmed on the strings.
+        equal = np.flatnonzero((block.fp[block_rows] == rel.docs_fp[np.maximum(target_rows, 0)]) & (target_rows >= 0))
+        same = pc.equal(take(block.ids, block_rows[equal]), take(rel.docs, target_rows[equal]))
+        equal = equal[to_numpy(same)]
+        rows_found.append(block_rows[equal])
         gains_found.append(rel.gains[target_rows[equal]])
     if not rows_found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
@@ -224,8 +333,8 @@ def _ranks_of(rel_rows: np.ndarray, groups: np.ndarray, block: _Block) -> np.nda
         else:
             above, tied, tied_ref = _compare_group_rows(g, r, starts, lengths, score)
         if len(tied):  # equal scores: the larger image id (byte order) ranks first, as in trec_eval
-            later = pc.greater(pc.take(ids, pa.array(tied)), pc.take(ids, pa.array(r[tied_ref])))
-            above += np.bincount(tied_ref, weights=later.to_numpy(zero_copy_only=False), minlength=len(g)
+            later = pc.greater(take(ids, tied), take(ids, r[tied_ref]))
+            above += np.bincount(tied_ref, weights=to_numpy(later), minlength=len(g)
                                  ).astype(np.int64)
         ranks[sel] = above
     return ranks

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .metrics import QueryScores, chance_level, evaluate_queries, parse_measures
-from .ranking import flat, qrels_columns
+from .ranking import flat, from_numpy, qrels_columns, to_numpy
 from .significance import bootstrap_ci, paired_test
 
 BREAKDOWN_KEYS = ("query_type", "language", "num_entities")
@@ -115,8 +115,10 @@ def score_run(run, qrels, measures, *, queries_table: pa.Table | None = None, bo
     qrels_t = qrels_columns(qrels)
     scores = evaluate_queries(run, qrels_t, measures)
     ci, breakdowns = score_queries(scores, queries_table, bootstrap, seed)
-    num_rel = _num_relevant(qrels_t, scores.query_ids)
-    chance = {str(m): chance_level(m, corpus_size, num_rel) for m in measures} if corpus_size else {}
+    chance = {}
+    if corpus_size:
+        num_rel = _num_relevant(qrels_t, scores.query_ids)
+        chance = {str(m): chance_level(m, corpus_size, num_rel) for m in measures}
     per_query = None
     if keep_per_query:
         per_query = {"query_id": scores.query_ids.tolist(), **{n: v.tolist() for n, v in scores.values.items()}}
@@ -127,9 +129,9 @@ def score_run(run, qrels, measures, *, queries_table: pa.Table | None = None, bo
 
 
 def _num_relevant(qrels: pa.Table, query_ids: np.ndarray) -> np.ndarray:
-    relevant = qrels.filter(pc.greater(qrels["relevance"], 0))
-    q = pc.index_in(relevant["query_id"], value_set=pa.array(query_ids.tolist(), pa.string()))
-    return np.bincount(q.fill_null(-1).to_numpy() + 1, minlength=len(query_ids) + 1)[1:]
+    relevant = qrels.filter(from_numpy(to_numpy(qrels["relevance"]) > 0))
+    q = to_numpy(pc.index_in(relevant["query_id"], value_set=pa.array(query_ids.tolist(), pa.string())), null=-1)
+    return np.bincount(q + 1, minlength=len(query_ids) + 1)[1:]
 
 
 def compare_runs(run_a, run_b, qrels, measures, *, queries_table: pa.Table | None = None,

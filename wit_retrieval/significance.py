@@ -23,6 +23,15 @@ def bootstrap_means(values: np.ndarray, samples: int = 1000, seed: int = 0) -> n
     values = np.asarray(values, dtype=np.float64)
     n = values.shape[0]
     rng = np.random.default_rng(seed)
+    if n:
+        # Measures take few distinct values (most queries score all zeros, or all ones): resampling
+        # n queries is then drawing how often each distinct row is drawn, a multinomial over the
+        # distinct rows -- the same distribution, for a fraction of the random numbers.
+        rows = values.reshape(n, -1)
+        distinct, counts = np.unique(rows, axis=0, return_counts=True)
+        if 4 * len(distinct) <= n:
+            drawn = rng.multinomial(n, counts / n, size=samples)
+            return (drawn @ distinct / n).reshape((samples,) + values.shape[1:])
     out = []
     for size in _chunks(samples, n):
         # How often each query is drawn, then one matrix product: no [size, n, m] gather.

@@ -9,8 +9,7 @@ more than `max_k` results per query, files over a size cap, bad encodings.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,79 +18,11 @@ import pyarrow.compute as pc
 
 from .errors import InputError
 from .io.runs import RunFile, read_run_table, read_split_table
-from .ranking import flat, group_runs, is_one_block_per_query
+from .problems import SEVERITY, Problem, ValidationReport
+from .ranking import fingerprint, flat, group_runs, is_one_block_per_query, take, to_numpy
 
-MAX_EXAMPLES = 20  # problems kept per kind; all are counted
-SEVERITY = {
-    "size": "error", "encoding": "error", "format": "error", "rank": "error", "score": "error",
-    "nonfinite_score": "error", "unknown_query": "error", "duplicate_query": "error",
-    "duplicate_image": "error", "unknown_image": "error", "too_many": "error",
-    "split_mismatch": "error", "missing_query": "warning", "rank_order": "warning",
-}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem of a run file: what kind, how bad, where (1-based line or row), what to do."""
-
-    kind: str
-    severity: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        return f"{self.severity}: {where}{self.message} [{self.kind}]"
-
-
-@dataclass
-class ValidationReport:
-    """All problems of one run file; `ok` when there is no error."""
-
-    path: str
-    fmt: str | None = None
-    num_rows: int = 0
-    num_queries: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
-    strict: bool = False
-
-    def add(self, kind: str, line: int | None, message: str) -> None:
-        """Record a problem (only the first MAX_EXAMPLES of each kind are kept; all are counted)."""
-        severity = SEVERITY.get(kind, "error")
-        if kind == "missing_query" and self.strict:
-            severity = "error"
-        self.counts[kind] += 1
-        if self.counts[kind] <= MAX_EXAMPLES:
-            self.problems.append(Problem(kind, severity, line, message))
-
-    def _count(self, severity: str) -> int:
-        kinds = {p.kind for p in self.problems if p.severity == severity}
-        return sum(self.counts[k] for k in kinds)
-
-    @property
-    def num_errors(self) -> int:
-        return self._count("error")
-
-    @property
-    def num_warnings(self) -> int:
-        return self._count("warning")
-
-    @property
-    def ok(self) -> bool:
-        return self.num_errors == 0
-
-    def summary(self) -> str:
-        """One line: rows, queries, errors and warnings by kind."""
-        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.counts.items()))
-        return (f"{self.path}: {self.num_rows} rows, {self.num_queries} queries, {self.num_errors} errors, "
-                f"{self.num_warnings} warnings" + (f" ({kinds})" if kinds else ""))
-
-    def to_dict(self) -> dict:
-        """JSON-able form."""
-        return {"path": self.path, "format": self.fmt, "num_rows": self.num_rows, "num_queries": self.num_queries,
-                "ok": self.ok, "num_errors": self.num_errors, "num_warnings": self.num_warnings,
-                "counts": dict(self.counts), "problems": [p.__dict__ for p in self.problems]}
+__all__ = ["SEVERITY", "Problem", "SplitTruth", "ValidationConfig", "ValidationReport", "fingerprint",
+           "load_truth", "validate", "validate_run"]
 
 
 @dataclass(frozen=True)
@@ -150,86 +81,94 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
                  report: ValidationReport) -> None:
     table = run.table
     report.num_rows = table.num_rows
-    lines = table["line"].to_numpy()
-    score = table["score"].to_numpy(zero_copy_only=False)
-    _add_rows(report, "nonfinite_score", np.flatnonzero(~np.isfinite(score)),
-              lambda row: (int(lines[row]), f"score {score[row]} is not finite"))
-    starts, lengths = group_runs(table["query_id"])
-    heads = flat(pc.take(table["query_id"], pa.array(starts, pa.int64())))
+    lines = to_numpy(table["line"])
+    score = to_numpy(table["score"])
+    query_id, image_id = table["query_id"], table["image_id"]
+    bad = np.flatnonzero(~np.isfinite(score))
+    report.add_rows("nonfinite_score", lines[bad],
+                    lambda i: [f"score {v} is not finite" for v in score[bad[i]].tolist()])
+    starts, lengths = group_runs(query_id)
+    heads = take(query_id, starts)
     unique_q = pc.unique(heads)
     report.num_queries = len(unique_q)
-    head_q = pc.index_in(heads, value_set=unique_q).to_numpy().astype(np.int64)
+    head_q = to_numpy(pc.index_in(heads, value_set=unique_q)).astype(np.int64)
     row_q = np.repeat(head_q, lengths)
-    per_query = np.bincount(row_q, minlength=len(unique_q))
+    per_query = np.bincount(head_q, weights=lengths, minlength=len(unique_q)).astype(np.int64)
     first_row = np.full(len(unique_q), -1)
     first_row[head_q[::-1]] = starts[::-1]  # earliest start wins
-    for qi in np.flatnonzero(per_query > config.max_k):
-        report.add("too_many", int(lines[first_row[qi]]),
-                   f"query {unique_q[qi].as_py()!r} has {per_query[qi]} results, over --max-k {config.max_k}")
+    over = np.flatnonzero(per_query > config.max_k)
+    report.add_rows("too_many", lines[first_row[over]], lambda i: [
+        f"query {q!r} has {n} results, over --max-k {config.max_k}"
+        for q, n in zip(_values(unique_q, over[i]), per_query[over[i]].tolist())])
     if truth is not None:
         _check_queries(unique_q, first_row, lines, truth, report)
-    doc_code, unknown = _image_codes(table["image_id"], truth)
-    _add_rows(report, "unknown_image", np.flatnonzero(unknown),
-              lambda row: (int(lines[row]), f"image id {table['image_id'][row].as_py()!r} is not in the split's "
-                           "corpus (use corpus image_id values or image URLs)"))
-    _check_duplicates(row_q, doc_code, starts, lengths, lines, table["query_id"], table["image_id"], report)
+    if truth is not None and truth.image_ids is not None:
+        doc, exact = _corpus_codes(image_id, truth.image_ids, lines, report), True
+    else:
+        doc, exact = fingerprint(image_id), False
+    _check_duplicates(row_q, doc, exact, starts, lengths, lines, query_id, image_id, report)
     if "rank" in table.column_names:
-        _check_rank_order(row_q, table["rank"].to_numpy(), score, lines, report)
+        _check_rank_order(row_q, to_numpy(table["rank"]), score, lines, report)
+
+
+def _values(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> list:
+    """Python values at the given positions."""
+    return take(values, rows).to_pylist()
 
 
 def _check_queries(unique_q: pa.Array, first_row: np.ndarray, lines: np.ndarray, truth: SplitTruth,
                    report: ValidationReport) -> None:
-    known = pc.is_in(unique_q, value_set=truth.query_ids).to_numpy(zero_copy_only=False)
-    for qi in np.flatnonzero(~known):
-        report.add("unknown_query", int(lines[first_row[qi]]),
-                   f"query id {unique_q[qi].as_py()!r} is not a query of this split")
-    present = pc.is_in(truth.query_ids, value_set=unique_q).to_numpy(zero_copy_only=False)
-    _add_rows(report, "missing_query", np.flatnonzero(~present),
-              lambda qi: (None, f"query {truth.query_ids[qi].as_py()!r} has no results; it scores 0"))
+    unknown = np.flatnonzero(~to_numpy(pc.is_in(unique_q, value_set=truth.query_ids)))
+    report.add_rows("unknown_query", lines[first_row[unknown]], lambda i: [
+        f"query id {q!r} is not a query of this split" for q in _values(unique_q, unknown[i])])
+    missing = np.flatnonzero(~to_numpy(pc.is_in(truth.query_ids, value_set=unique_q)))
+    report.add_rows("missing_query", np.zeros(len(missing), np.int64), lambda i: [
+        f"query {q!r} has no results; it scores 0" for q in _values(truth.query_ids, missing[i])])
 
 
-def _image_codes(image_id: pa.ChunkedArray, truth: SplitTruth | None) -> tuple[np.ndarray, np.ndarray]:
-    """An integer code per row's image id, and a mask of ids outside the corpus."""
-    if truth is not None and truth.image_ids is not None:
-        code = pc.index_in(image_id, value_set=truth.image_ids).fill_null(-1).to_numpy().astype(np.int64)
-        return code, code < 0
-    encoded = pc.dictionary_encode(flat(image_id))
-    return encoded.indices.to_numpy().astype(np.int64), np.zeros(len(image_id), bool)
+def _corpus_codes(image_id: pa.ChunkedArray, corpus: pa.Array, lines: np.ndarray,
+                  report: ValidationReport) -> np.ndarray:
+    """Each row's position in the corpus ids (-1: unknown, reported)."""
+    code = to_numpy(pc.index_in(image_id, value_set=corpus), null=-1).astype(np.int64)
+    unknown = np.flatnonzero(code < 0)
+    report.add_rows("unknown_image", lines[unknown], lambda i: [
+        f"image id {d!r} is not in the split's corpus (use corpus image_id values or image URLs)"
+        for d in _values(image_id, unknown[i])])
+    return code
 
 
-def _add_rows(report: ValidationReport, kind: str, rows: np.ndarray, message) -> None:
-    """Report the first rows of a kind with `message(row)`, and count the rest."""
-    for row in rows[:MAX_EXAMPLES]:
-        line, text = message(int(row))
-        report.add(kind, line, text)
-    if len(rows) > MAX_EXAMPLES:
-        report.counts[kind] += len(rows) - MAX_EXAMPLES
-
-
-def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, exact: bool, starts: np.ndarray, lengths: np.ndarray,
                       lines: np.ndarray, query_id, image_id, report: ValidationReport) -> None:
-    """Duplicate (query, image) pairs: sort the image codes of each query and compare neighbours."""
+    """Duplicate (query, image) pairs: sort the image codes of each query and compare neighbours.
+
+    `doc` are corpus codes (exact; -1 unknown, never a duplicate) or fingerprints, whose equal
+    neighbours are confirmed by comparing the strings.
+    """
     if len(lengths) and lengths.min() == lengths.max() and is_one_block_per_query(row_q[starts]):
-        # One block per query, all of the same depth: sort row-wise (much cheaper than one big sort).
+        # One block per query, all of the same depth: sort row-wise (much cheaper than one big sort),
+        # and find the rows of the few queries that have a repeat before locating it.
         codes = doc.reshape(len(starts), -1)
-        order = np.argsort(codes, axis=1, kind="stable")
-        ranked = np.take_along_axis(codes, order, axis=1)
-        g, j = np.nonzero((ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0))
-        rows, firsts = starts[g] + order[g, j + 1], starts[g] + order[g, j]
+        ranked = np.sort(codes, axis=1)
+        same = ranked[:, 1:] == ranked[:, :-1]
+        groups = np.flatnonzero((same & (ranked[:, 1:] >= 0) if exact else same).any(axis=1))
+        order = np.argsort(codes[groups], axis=1, kind="stable")
+        ranked = np.take_along_axis(codes[groups], order, axis=1)
+        g, j = np.nonzero((ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0 if exact else True))
+        rows, firsts = starts[groups[g]] + order[g, j + 1], starts[groups[g]] + order[g, j]
     else:
-        valid = np.flatnonzero(doc >= 0)
-        key = row_q[valid] * (int(doc.max(initial=0)) + 1) + doc[valid]
-        order = np.argsort(key, kind="stable")
-        dup = np.flatnonzero(key[order][1:] == key[order][:-1]) + 1
+        valid = np.flatnonzero(doc >= 0) if exact else np.arange(len(doc))
+        order = np.lexsort((doc[valid], row_q[valid]))
+        q, d = row_q[valid][order], doc[valid][order]
+        dup = np.flatnonzero((q[1:] == q[:-1]) & (d[1:] == d[:-1])) + 1
         rows, firsts = valid[order[dup]], valid[order[dup - 1]]
-    pairs = np.arange(len(rows))
-
-    def message(i: int) -> tuple[int, str]:
-        row, first = int(rows[i]), int(firsts[i])
-        return int(lines[row]), (f"image id {image_id[row].as_py()!r} repeats for query {query_id[row].as_py()!r}"
-                                 f" (first at line {lines[first]}); each image may appear once per query")
-
-    _add_rows(report, "duplicate_image", pairs, message)
+    if not exact and len(rows):
+        same = pc.equal(take(image_id, rows), take(image_id, firsts))
+        keep = to_numpy(same)
+        rows, firsts = rows[keep], firsts[keep]
+    rows, firsts = rows.astype(np.int64), firsts.astype(np.int64)
+    report.add_rows("duplicate_image", lines[rows], lambda i: [
+        f"image id {d!r} repeats for query {q!r} (first at line {f}); each image may appear once per query"
+        for d, q, f in zip(_values(image_id, rows[i]), _values(query_id, rows[i]), lines[firsts[i]].tolist())])
 
 
 def _check_rank_order(row_q: np.ndarray, rank: np.ndarray, score: np.ndarray, lines: np.ndarray,
@@ -237,18 +176,17 @@ def _check_rank_order(row_q: np.ndarray, rank: np.ndarray, score: np.ndarray, li
     """Within a query in rank order, a later rank must not have a higher score."""
     same = row_q[1:] == row_q[:-1]
     if np.all(~same | (rank[1:] >= rank[:-1])):
-        order = np.arange(len(rank))  # already in rank order within each query: skip the sort
+        order = np.arange(len(rank))  # already in rank order within each query: skip the sort (and the copies)
+        q, s = row_q, score
     else:
         order = np.lexsort((rank, row_q))
-    q, s = row_q[order], score[order]
+        q, s = row_q[order], score[order]
     bad = np.flatnonzero((q[1:] == q[:-1]) & (s[1:] > s[:-1])) + 1
-
-    def message(i: int) -> tuple[int, str]:
-        row, prev = order[i], order[i - 1]
-        return int(lines[row]), (f"rank {rank[row]} has a higher score ({s[i]}) than rank {rank[prev]} "
-                                 f"({s[i - 1]}); scores decide the order, as in trec_eval")
-
-    _add_rows(report, "rank_order", bad, message)
+    rows, prev = order[bad], order[bad - 1]
+    report.add_rows("rank_order", lines[rows], lambda i: [
+        f"rank {a} has a higher score ({x}) than rank {b} ({y}); scores decide the order, as in trec_eval"
+        for a, x, b, y in zip(rank[rows[i]].tolist(), score[rows[i]].tolist(), rank[prev[i]].tolist(),
+                              score[prev[i]].tolist())])
 
 
 def validate(path: str | Path, root: str | Path | None = None, split: str | None = None,

@@ -40,12 +40,15 @@ def _truth(data: Path | None, split: str | None, qrels: Path | None):
 
 
 def _print_report(report, console) -> None:
+    """Each kind of problem once: its count, its first lines and its first message."""
     from rich.table import Table
 
-    if report.problems:
-        table = Table("severity", "line", "kind", "problem", title=f"Problems in {report.path}")
-        for p in report.problems:
-            table.add_row(p.severity, str(p.line or "-"), p.kind, p.message)
+    kinds = report.by_kind()
+    if kinds:
+        table = Table("severity", "kind", "count", "first lines", "first problem", title=f"Problems in {report.path}")
+        for k in kinds:
+            table.add_row(k["severity"], k["kind"], f"{k['count']:,}", ", ".join(map(str, k["first_lines"])) or "-",
+                          k["example"])
         console.print(table)
     console.print(report.summary())
 
@@ -55,7 +58,7 @@ def _validated_run(run: Path, truth, config, console):
     from ..submission import validate_run
 
     report, parsed = validate_run(run, truth, config)
-    if report.problems:
+    if report.counts:
         _print_report(report, console)
     if not report.ok:
         raise InputError(f"{report.num_errors} error(s) in the run; see above or run `wit-retrieval validate`",
@@ -82,6 +85,8 @@ def _register_validate(app: typer.Typer) -> None:
         max_bytes: int = typer.Option(8 << 30, "--max-bytes", help="Refuse files larger than this many bytes."),
         fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
         json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+        problems_out: Path = typer.Option(None, "--problems", help="Write every problem (kind, severity, line, "
+                                          "message) here, one JSON object per line."),
     ):
         """Check a run file and list every problem with its line; exit 1 on errors.
 
@@ -98,6 +103,8 @@ def _register_validate(app: typer.Typer) -> None:
         _print_report(report, console)
         if json_out:
             write_json_atomic(json_out, report.to_dict())
+        if problems_out:
+            console.print(f"{report.write_jsonl(problems_out):,} problems: {problems_out}")
         if not report.ok:
             raise typer.Exit(1)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +16,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..ids import image_id as url_image_id
 from ..ranking import Qrels, Run
 from .shards import atomic_path, write_json_atomic, write_parquet_atomic
+from .trec import RUN_COLUMNS, ProblemSink, read_trec_qrels, read_trec_run
 
 FORMATS = ("trec", "json", "parquet")
 JSON_META_KEYS = ("version", "split", "metric")
-TREC_COLUMNS = ["query_id", "q0", "image_id", "rank", "score", "tag"]
-# on_problem(kind, line, message): how lenient readers report a bad line instead of raising.
-ProblemSink = Callable[[str, int | None, str], None]
+TREC_COLUMNS = RUN_COLUMNS
 
 
 @dataclass
@@ -93,82 +90,7 @@ def table_to_run(table: pa.Table) -> Run:
 
 
 def _read_trec(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
-    """Fast path: pyarrow.csv on a clean single-space or tab separated file, else the line parser."""
-    with open(path, "rb") as f:
-        first = f.readline()
-    delimiter = "\t" if b"\t" in first else " "
-    label = pa.dictionary(pa.int32(), pa.string())  # Q0 and tags repeat: dictionary-encoded they cost little
-    types = {"query_id": pa.string(), "q0": label, "image_id": pa.string(), "rank": pa.int64(),
-             "score": pa.float64(), "tag": label}
-    try:
-        table = pcsv.read_csv(
-            path,
-            read_options=pcsv.ReadOptions(column_names=TREC_COLUMNS),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False, quote_char=False),
-            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=False,
-                                                quoted_strings_can_be_null=False),
-        )
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        return _read_trec_lines(path, on_problem), {}
-    if not _clean_fields(table, " " if delimiter == "\t" else "\t"):
-        return _read_trec_lines(path, on_problem), {}
-    table = table.drop_columns(["q0", "tag"]).append_column("line", pa.array(np.arange(1, table.num_rows + 1)))
-    return table, {}
-
-
-def _clean_fields(table: pa.Table, other_separator: str) -> bool:
-    """False when the fast parse cannot be trusted: an empty field (two separators in a row,
-    which the line parser reads as one) or the other separator inside a field."""
-    if table["rank"].null_count or table["score"].null_count:
-        return False
-    for name in ("query_id", "image_id", "q0", "tag"):
-        column = table[name]
-        # Dictionary columns: checking each chunk's distinct values is enough.
-        parts = [c.dictionary for c in column.chunks] if pa.types.is_dictionary(column.type) else [column]
-        for values in parts:
-            if pc.any(pc.equal(values, "")).as_py() or pc.any(pc.match_substring(values, other_separator)).as_py():
-                return False
-    return True
-
-
-_SEPARATORS = re.compile(r"[ \t]+")
-
-
-def _read_trec_lines(path: Path, on_problem: ProblemSink) -> pa.Table:
-    """Line by line, naming each bad line: wrong field count, encoding, non-numeric rank or score."""
-    qids, docs, ranks, scores, lines = [], [], [], [], []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                on_problem("encoding", number, f"not UTF-8 (byte {exc.start}); save the file as UTF-8")
-                continue
-            text = text.strip(" \t\r\n")
-            if not text:
-                continue
-            fields = _SEPARATORS.split(text)  # TREC fields: runs of spaces or tabs, as trec_eval reads them
-            if len(fields) != 6:
-                on_problem("format", number, f"expected 6 fields `qid Q0 docid rank score tag`, got {len(fields)}")
-                continue
-            try:
-                rank = int(fields[3])
-            except ValueError:
-                on_problem("rank", number, f"rank {fields[3]!r} is not an integer")
-                continue
-            try:
-                value = float(fields[4])
-            except ValueError:
-                on_problem("score", number, f"score {fields[4]!r} is not a number")
-                continue
-            qids.append(fields[0])
-            docs.append(fields[2])
-            ranks.append(rank)
-            scores.append(value)
-            lines.append(number)
-    return pa.table({"query_id": pa.array(qids, pa.string()), "image_id": pa.array(docs, pa.string()),
-                     "rank": pa.array(ranks, pa.int64()), "score": pa.array(scores, pa.float64()),
-                     "line": pa.array(lines, pa.int64())})
+    return read_trec_run(path, on_problem), {}
 
 
 _KEY_RE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
@@ -227,6 +149,8 @@ def _read_json(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
 
 def _read_parquet(path: Path, on_problem: ProblemSink) -> tuple[pa.Table, dict]:
     """Parquet with columns query_id, image_id, score; `line` is the 1-based row number."""
+    import pyarrow.parquet as pq  # lazy: TREC scoring never needs it (nor ssl, which it pulls in)
+
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -311,6 +235,8 @@ def read_qrels_file(path: str | Path) -> pa.Table:
     if not path.exists():
         raise InputError("qrels file not found", path=str(path))
     if path.is_dir() or detect_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
         from .shards import read_table_dir
 
         table = read_table_dir(path) if path.is_dir() else pq.read_table(path)
@@ -318,20 +244,7 @@ def read_qrels_file(path: str | Path) -> pa.Table:
         if missing:
             raise InputError(f"missing column(s) {', '.join(sorted(missing))}", path=str(path))
         return table.select(["query_id", "image_id", "relevance"])
-    qids, docs, rels = [], [], []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 4 or not re.fullmatch(r"-?\d+", fields[3]):
-                raise InputError("expected `qid 0 docid relevance` with an integer relevance", path=str(path),
-                                 line=number)
-            qids.append(fields[0])
-            docs.append(fields[2])
-            rels.append(int(fields[3]))
-    return pa.table({"query_id": pa.array(qids, pa.string()), "image_id": pa.array(docs, pa.string()),
-                     "relevance": pa.array(rels, pa.int64())})
+    return read_trec_qrels(path)
 
 
 def write_qrels_trec(qrels: Qrels, path: str | Path) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 MANIFEST = "_manifest.json"
 
@@ -81,6 +80,8 @@ UNIQUE_COLUMNS = {"use_dictionary": False, "write_statistics": False}
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> None:
     """Write one parquet file atomically (zstd by default)."""
+    import pyarrow.parquet as pq  # lazy: it pulls in pyarrow.fs and ssl (~50 ms), which scoring never needs
+
     kwargs.setdefault("compression", "zstd")
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
@@ -209,6 +210,8 @@ def read_table_dir(directory: str | os.PathLike, columns: list[str] | None = Non
     if manifest is None:
         raise InputError("no manifest: this table was never finished; rebuild it", path=str(directory))
     # ParquetFile, not pq.read_table: the same table without pyarrow.dataset's import (~0.4 s of
-    # start-up in every build worker)
+    # start-up in every build worker); imported here: pyarrow.parquet pulls in ssl, which scoring never needs
+    import pyarrow.parquet as pq
+
     tables = [pq.ParquetFile(directory / f["file"]).read(columns=columns) for f in manifest["files"]]
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
