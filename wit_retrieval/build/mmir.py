@@ -95,7 +95,9 @@ def build_mmir(config: MmirConfig) -> dict:
     if config.export:
         from .export import export_all
 
+        started = time.time()
         export_all(DataRoot(config.out), train_shards=config.train_shards)
+        section["export_seconds"] = round(time.time() - started, 2)
     return section
 
 
