@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.test_build_mmir import make_world
 from wit_retrieval.build import MmirConfig, build_mmir
-from wit_retrieval.build.export import MMIR_COLUMNS, export_all, json_lists, tsv_field, tsv_text
+from wit_retrieval.build.export import MMIR_COLUMNS, export_all, json_lists, tsv_field, tsv_json_lists, tsv_text
 from wit_retrieval.build.mmir import read_split_table
 from wit_retrieval.engine import EngineConfig
 from wit_retrieval.io.released import import_released
@@ -30,8 +30,13 @@ NASTY = ['He said "hi" [MASK_0]', "tab\there [MASK_0]", "new\nline [MASK_0]", "c
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.none() | st.lists(st.none() | TEXT, max_size=4), max_size=8))
 def test_json_lists_equal_json_dumps(lists):
-    got = json_lists(pa.array(lists, pa.list_(pa.string()))).to_pylist()
+    array = pa.array(lists, pa.list_(pa.string()))
+    got = json_lists(array).to_pylist()
     assert got == [json.dumps(x, ensure_ascii=False) for x in lists]
+    assert tsv_json_lists(array).to_pylist() == tsv_field(json_lists(array)).to_pylist()  # its one-pass form
+    plain = [[v for v in x if v and v.isalnum()] or ["x"] for x in lists if x is not None] or [["y"]]
+    assert tsv_json_lists(pa.array(plain)).to_pylist() == [
+        '"' + json.dumps(x, ensure_ascii=False).replace('"', '""') + '"' for x in plain]
 
 
 def reference_tsv(rows: list[list]) -> str:
@@ -61,6 +66,8 @@ def test_tsv_text_equals_csv_writer_and_reads_back(rows):
 def test_sliced_batches_and_numbers():
     lists = pa.array([["x"], ["a", 'b"'], [], None, ["c"]], pa.list_(pa.string())).slice(1, 3)
     assert json_lists(lists).to_pylist() == ['["a", "b\\""]', "[]", "null"]
+    plain = pa.array([["a"], ["b", "c"], ["d"]]).slice(1, 2)
+    assert tsv_json_lists(plain).to_pylist() == ['"[""b"", ""c""]"', '"[""d""]"']
     fields = [tsv_field(pa.array([1, None, 30], pa.int64())), tsv_field(pa.array(["a", "b", "c"]).slice(0, 3))]
     assert tsv_text(fields).to_pybytes() == b"1\ta\n\tb\n30\tc\n"
     assert tsv_text([tsv_field(pa.array(["x\ty", "z"]).slice(1, 1))]).to_pybytes() == b"z\n"

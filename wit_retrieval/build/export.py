@@ -51,6 +51,8 @@ _BATCH_ROWS = 65536
 _LEVEL = 2 if _deflate is not zlib else 6
 _NEEDS_QUOTES = '[\t\n\r"]'
 _NEEDS_JSON_ESCAPE = r'[\\"\x00-\x1f]'
+_TSV_QUOTED = (0x09, 0x0A, 0x0D, 0x22)  # the bytes of _NEEDS_QUOTES
+_JSON_ESCAPED = (0x22, 0x5C)  # and every byte under 0x20: those of _NEEDS_JSON_ESCAPE
 
 
 @dataclass(frozen=True)
@@ -138,20 +140,16 @@ def _mmir_batches(pieces: list[_Piece], names: pa.RecordBatch | None) -> Iterato
 def _mmir_columns(batch: pa.RecordBatch, names: pa.RecordBatch | None) -> list[pa.Array]:
     columns = {name: batch.column(name) for name in _READ}
     columns["entity_names"] = _names_of(columns["entity_ids"], names)
-    return [tsv_field(json_lists(columns[c]) if c in _LISTS else columns[c]) for c in MMIR_COLUMNS]
+    return [tsv_json_lists(columns[c]) if c in _LISTS else tsv_field(columns[c]) for c in MMIR_COLUMNS]
 
 
 def _names_of(entity_ids: pa.ListArray, names: pa.RecordBatch | None) -> pa.ListArray:
     """Each query's entity names (the entity's page title; "" for an entity not in the table)."""
     flat = pc.list_flatten(entity_ids)
     if names is None:
-        found = pa.nulls(len(flat), pa.string())
-        titles = pa.nulls(len(flat), pa.string())
-    else:
-        found = pc.index_in(flat, value_set=names["entity_id"])
-        titles = names["page_title"].take(found)
-    titles = pc.if_else(pc.is_null(found), "", titles)
-    return _relisted(entity_ids, titles)
+        return _relisted(entity_ids, pa.array([""] * len(flat), pa.string()))
+    titles = names["page_title"].take(pc.index_in(flat, value_set=names["entity_id"]))
+    return _relisted(entity_ids, pc.fill_null(titles, ""))
 
 
 def _relisted(lists: pa.ListArray, values: pa.Array) -> pa.ListArray:
@@ -162,12 +160,28 @@ def _relisted(lists: pa.ListArray, values: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, values, mask=mask)
 
 
+def _text_bytes(strings: pa.Array) -> np.ndarray:
+    """The UTF-8 bytes of a string array's values end to end (a view, no copy)."""
+    data = strings.buffers()[2] if len(strings) else None
+    if data is None:
+        return np.zeros(0, np.uint8)
+    offsets = np.frombuffer(strings.buffers()[1], np.int32, len(strings) + 1, strings.offset * 4)
+    return np.frombuffer(data, np.uint8, int(offsets[-1] - offsets[0]), int(offsets[0]))
+
+
+def _holds(strings: pa.Array, codes: tuple[int, ...], below: int = 0) -> bool:
+    """Whether any value may hold one of the byte `codes` or a byte under `below` (one numpy pass
+    each over the values' bytes: the common answer, no, costs no per-value work)."""
+    data = _text_bytes(strings)
+    return bool((below and (data < below).any()) or any((data == code).any() for code in codes))
+
+
 def json_lists(lists: pa.ListArray) -> pa.Array:
     """Each list as `json.dumps(items, ensure_ascii=False)` ("null" for a null list), vectorised."""
     items = pc.list_flatten(lists)
     quoted = pc.binary_join_element_wise('"', items, '"', "")
-    escape = pc.fill_null(pc.match_substring_regex(items, _NEEDS_JSON_ESCAPE), False)
-    if escape.true_count:  # rare (a quote or backslash in a title): json.dumps for those items only
+    if _holds(items, _JSON_ESCAPED, below=0x20):  # rare (a quote or backslash in a title): json.dumps for those
+        escape = pc.fill_null(pc.match_substring_regex(items, _NEEDS_JSON_ESCAPE), False)
         odd = items.filter(escape).to_pylist()
         quoted = pc.replace_with_mask(quoted, escape, pa.array([json.dumps(v, ensure_ascii=False) for v in odd]))
     quoted = pc.fill_null(quoted, "null")  # a null item
@@ -175,14 +189,26 @@ def json_lists(lists: pa.ListArray) -> pa.Array:
     return pc.fill_null(pc.binary_join_element_wise("[", joined, "]", ""), "null")
 
 
+def tsv_json_lists(lists: pa.ListArray) -> pa.Array:
+    """`tsv_field(json_lists(lists))`, in one pass where no item needs a JSON escape and no list is
+    empty or null (the usual case): each item as `""item""`, each list as `"[...]"`."""
+    items = pc.list_flatten(lists)
+    offsets = np.frombuffer(lists.buffers()[1], np.int32, len(lists) + 1, lists.offset * 4) if len(lists) else None
+    if (offsets is None or lists.null_count or items.null_count or (np.diff(offsets) == 0).any()
+            or _holds(items, _JSON_ESCAPED, below=0x20)):
+        return tsv_field(json_lists(lists))
+    joined = pc.binary_join(_relisted(lists, pc.binary_join_element_wise('""', items, '""', "")), ", ")
+    return pc.binary_join_element_wise('"[', joined, ']"', "")
+
+
 def tsv_field(column: pa.Array) -> pa.Array:
     """A column as TSV fields: text ("" for null), quoted when it holds a tab, newline, CR or quote."""
     text = pc.fill_null(column if column.type == pa.string() else column.cast(pa.string()), "")
-    needs = pc.match_substring_regex(text, _NEEDS_QUOTES)
-    if not needs.true_count:
+    if not _holds(text, _TSV_QUOTED):
         return text
-    quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
-    return pc.if_else(needs, quoted, text)
+    needs = pc.match_substring_regex(text, _NEEDS_QUOTES)
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(text.filter(needs), '"', '""'), '"', "")
+    return pc.replace_with_mask(text, needs, quoted)
 
 
 def tsv_text(fields: list[pa.Array]) -> pa.Buffer:
