@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from tests.test_build_mmir import make_world
 from wit_retrieval.build import MmirConfig, build_mmir
-from wit_retrieval.build.export import MMIR_COLUMNS, export_all, json_lists, tsv_field, tsv_json_lists, tsv_text
+from wit_retrieval.build.export import (
+    MMIR_COLUMNS,
+    export_all,
+    json_lists,
+    tsv_field,
+    tsv_json_lists,
+    tsv_text,
+)
 from wit_retrieval.build.mmir import read_split_table
 from wit_retrieval.engine import EngineConfig
 from wit_retrieval.io.released import import_released
