@@ -1,7 +1,7 @@
 """Rows/s of `build mmir` from ~100k to ~1M rows (used by bench_build.py).
 
-One-process builds (no worker start-up) of 1, 3 and all WIT files of the world, each the best
-of 5, 5 and 3 runs in fresh processes. A build's time is a fixed part (loading the linker's automata
+One-process builds (`wit-retrieval build mmir --workers 1`, no worker start-up; whole processes,
+export on) of 1, 3 and all WIT files of the world, each the best of a few runs. A build's time is a fixed part (loading the linker's automata
 and the entity table, first use of memory and kernels, writing the tables' files) plus a part
 per row: the fixed part is the intercept of a least-squares line through the three builds
 (at least the 0-row build's time: every build does what that one does), and rows/s after it is the rate that would drop if a build slowed down with size (memory
@@ -29,22 +29,22 @@ def header_only(like: Path, folder: Path) -> Path:
     return path
 
 
-def scaling(files: list[Path], root: str, run_child: Callable[..., dict], out: Path) -> dict:
-    """One-process builds of 0 rows, 1, 3 and all files (best of 5, 5, 5 and 3); rates end to end
-    and after the fitted fixed cost."""
+def scaling(files: list[Path], root: Path, run_build: Callable[..., dict], out: Path, repeats: int = 3,
+            small_repeats: int = 5) -> dict:
+    """One-process builds (`build mmir --workers 1`, whole processes) of 0 rows, 1, 3 and all files
+    (best of `small_repeats` each, and of `repeats`); rates end to end and after the fitted fixed cost."""
     train = sorted((f for f in files if ".train." in f.name), key=lambda f: f.stat().st_size)
     empty = header_only(files[0], out)
 
     def build(label: str, subset: list[Path], repeats: int) -> dict:
-        runs = [run_child("mmir", "--root", root, "--workers", "1", "--files", *map(str, subset))
-                for _ in range(repeats)]
+        runs = [run_build(root, subset, workers=1) for _ in range(repeats)]
         return {"label": label, "repeats": repeats, **min(runs, key=lambda run: run["seconds"])}
 
-    zero = build("0 rows", [empty], 5)
+    zero = build("0 rows", [empty], small_repeats)
     # short builds vary most with the machine's noise: more repeats; the last leaves the whole
     # world built (the mask comparison reads it)
     runs = [build(label, subset, repeats) for label, subset, repeats in (
-        ("1 file", train[:1], 5), ("3 files", train[:3], 5), ("all files", files, 3))]
+        ("1 file", train[:1], small_repeats), ("3 files", train[:3], small_repeats), ("all files", files, repeats))]
     slope, fitted = np.polyfit([run["rows"] for run in runs], [run["seconds"] for run in runs], 1)
     # every build does all that the 0-row build does: a line that starts below it was bent by a
     # short build's noise, and the 0-row build's time is the fixed part's lower bound
@@ -64,9 +64,9 @@ def scaling_lines(flat: dict) -> list[str]:
     """The scaling table (markdown)."""
     zero, runs, fixed = flat["zero_rows"], flat["runs"], flat["fixed_seconds"]
     lines = [
-        "Rows/s from ~100k to ~1M rows (1 process, so no worker start-up; each build the best of "
-        f"{runs[0]['repeats']}, {runs[1]['repeats']} and {runs[2]['repeats']} runs in fresh processes, timed from its "
-        "first call, after imports):", "",
+        f"Rows/s from ~100k to {runs[-1]['rows']:,} rows (`build mmir --workers 1`: 1 process, so no worker "
+        f"start-up; each build the best of {runs[0]['repeats']}, {runs[1]['repeats']} and {runs[2]['repeats']} runs, "
+        "each a whole process with its defaults, export included, timed from outside):", "",
         "| build | rows | wall | CPU | rows/s | rows/s after the fixed part |",
         "|---|---:|---:|---:|---:|---:|",
         f"| a header-only WIT file | 0 | {zero['seconds']:.2f} s | {zero['cpu_seconds']:.2f} s | | |",

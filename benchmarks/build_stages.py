@@ -26,7 +26,7 @@ def stage_breakdown(path: Path, root: Path) -> dict:
     from wit_retrieval.io.tsv import read_wit_batches
 
     task = plan_tasks(MmirConfig(out=str(root), wit=(str(path),), export=False))[0]
-    shard_module.preload(task)  # as a build worker starts: loads, imports, allocator settings
+    shard_module.preload(task)  # as a build worker starts: loads, imports
     Path(task.staging).mkdir(parents=True, exist_ok=True)
     for part in shard_module.build_shard(task).parts:  # first use (memory, kernels) outside the clock
         for staged in (part.path, part.qrels_path, part.images_path):

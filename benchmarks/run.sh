@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p benchmarks/out benchmarks/results
 only="${BENCH:-build fetch scoring index embed}"
 declare -A ARGS=(
-  [build]="--entities 103000 --scenes 760000"   # >= 1M WIT rows, >= 100k entities after build ei; cached in benchmarks/out/
+  [build]="--entities 103000 --scenes 2550000 --shards 24"   # >= 3M WIT rows, >= 100k entities; generated once, cached in benchmarks/out/
   [fetch]=""                  # creates .venv-peers with img2dataset if missing
   [scoring]=""                # whole processes at 20k and 100k x 100 (+ ours at 1M); BENCH_TMP=dir for its temp files (~6 GB)
   [index]=""                  # 1M x 512, 10k queries

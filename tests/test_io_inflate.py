@@ -57,14 +57,3 @@ def test_a_truncated_file_raises_eof_and_damage_raises_oserror(inflater, tmp_pat
     damaged.write_bytes(data[:20] + b"\xff" * 64 + data[84:])
     with pytest.raises(OSError, match="damaged gzip"):
         list(inflate.blocks(damaged, 1 << 16))
-
-
-def test_freed_memory_is_kept_where_glibc_allocates():
-    """Build processes raise glibc's mmap/trim thresholds (io.allocator); elsewhere nothing happens."""
-    import platform
-
-    from wit_retrieval.io.allocator import keep_freed_memory
-
-    applied = keep_freed_memory()
-    assert applied is (platform.libc_ver()[0] == "glibc")
-    assert keep_freed_memory() is applied  # once per process

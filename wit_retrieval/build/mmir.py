@@ -16,7 +16,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -90,20 +89,15 @@ class MmirConfig:
 
 
 def build_mmir(config: MmirConfig) -> dict:
-    """Write queries/corpus/qrels per split and the `ei` table; returns the build statistics.
-
-    With local workers, pandas is kept out of the build (`io.pandas_probe`): pyarrow would
-    import it on its first conversion, a quarter second in this process and in every worker,
-    and nothing here handles a pandas object. (Ray's driver may want it: not there.)
-    """
-    from ..io.pandas_probe import pandas_kept_out
-
-    with pandas_kept_out() if config.engine.name == "local" else nullcontext():
-        section = _build(config)
+    """Write queries/corpus/qrels per split and the `ei` table (and the TSV.gz export when
+    `config.export`); returns the build statistics."""
+    section = _build(config)
     if config.export:
         from .export import export_all
 
+        started = time.time()
         export_all(DataRoot(config.out), train_shards=config.train_shards)
+        section["export_seconds"] = round(time.time() - started, 2)
     return section
 
 

@@ -138,10 +138,8 @@ def entity_images(entities_path: str) -> EntityImages:
 
 def build_shard(task: ShardTask) -> ShardResult:
     """Link, mask and filter every row of one WIT file that has a reference description."""
-    from ..io.allocator import keep_freed_memory
     from ..io.tsv import RowErrors, read_wit_batches
 
-    keep_freed_memory()  # once per process (preload did it already where workers are forked)
     errors = RowErrors()
     stats = SplitStats()
     linker = load_linker(task.linker)
@@ -276,11 +274,8 @@ def preload(task: ShardTask) -> None:
     import pyarrow.parquet  # noqa: F401
 
     from ..io import tsv  # noqa: F401
-    from ..io.allocator import keep_freed_memory
     from . import fastpath
     from .linker import Gazetteer
-
-    keep_freed_memory()
 
     linker = load_linker(task.linker)
     images = entity_images(task.entities_path)
