@@ -105,8 +105,9 @@ def label_studio(
     """Create a Label Studio project from an export (config, tasks) and set its annotations per task.
 
     Label Studio asks one annotation per task unless told otherwise; this sets maximum_annotations to the
-    overlap for every task. Example: LABEL_STUDIO_API_KEY=... wit-retrieval annotate label-studio audit/
-    --url http://127.0.0.1:8080 --task ei-correct
+    overlap for every task; the token is read from $LABEL_STUDIO_API_KEY.
+
+    Example: wit-retrieval annotate label-studio audit/ --url http://127.0.0.1:8080 --task ei-correct
     """
     import os
 
