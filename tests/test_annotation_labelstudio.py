@@ -183,13 +183,15 @@ def test_a_renamed_choices_tag_is_an_error_naming_it(tmp_path, audit, label_stud
 VIEW_JS = """
 const imgs = [...document.querySelectorAll('.wr-figures img')];
 const captions = [...document.querySelectorAll('.wr-figures figcaption')].map(c => c.textContent);
-const choices = [...document.querySelectorAll('.lsf-choice, .ant-checkbox-wrapper')].filter(e => e.offsetParent);
+const choices = [...document.querySelectorAll('.lsf-choice, .ant-checkbox-wrapper')]
+  .filter(e => e.offsetParent && !e.parentElement.closest('.lsf-choice, .ant-checkbox-wrapper'));
 const text = document.querySelector('mark.mask, mark.mention');
 return {images: imgs.map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width]),
         captions: captions, viewport: window.innerHeight,
-        choices: choices.map(c => [c.textContent.trim(), c.getBoundingClientRect().bottom]),
+        choices: choices.map(c => [c.textContent.trim().replace(/\[\d+\]$/, ''), c.getBoundingClientRect().bottom]),
         text: text ? text.closest('div').textContent : null,
-        spinners: document.querySelectorAll('.ant-spin-spinning, .lsf-spin').length};
+        busy: [...document.querySelectorAll('[class*="loading"], [class*="spinner"], [class*="spin"]')]
+          .filter(e => e.offsetParent && e.getBoundingClientRect().width > 0).map(e => String(e.className))};
 """
 
 
@@ -220,17 +222,20 @@ def test_labeling_pages_show_every_image_captioned_with_the_answers_in_view(tmp_
             def ready(d):
                 view = d.execute_script(VIEW_JS)
                 loaded = view["images"] and all(done and width > 0 for done, width, _ in view["images"])
-                return view if loaded and view["choices"] else False
+                return view if loaded and view["choices"] and not view["busy"] else False
 
-            view = WebDriverWait(driver, 60).until(ready)
-            driver.save_screenshot(str(tmp_path / f"{kind}.png"))
+            try:
+                view = WebDriverWait(driver, 60).until(ready)
+            finally:
+                driver.save_screenshot(str(tmp_path / f"{kind}.png"))
             shown = len(item.entities) + bool(item.reference) + bool(item.candidate)
             assert len(view["images"]) == shown, view  # every image at once, not "1 of n"
             assert all(width <= 320 for _, _, width in view["images"]), view  # small images keep their size
             for e in item.entities:
                 assert any(c.startswith(f"[MASK_{e['mask']}]") for c in view["captions"]), view
             labels = task["data"]["labels"].split("|")
-            assert [c for c, _ in view["choices"]][:len(labels)] == labels, view
+            assert [c for c, _ in view["choices"]] == labels, view
+            assert not view["busy"], view  # nothing left loading (an empty HyperText spins forever)
             assert all(bottom <= view["viewport"] for _, bottom in view["choices"]), view  # answers in view
             if kind == "ei-correct":
                 assert item.title in driver.find_element(By.TAG_NAME, "body").text
