@@ -180,7 +180,7 @@ def test_a_renamed_choices_tag_is_an_error_naming_it(tmp_path, audit, label_stud
         assert "0 ratings" not in result.output and not (tmp_path / "r.parquet").exists()
 
 
-VIEW_JS = """
+VIEW_JS = r"""
 const imgs = [...document.querySelectorAll('.wr-figures img')];
 const captions = [...document.querySelectorAll('.wr-figures figcaption')].map(c => c.textContent);
 const choices = [...document.querySelectorAll('.lsf-choice, .ant-checkbox-wrapper')]
