@@ -109,3 +109,19 @@ def test_a_renamed_choices_tag_is_named_in_the_error(tmp_path):
     for name in ("a.csv", "b.json", "c.json"):
         with pytest.raises(InputError, match="verdict"):
             import_ratings([tmp_path / name], items)
+
+
+def test_label_studio_command_needs_a_token_and_a_reachable_server(tmp_path):
+    from typer.testing import CliRunner
+
+    from wit_retrieval.cli import app
+
+    items = make_items(count=2)
+    write_export(items, {}, tmp_path / "audit")
+    args = ["annotate", "label-studio", str(tmp_path / "audit"), "--url", "http://127.0.0.1:9", "--task", "ei-correct"]
+    no_token = CliRunner().invoke(app, args, env={"LABEL_STUDIO_API_KEY": ""})
+    assert no_token.exit_code != 0 and "LABEL_STUDIO_API_KEY" in no_token.output
+    unreachable = CliRunner().invoke(app, args, env={"LABEL_STUDIO_API_KEY": "x" * 40})
+    assert unreachable.exit_code != 0 and "cannot reach Label Studio" in unreachable.output
+    missing = CliRunner().invoke(app, [*args[:-1], "relevance"], env={"LABEL_STUDIO_API_KEY": "x" * 40})
+    assert missing.exit_code != 0 and "annotate export --task relevance" in missing.output
