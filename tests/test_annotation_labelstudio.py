@@ -157,10 +157,15 @@ def test_round_trip_every_rating_comes_back_once_under_the_raters_emails(tmp_pat
         assert len(rows) == len(given) == 2 * len(kind_items)
         gold = {i.item_id for i in kind_items if i.is_gold}
         assert {r["item_id"] for r in rows if r["is_gold"]} == gold and all(r["source"] == "label-studio" for r in rows)
-        # each file alone: the same ratings (numeric ids without the JSON's e-mails stay label-studio:<id>)
-        alone = CliRunner().invoke(app, ["annotate", "import", str(files[0]), "--items", str(out / "items.jsonl"),
-                                         "--out", str(tmp_path / "alone.parquet")])
-        assert alone.exit_code == 0 and f"wrote {len(given)} ratings" in alone.output
+        # each file alone: every rating too (numeric ids without the JSON's e-mails stay label-studio:<id>)
+        for path, raters in zip(files, ({"rater1@example.org", "rater2@example.org"},
+                                        {"label-studio:1", "label-studio:2"}, {"label-studio:1", "label-studio:2"})):
+            alone = CliRunner().invoke(app, ["annotate", "import", str(path), "--items", str(out / "items.jsonl"),
+                                             "--out", str(tmp_path / "alone.parquet")])
+            assert alone.exit_code == 0 and f"wrote {len(given)} ratings" in alone.output, (path.name, alone.output)
+            alone_rows = pq.read_table(tmp_path / "alone.parquet").to_pylist()
+            assert {r["rater"] for r in alone_rows} == raters, path.name
+            assert sorted(r["label"] for r in alone_rows) == sorted(given.values()), path.name
     # without --items the gold items would be counted as data: refused
     refused = CliRunner().invoke(app, ["annotate", "import", str(files[0]), "--out", str(tmp_path / "x.parquet")])
     assert refused.exit_code != 0 and "--items" in refused.output and not (tmp_path / "x.parquet").exists()
