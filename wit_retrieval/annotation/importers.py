@@ -105,7 +105,7 @@ def _ls_min_row(task: dict, meta: dict) -> dict:
     if LS_CHOICES_TAG not in task:
         from .export import CSV_COLUMNS
 
-        others = sorted(set(task) - LS_MIN_KEYS - set(CSV_COLUMNS) - {"images_html", "entities_html"})
+        others = sorted(set(task) - LS_MIN_KEYS - set(CSV_COLUMNS) - {"images_html"})
         raise ValueError(f"no {LS_CHOICES_TAG!r} field (found {', '.join(others) or 'none'}); the labeling "
                          f"config must keep <Choices name=\"{LS_CHOICES_TAG}\">: rename the tag back and re-export")
     return {**meta, "item_id": task["item_id"], **_ls_person(task.get("annotator")), "label": task[LS_CHOICES_TAG],
