@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench lint docs clean-demo
+.PHONY: demo test bench lint docs clean-demo labelstudio
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,21 @@ $(EXT_STAMP): $(STAMP) $(EXT_SRC)
 demo: $(EXT_STAMP)
 	$(PY) -m wit_retrieval.demo --out demo_out
 
-test: $(EXT_STAMP)
+# Label Studio (tests of the annotation round trip) in its own venv: it pins packages that clash with ours.
+# The stamp also holds a migrated Label Studio database with two test raters (a few minutes, once).
+LS_VENV := .venv-labelstudio
+LS_VERSION := 1.23.2
+LS_STAMP := $(LS_VENV)/.installed-$(LS_VERSION)
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
+	$(PYTHON) tests/labelstudio_server.py --template
+	touch $(LS_STAMP)
+
+labelstudio: $(LS_STAMP)
+
+test: $(EXT_STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)

@@ -20,8 +20,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def browser(tmp_path):
+def chromium(profile):
+    """A headless Chromium driven by Debian's chromedriver, with its profile in `profile`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -29,12 +29,18 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                 "--no-first-run", f"--user-data-dir={profile}"):
         options.add_argument(flag)
     # An explicit driver path: selenium-manager never runs, so nothing is downloaded.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(15)
     driver.implicitly_wait(5)  # after a login or logout, wait for the next page's elements
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = chromium(tmp_path / "chromium-profile")
     yield driver
     driver.quit()
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)

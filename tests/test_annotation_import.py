@@ -72,7 +72,7 @@ def test_import_every_format_into_one_table(tmp_path, items_file):
     assert rows[("ei-correct-gold", "alice")]["is_gold"] and rows[("ei-correct-gold", "alice")]["gold_label"] == "no"
     assert rows[("mmir-answerable-0", "alice")]["query_type"] == "multi"
     assert rows[("ei-correct-0", "label-studio:3")]["label"] == "yes"
-    assert rows[("ei-correct-0", "label-studio:ann@example.org")]["label"] == "no"
+    assert rows[("ei-correct-0", "ann@example.org")]["label"] == "no"  # the e-mail, not the id
     assert ("ei-correct-0", "label-studio:5") not in rows  # cancelled annotation
     assert rows[("ei-correct-gold", "label-studio:3")]["is_gold"]
     assert rows[("ei-correct-3", "label-studio:7")]["label"] == "unsure"

@@ -49,6 +49,7 @@ class AppConfig:
     images: Path | None = None       # an image store folder; default: the build's, from the export manifest
     host: str = "127.0.0.1"
     port: int = 8765
+    cors_origins: tuple[str, ...] = ()  # e.g. Label Studio's origin: may fetch /image/... (never "*")
 
 
 @dataclass
@@ -92,6 +93,15 @@ def default_images(items: Path | None) -> Path | None:
     return images if images is not None and images.is_dir() else None
 
 
+def check_origin(origin: str) -> str:
+    """A web origin as browsers send it (scheme://host[:port], no path); ConfigError otherwise."""
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"--cors-origin {origin!r} is not an origin; give scheme://host:port, "
+                          "e.g. http://127.0.0.1:8080 (Label Studio's address), never '*'")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _image_type(data: bytes) -> str:
     for magic, mime in ((b"\xff\xd8", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif")):
         if data.startswith(magic):
@@ -114,6 +124,16 @@ class RaterApp:
         self.sessions: dict[str, dict] = {}
         self.lock = threading.Lock()
         self.templates = {n: _template(f"{n}.html") for n in ("base", "login", "header", "item", "done")}
+        self.cors_origins = frozenset(check_origin(o) for o in config.cors_origins)
+
+    def cors_headers(self, path: str, origin: str | None) -> dict[str, str]:
+        """CORS headers for a request: only on image routes, only for a configured origin (never "*")."""
+        if not path.startswith("/image/"):
+            return {}
+        headers = {"Vary": "Origin"}
+        if origin and origin in self.cors_origins:
+            headers.update({"Access-Control-Allow-Origin": origin, "Cross-Origin-Resource-Policy": "cross-origin"})
+        return headers
 
     # -- sessions -------------------------------------------------------------------------
     def session(self, cookie_header: str | None) -> tuple[str, dict, bool]:
@@ -276,12 +296,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def do_OPTIONS(self):  # a CORS preflight: answered for image routes of a configured origin only
+        path = urlsplit(self.path).path
+        headers = self.server.app.cors_headers(path, self.headers.get("Origin"))
+        if "Access-Control-Allow-Origin" in headers:
+            headers.update({"Access-Control-Allow-Methods": "GET, OPTIONS", "Access-Control-Max-Age": "600"})
+            wanted = self.headers.get("Access-Control-Request-Headers")
+            if wanted:
+                headers["Access-Control-Allow-Headers"] = wanted
+        self._send(Response(204 if "Access-Control-Allow-Origin" in headers else 403, headers=headers), None)
+
     def _dispatch(self, method: str) -> None:
         app = self.server.app
         url = urlsplit(self.path)
         sid, session, new = app.session(self.headers.get("Cookie"))
         if method == "GET":
             response = app.get(url.path, parse_qs(url.query), session)
+            cors = app.cors_headers(url.path, self.headers.get("Origin"))
+            if cors:
+                response.headers = {**(response.headers or {}), **cors}
         else:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_FORM_BYTES:

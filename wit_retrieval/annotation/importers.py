@@ -70,27 +70,51 @@ def _json_array_with_lines(path: Path) -> list[tuple[int, object]]:
     return out
 
 
-def _ls_rater(annotation: dict) -> str:
-    who = annotation.get("completed_by")
+def _ls_person(who: object) -> dict:
+    """Who made a Label Studio annotation: {"ls_id": ..., "email": ...} from an id, an e-mail or a dict."""
     if isinstance(who, dict):
-        who = who.get("email") or who.get("id")
+        return {"ls_id": who.get("id"), "email": who.get("email") or None}
     if who in (None, ""):
-        raise ValueError("annotation without completed_by")
-    return f"label-studio:{who}"
+        raise ValueError("annotation without completed_by / annotator")
+    text = str(who)
+    return {"ls_id": None, "email": text} if "@" in text else {"ls_id": text, "email": None}
 
 
 def _ls_choice(annotation: dict) -> str | None:
-    for result in annotation.get("result") or []:
-        if result.get("type") == "choices" and result.get("from_name") == "label":
+    results = annotation.get("result") or []
+    for result in results:
+        if result.get("type") == "choices" and result.get("from_name") == LS_CHOICES_TAG:
             choices = (result.get("value") or {}).get("choices") or []
             if len(choices) != 1:
                 raise ValueError(f"expected one choice, got {choices!r}")
             return choices[0]
+    if results:  # answered, but not through our tag: the config was customised
+        tags = sorted({str(r.get("from_name")) for r in results})
+        raise ValueError(f"no answer from the choices tag {LS_CHOICES_TAG!r} (found {', '.join(tags)}); the "
+                         f"labeling config must keep <Choices name=\"{LS_CHOICES_TAG}\">: rename the tag back "
+                         "and re-export")
     return None
 
 
+# Keys Label Studio's JSON-MIN adds beside the task's data; any other non-data key is a renamed tag.
+LS_MIN_KEYS = {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "drafts", "predictions"}
+LS_CHOICES_TAG = "label"
+
+
+def _ls_min_row(task: dict, meta: dict) -> dict:
+    if LS_CHOICES_TAG not in task:
+        from .export import CSV_COLUMNS
+
+        others = sorted(set(task) - LS_MIN_KEYS - set(CSV_COLUMNS) - {"images_html"})
+        raise ValueError(f"no {LS_CHOICES_TAG!r} field (found {', '.join(others) or 'none'}); the labeling "
+                         f"config must keep <Choices name=\"{LS_CHOICES_TAG}\">: rename the tag back and re-export")
+    return {**meta, "item_id": task["item_id"], **_ls_person(task.get("annotator")), "label": task[LS_CHOICES_TAG],
+            "rated_at": task.get("created_at")}
+
+
 def read_label_studio(path: Path) -> list[tuple[int, dict]]:
-    """(line, row) from a Label Studio JSON export (full JSON, or JSON-MIN with a `label` key)."""
+    """(line, row) from a Label Studio JSON export (full JSON, or JSON-MIN with a `label` key); rows carry
+    `ls_id` and `email` for the rater (see `label_studio_raters`)."""
     rows = []
     for line, task in _json_array_with_lines(path):
         try:
@@ -99,21 +123,32 @@ def read_label_studio(path: Path) -> list[tuple[int, dict]]:
             data = task.get("data", task)  # JSON-MIN puts the data fields at the top level
             item_id = data["item_id"]
             meta = {k: data.get(k) or None for k in ("task_kind", "language", "query_type")}
-            if "annotations" not in task and "label" in task:
-                rows.append((line, {**meta, "item_id": item_id, "rater": f"label-studio:{task.get('annotator')}",
-                                    "label": task["label"], "rated_at": task.get("created_at")}))
+            if "annotations" not in task and "annotator" in task:
+                rows.append((line, _ls_min_row(task, meta)))
                 continue
             for annotation in task.get("annotations") or []:
                 if annotation.get("was_cancelled"):
                     continue
                 label = _ls_choice(annotation)
                 if label is not None:
-                    rows.append((line, {**meta, "item_id": item_id, "rater": _ls_rater(annotation),
+                    rows.append((line, {**meta, "item_id": item_id, **_ls_person(annotation.get("completed_by")),
                                         "label": label, "rated_at": annotation.get("created_at")}))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise InputError(f"not a Label Studio task ({exc}); export the project as JSON",
                              path=str(path), line=line) from None
     return rows
+
+
+def label_studio_raters(rows: list[dict]) -> None:
+    """Give every Label Studio row one rater identity, in place: the e-mail when any file names it (an
+    export with e-mails maps the numeric ids of the others), else `label-studio:<id>`."""
+    emails = {str(r["ls_id"]): r["email"] for r in rows if r.get("ls_id") is not None and r.get("email")}
+    for row in rows:
+        if "ls_id" not in row and "email" not in row:
+            continue
+        ls_id, email = row.pop("ls_id", None), row.pop("email", None)
+        email = email or emails.get(str(ls_id))
+        row["rater"] = email if email else f"label-studio:{ls_id}"
 
 
 # Column names of crowd platforms' result files (Amazon MTurk batch results) -> ours.
@@ -124,13 +159,15 @@ CSV_ALIASES = {"Input.item_id": "item_id", "WorkerId": "rater", "Answer.label": 
 CSV_KEPT = ("item_id", "rater", "label", "rated_at", "task_kind")
 
 
-def read_crowd_csv(path: Path) -> list[tuple[int, dict]]:
-    """(line, row) from a CSV with at least item_id, rater, label (or MTurk's Input.item_id, WorkerId,
-    Answer.label)."""
+def read_crowd_csv(path: Path) -> tuple[str, list[tuple[int, dict]]]:
+    """(source, [(line, row)]) from a CSV with at least item_id, rater, label (or MTurk's Input.item_id,
+    WorkerId, Answer.label), or Label Studio's CSV export (annotation_id, annotator, label...)."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         header = list(reader.fieldnames or [])
         present = set(header)
+        if {"annotation_id", "annotator", "item_id"} <= present:
+            return "label-studio", _label_studio_csv(reader, path)
         reader.fieldnames = [CSV_ALIASES[c] if c in CSV_ALIASES and CSV_ALIASES[c] not in present else c
                              for c in header]
         missing = {"item_id", "rater", "label"} - set(reader.fieldnames)
@@ -146,6 +183,22 @@ def read_crowd_csv(path: Path) -> list[tuple[int, dict]]:
                 rows.append((reader.line_num, {k: row.get(k) or None for k in CSV_KEPT}))
         except csv.Error as exc:
             raise InputError(f"malformed CSV: {exc}", path=str(path), line=reader.line_num) from None
+    return "csv", rows
+
+
+def _label_studio_csv(reader: csv.DictReader, path: Path) -> list[tuple[int, dict]]:
+    """Rows of Label Studio's CSV export: one per annotation, the answer in the choices tag's column."""
+    rows = []
+    try:
+        for row in reader:
+            try:
+                meta = {k: row.get(k) or None for k in ("task_kind", "language", "query_type")}
+                rows.append((reader.line_num, _ls_min_row({**row, "created_at": row.get("created_at")}, meta)))
+            except ValueError as exc:
+                raise InputError(f"not a Label Studio annotation ({exc})", path=str(path),
+                                 line=reader.line_num) from None
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV: {exc}", path=str(path), line=reader.line_num) from None
     return rows
 
 
@@ -170,34 +223,45 @@ def _complete(row: dict, items: dict[str, Item] | None, source: str, path: Path,
             "rated_at": row.get("rated_at") or now_iso()}
 
 
-def read_ratings_file(path: str | Path, items: dict[str, Item] | None = None, fmt: str | None = None) -> pa.Table:
-    """One file of any supported format as a ratings table (InputError naming file and line)."""
-    path = Path(path)
+def _read_located(path: Path, fmt: str | None = None) -> tuple[str, list[tuple[int | None, dict]]]:
+    """(source, [(line, row)]) of one file of any supported format."""
     if not path.is_file():
         raise InputError("ratings file not found", path=str(path))
     fmt = fmt or detect_format(path)
     if fmt == "parquet":
-        table = read_ratings_parquet(path)
-        located = [(None, row) for row in table.to_pylist()]
-    elif fmt == "app":
-        located = [(None, row) for row in read_app_ratings(path)]
-    elif fmt == "label-studio":
-        located = read_label_studio(path)
-    elif fmt == "csv":
-        located = read_crowd_csv(path)
-    else:
-        raise InputError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}", path=str(path))
-    source = {"app": "app", "label-studio": "label-studio", "csv": "csv", "parquet": None}[fmt]
-    rows = [_complete(row, items, source or "unknown", path, line) for line, row in located]
-    return ratings_table(rows)
+        return "unknown", [(None, row) for row in read_ratings_parquet(path).to_pylist()]
+    if fmt == "app":
+        return "app", [(None, row) for row in read_app_ratings(path)]
+    if fmt == "label-studio":
+        return "label-studio", read_label_studio(path)
+    if fmt == "csv":
+        return read_crowd_csv(path)
+    raise InputError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}", path=str(path))
+
+
+def _complete_all(files: list[tuple[Path, str, list]], items: dict[str, Item] | None) -> pa.Table:
+    for path, source, located in files:
+        if items is None and source in ("label-studio", "csv") and located:
+            raise InputError("these ratings do not say which items are gold, so gold items would be counted "
+                             "as data; pass the export's items.jsonl (--items)", path=str(path))
+    label_studio_raters([row for _, _, located in files for _, row in located])
+    return ratings_table([_complete(row, items, source, path, line)
+                          for path, source, located in files for line, row in located])
+
+
+def read_ratings_file(path: str | Path, items: dict[str, Item] | None = None, fmt: str | None = None) -> pa.Table:
+    """One file of any supported format as a ratings table (InputError naming file and line)."""
+    path = Path(path)
+    return _complete_all([(path, *_read_located(path, fmt))], items)
 
 
 def import_ratings(paths: list[str | Path], items_path: str | Path | None = None) -> pa.Table:
     """Read every file into one ratings table; a later file's rating of the same item by the same
-    rater from the same source replaces an earlier one."""
+    rater from the same source replaces an earlier one (so a project's JSON and CSV exports together
+    count each rating once, under one rater identity)."""
     items = {i.item_id: i for i in read_items(items_path)} if items_path is not None else None
-    tables = [read_ratings_file(p, items) for p in paths]
-    return deduplicate(pa.concat_tables(tables) if tables else RATINGS.empty_table())
+    files = [(Path(p), *_read_located(Path(p))) for p in paths]
+    return deduplicate(_complete_all(files, items) if files else RATINGS.empty_table())
 
 
 def deduplicate(table: pa.Table) -> pa.Table:

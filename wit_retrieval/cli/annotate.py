@@ -29,6 +29,10 @@ def export(
     allocation: str = typer.Option("equal", "--allocation", help="Across strata: equal or proportional."),
     run: Path | None = typer.Option(None, "--run", help="A run (TREC, JSON or parquet) for the relevance task."),
     depth: int = typer.Option(3, "--depth", help="relevance: top non-target images per query to consider."),
+    image_base_url: str | None = typer.Option(None, "--image-base-url", help="Where raters' browsers fetch images: "
+                                              "this prefix + image_id, e.g. http://127.0.0.1:8765/image/ "
+                                              "(`annotate serve --cors-origin` for Label Studio); default: "
+                                              "the images' own URLs."),
 ) -> None:
     """Sample items stratified by language and query type and write them for raters and platforms.
 
@@ -45,7 +49,7 @@ def export(
 
         loaded = read_run(run)
     items, manifest = sample_items(root, config, run=loaded)
-    written = write_export(items, manifest, out)
+    written = write_export(items, manifest, out, image_base_url=image_base_url)
     for kind, info in manifest["task_kinds"].items():
         typer.echo(f"{kind}: {info['items']} items + {info['gold_items']} gold over {len(info['strata'])} strata")
     typer.echo(f"wrote {len(written)} files to {out}")
@@ -61,6 +65,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep it on loopback unless you "
                              "trust the network."),
     port: int = typer.Option(8765, "--port", help="TCP port (0 picks a free one)."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="An origin allowed to fetch /image/... "
+                                          "from another site (repeatable), e.g. Label Studio's "
+                                          "http://127.0.0.1:8080; only image routes, never '*'."),
 ) -> None:
     """Run the rater web app: one item per page, keys 1..n to answer, resumes per rater name.
 
@@ -68,7 +75,8 @@ def serve(
     """
     from ..annotation.app import AppConfig, make_server
 
-    server = make_server(AppConfig(db=db, items=items, images=images, host=host, port=port))
+    server = make_server(AppConfig(db=db, items=items, images=images, host=host, port=port,
+                                     cors_origins=tuple(cors_origin)))
     bound_host, bound_port = server.server_address[:2]
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"WARNING: listening on {host}: the app has no passwords; anyone who can reach it can rate "
@@ -82,12 +90,50 @@ def serve(
         server.server_close()
 
 
+@annotate.command("label-studio")
+def label_studio(
+    export: Path = typer.Argument(..., help="Folder written by `annotate export`."),
+    url: str = typer.Option(..., "--url", help="Label Studio's address, e.g. http://127.0.0.1:8080."),
+    task: str = typer.Option(..., "--task", help="Task kind whose config and tasks to use, e.g. ei-correct."),
+    project: int | None = typer.Option(None, "--project", help="An existing project: only set its overlap "
+                                       "(default: create a project with our config and import the tasks)."),
+    overlap: int | None = typer.Option(None, "--overlap", help="Annotations per task (default: the export's "
+                                       "overlap); the number of raters shows gold items to every rater."),
+    token_env: str = typer.Option("LABEL_STUDIO_API_KEY", "--token-env", help="Environment variable holding "
+                                  "your Label Studio API token (Account & Settings; legacy token)."),
+) -> None:
+    """Create a Label Studio project from an export (config, tasks) and set its annotations per task.
+
+    Label Studio asks one annotation per task unless told otherwise; this sets maximum_annotations to the
+    overlap for every task; the token is read from $LABEL_STUDIO_API_KEY.
+
+    Example: wit-retrieval annotate label-studio audit/ --url http://127.0.0.1:8080 --task ei-correct
+    """
+    import os
+
+    from ..annotation.label_studio import LabelStudio, check_url, export_files
+    from ..errors import ConfigError
+
+    token = os.environ.get(token_env)
+    if not token:
+        raise ConfigError(f"set {token_env} to your Label Studio API token (Account & Settings)")
+    config, tasks, wanted = export_files(export, task)
+    client = LabelStudio(check_url(url), token)
+    if project is None:
+        project = client.create_project(f"wit-retrieval {task} ({export.name})", config)
+        typer.echo(f"created project {project}: {client.import_tasks(project, tasks)} tasks imported")
+    settings = client.set_overlap(project, overlap or wanted)
+    typer.echo(f"project {project}: {settings['maximum_annotations']} annotations per task "
+               f"({url.rstrip('/')}/projects/{project}/)")
+
+
 @annotate.command("import")
 def import_(
     files: list[Path] = typer.Argument(..., help="Ratings files: the app's .sqlite, Label Studio .json exports, "
                                        "crowd .csv (item_id, rater, label), ratings .parquet."),
     out: Path = typer.Option(..., "--out", help="Ratings table to write (parquet)."),
-    items: Path | None = typer.Option(None, "--items", help="The export's items.jsonl (needed for crowd CSV)."),
+    items: Path | None = typer.Option(None, "--items", help="The export's items.jsonl (needed for Label Studio "
+                                      "and crowd CSV: it says which items are gold)."),
     append: bool = typer.Option(False, "--append", help="Keep the ratings already in --out."),
 ) -> None:
     """Read ratings from every format into one ratings table; nothing is written if any file is bad.
