@@ -18,7 +18,6 @@ from wit_retrieval.build.mmir import read_split_table
 from wit_retrieval.engine import EngineConfig, redact_address
 from wit_retrieval.synth.server import serve_directory
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["Paris", "Berlin", "Angela_Merkel", "Eiffel_Tower", "Rome", "London"]
 TEXTS = ["{a} and {b} in spring", "A street of {a}, near {b}", "{a} at night, seen from {b}"]
@@ -71,6 +70,7 @@ def _kill_first(cluster, task: str, proc, timeout: float = 120) -> int:
     raise AssertionError(f"no worker ran {task} before the run ended: {proc.communicate()}")
 
 
+@pytest.mark.slow
 def test_build_mmir_joins_by_address_and_survives_a_killed_worker(ray_cluster, tmp_path):
     data, files = _mmir_world(tmp_path)
     local = _copy_entities(data, tmp_path / "local")
@@ -113,6 +113,7 @@ def _manifest(out: Path) -> list[dict]:
                   key=lambda r: r["image_id"])
 
 
+@pytest.mark.slow
 def test_images_fetch_rate_stays_global_and_a_killed_worker_is_retried(ray_cluster, tmp_path):
     urls = make_world(tmp_path / "world", 320)
     urls_file = tmp_path / "urls.tsv"
@@ -135,6 +136,7 @@ def test_images_fetch_rate_stays_global_and_a_killed_worker_is_retried(ray_clust
     assert len(_manifest(tmp_path / "ray")) == len(urls)
 
 
+@pytest.mark.slow
 def test_a_lost_node_is_retried_or_named_and_rerunning_resumes(ray_cluster, tmp_path):
     import os
     import signal
@@ -167,6 +169,7 @@ def _children(parents: list[int]) -> list[int]:
     return [pid for pid, _ in _processes() if _parent(pid) in parents]
 
 
+@pytest.mark.slow
 def test_an_unreachable_cluster_is_one_line(tmp_path):
     pytest.importorskip("ray", reason="needs Ray: pip install 'wit-retrieval[ray]'")
     from tests.ray_cluster import RayCluster
@@ -193,3 +196,22 @@ def test_the_cluster_page_shows_the_commands_the_tests_run():
     values = dict(head_ip="$HEAD_IP", node_ip="$NODE_IP", port="6379", cpus="$CPUS", temp_dir="/tmp/ray")
     assert HEAD_COMMAND.format(**values) in shown
     assert WORKER_COMMAND.format(**values) in shown
+
+
+def test_no_secret_of_an_address_reaches_a_written_config(monkeypatch):
+    import copy
+    import json
+    from dataclasses import asdict
+
+    from wit_retrieval.images.fetch import FetchConfig
+    from wit_retrieval.images.http import HttpConfig
+
+    engine = EngineConfig("ray", 0, "ray://admin:s3cret@head:10001/?token=abc")
+    assert engine.address == "ray://admin:s3cret@head:10001/?token=abc"  # what connecting uses
+    written = json.dumps(asdict(FetchConfig("out", HttpConfig(user_agent=AGENT), engine=engine)))
+    assert "s3cret" not in written and "abc" not in written and "ray://head:10001/" in written
+    assert "s3cret" not in repr(engine) and "s3cret" not in str(copy.deepcopy(engine))
+    assert redact_address("admin:pw@10.0.0.1:6379") == "10.0.0.1:6379" and redact_address("auto") == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert EngineConfig("ray").address == "10.0.0.1:6379"  # RAY_ADDRESS alone, as Ray documents it
+    assert EngineConfig("ray", ray_address="auto").address == "auto"  # the option wins
