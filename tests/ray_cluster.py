@@ -7,6 +7,11 @@ instead of the defaults, a small object store, no dashboard). Token authenticati
 Ray 2.60 documents it (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH), so every join is an
 authenticated one.
 
+Reuse (e.g. by other stages' tests): `ray_cluster.address` to join, `ray_cluster.env(**more)` for
+the environment of a process that joins (token auth on), `cli(ray_cluster, *args)` to run the CLI
+as a user would, `task_pids(name)` / `raylet_pids(node)` to inject faults; a test that kills a
+node calls `start_worker()` after, so the next tests get 2 nodes again (`nodes[-1]` is the newest).
+
 It stops only what it started: the processes whose command line names its own temp dirs, and
 their children (the workers, whose command line Ray rewrites to `ray::task`). Never `ray stop`,
 which ends every Ray process of the machine.
@@ -108,7 +113,7 @@ class RayCluster:
         return sorted(named | {pid for pid, _ in _processes() if _parent(pid) in named})
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):  # gcs_server may ignore SIGTERM
             pids = self.pids()
             for pid in pids:
                 _signal(pid, sig)
