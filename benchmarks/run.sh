@@ -6,12 +6,13 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p benchmarks/out benchmarks/results
-only="${BENCH:-build fetch scoring index embed}"
+only="${BENCH:-build fetch scoring index embed cluster}"
 declare -A ARGS=(
   [build]="--entities 103000 --scenes 2550000 --shards 24"   # >= 3M WIT rows, >= 100k entities; generated once, cached in benchmarks/out/
   [fetch]=""                  # creates .venv-peers with img2dataset if missing
   [scoring]=""                # whole processes at 20k and 100k x 100 (+ ours at 1M); BENCH_TMP=dir for its temp files (~6 GB)
   [index]=""                  # 1M x 512, 10k queries
+  [cluster]="--scenes 20000 --shards 4 --rounds 2"   # 2-node loopback Ray cluster (ray start) vs local engine
   [embed]="--images 128 --torch-threads 1,2 --decoders threads --repeats 4"   # plain loop vs ours at 1 and 2 (default) torch threads; this VM is noisy
 )
 for name in $only; do

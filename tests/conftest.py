@@ -24,3 +24,19 @@ def wit_fixtures() -> Path:
     missing = [name for name in WIT_FIXTURE_FILES if not (WIT_FIXTURES / name).is_file()]
     assert not missing, f"WIT fixtures missing from {WIT_FIXTURES}: {missing}"
     return WIT_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real 2-node Ray cluster on loopback (tests/ray_cluster.py), 4 CPUs a node, token auth on.
+
+    Skipped only when Ray is not installed (the `ray` extra); stopped by its own temp dirs."""
+    pytest.importorskip("ray", reason="the 2-node cluster tests need Ray: pip install 'wit-retrieval[ray]'")
+    from tests.ray_cluster import RayCluster
+
+    cluster = RayCluster(tmp_path_factory.mktemp("ray"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..engine import RAY_ADDRESS_HELP
+
 _IMPORTED = time.perf_counter()
 
 WIT_HELP = ("WIT TSV(.gz) files (repeat --wit, or list files after it); a folder means every *.tsv(.gz) in it. "
@@ -76,6 +78,7 @@ def build_mmir(
     more: list[Path] | None = typer.Argument(None, metavar="FILES", help="More WIT files (so `--wit FILES...` works)."),
     engine: str = typer.Option("local", "--engine", help="Where shards run: local (processes) or ray."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU; 1: in this process)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     linker: str = typer.Option("gazetteer", "--linker", help="Entity linker: gazetteer (entity_names) or spans."),
     spans: Path | None = typer.Option(None, "--spans", help="JSONL of {row_id, start, end, entity_id} (implies "
                                       "--linker spans); row_id is the query id the build gives the row, "
@@ -107,7 +110,8 @@ def build_mmir(
                            drop_target_is_entity_image=not keep_target_entity_image)
     config = MmirConfig(out=str(out), wit=_wit_files(wit, more), linker=linker,
                         spans=str(spans) if spans else None, filters=filters,
-                        engine=EngineConfig(name=engine, workers=workers), min_name_length=min_name_length,
+                        engine=EngineConfig(name=engine, workers=workers, ray_address=ray_address),
+                        min_name_length=min_name_length,
                         export=export, train_shards=train_shards)
     with console.status(f"building MMIR from {len(config.wit)} file(s)"):
         stats = build_mmir(config)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ..engine import RAY_ADDRESS_HELP
+
 images_app = typer.Typer(
     help="Fetch the images of a build or a URL list politely into resumable webdataset shards.",
     no_args_is_help=True,
@@ -63,7 +65,9 @@ def fetch(
     quality: int = typer.Option(90, "--quality", help="JPEG/WebP quality."),
     max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Refuse images with more pixels (decompression bombs)."),
     engine: str = typer.Option("local", "--engine", help="local (processes) | ray."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (or Ray tasks); 0: one per CPU."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (or Ray tasks); 0: one per CPU "
+                                "(of the cluster with --engine ray)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Fetch images into tar shards with a manifest row per URL; run again to resume.
@@ -92,7 +96,7 @@ def fetch(
                       host_aliases=_pairs(host_alias, "--host-alias"))
     decode = DecodeConfig(resize=resize, size=image_size, encode=encode, quality=quality, max_pixels=max_pixels)
     config = FetchConfig(str(out), http, decode, tuple(parse_mirror(m) for m in mirror), shard_size,
-                         EngineConfig(engine, workers))
+                         EngineConfig(engine, workers, ray_address))
     source = build_urls(data) if data is not None else file_urls(urls, url_column)
     _print_result(fetch_images(config, source, show_progress=progress))
 
@@ -109,6 +113,7 @@ def retry_failed(
     host_alias: list[str] = typer.Option([], "--host-alias", help="HOST=URL (repeatable), added to the stored aliases."),
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (or Ray tasks)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Fetch again only the retryable failures (timeouts, 429, 5xx, ...), rewriting those shards atomically.
@@ -120,7 +125,8 @@ def retry_failed(
 
     config = load_config(out, user_agent=user_agent, rate=rate, concurrency=concurrency, timeout=timeout,
                          max_retries=max_retries, allow_hosts=allow_host or None,
-                         host_aliases=_pairs(host_alias, "--host-alias") or None, name=engine, workers=workers)
+                         host_aliases=_pairs(host_alias, "--host-alias") or None, name=engine, workers=workers,
+                         ray_address=ray_address)
     _print_result(run_retry(config, show_progress=progress))
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..engine import RAY_ADDRESS_HELP
+
 models_app = typer.Typer(help="List the encoders, open_clip architectures and fusions available.",
                          no_args_is_help=True)
 
@@ -126,8 +128,7 @@ def embed(
                                   "onednn (also narrow towers; warns when unusable) or eager."),
     engine: str = typer.Option("local", "--engine", help="local (this process, or torchrun's ranks) or ray (Ray "
                                "Data: a CPU decode stage and an encoder actor pool; --out must be a folder)."),
-    ray_address: str = typer.Option("", "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a "
-                                    "local Ray)."),
+    ray_address: str = typer.Option("", "--ray-address", help=RAY_ADDRESS_HELP),
     actors: int = typer.Option(0, "--actors", help="Encoder actors with --engine ray (default: one per GPU, "
                                "else 1)."),
 ):

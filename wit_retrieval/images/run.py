@@ -1,9 +1,11 @@
 """Running a fetch: plan, check, then hand the shards to an engine; retry-failed; the stored config.
 
 The per-host `rate` is a global budget. Workers (processes or Ray tasks) do not talk to each
-other, so each of the W workers that run at once gets rate / W (ratelimit.worker_rate): the
-host never sees more than `rate`, whatever --workers or --engine. Near the end of a run, when
-fewer shards than workers remain, the host sees less than the budget, never more.
+other, so each of the W workers that run at once gets rate / W (ratelimit.worker_rate), and at
+most W run at once (a process pool of W; on Ray a window of W tasks in flight, W = the cluster's
+CPUs with --workers 0): the host never sees more than `rate`, whatever --workers, --engine or
+cluster size. Near the end of a run, when fewer shards than workers remain, the host sees less
+than the budget, never more.
 """
 
 from __future__ import annotations
@@ -97,8 +99,7 @@ def _run(config: FetchConfig, shards: list[int], *, retry: bool, show_progress: 
 
     if not shards:
         return
-    workers = 1 if config.engine.name == "local" and config.engine.num_workers == 1 else min(
-        config.engine.num_workers, len(shards))
+    workers = min(_concurrent_tasks(config.engine), len(shards))
     if config.http.rate and config.http.rate / workers < 0.01:
         raise ConfigError(f"--rate {config.http.rate} shared by {workers} workers is under 0.01/s each; "
                           "use fewer --workers")
@@ -106,12 +107,23 @@ def _run(config: FetchConfig, shards: list[int], *, retry: bool, show_progress: 
     with _progress_queue(config.engine, show_progress, total) as (queue, per_shard):
         tasks = [ShardTask(config, s, rate, retry, queue) for s in shards]
         try:
-            for summary in run_shards(fetch_shard, tasks, config.engine):
+            for summary in run_shards(fetch_shard, tasks, config.engine, window=workers):
                 if per_shard is not None:
                     ok = summary.get("fetched_ok", 0)
                     per_shard(ok, summary.get("fetched", ok) - ok)
         finally:
             close_worker_sources()  # inline runs keep them in this process
+
+
+def _concurrent_tasks(engine: EngineConfig) -> int:
+    """W, the shards fetched at once, each with rate / W. On Ray, `--workers 0` means one task per
+    CPU of the cluster (not of this machine), and run_shards keeps at most W tasks in flight
+    whatever the cluster's size: the host never sees more than the rate."""
+    if engine.name == "ray" and not engine.workers:
+        from ..engine import cluster_cpus
+
+        return cluster_cpus(engine)
+    return engine.num_workers
 
 
 @contextlib.contextmanager
@@ -173,7 +185,7 @@ def load_config(out: str | Path, **overrides: Any) -> FetchConfig:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in ("name", "workers"):
+        if key in ("name", "workers", "ray_address"):
             engine[key] = value
         elif key in ("allow_hosts", "host_aliases"):
             http[key] = tuple(http[key]) + tuple(value)
