@@ -42,6 +42,9 @@ class EvalConfig:
     max_queries: int = 0
     bootstrap: int = 1000
     progress: bool = True
+    # weights: int8 | int4 (post-training, or a checkpoint's quantization-aware export of that scheme),
+    # fp32 (float weights, also of a QAT checkpoint); '' = the checkpoint's own (QAT export) else fp32
+    quantize: str = ""
 
     def model_name(self) -> str:
         """The encoder name this config selects."""
@@ -72,7 +75,11 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
 
     started = time.perf_counter()
     root = DataRoot(config.data)
-    encoder = encoder or load_encoder(config.model_name(), device=config.device or None)
+    if encoder is None:
+        from .models.qat import quantize_encoder
+
+        encoder = quantize_encoder(load_encoder(config.model_name(), device=config.device or None), config.quantize)
+    quantization = getattr(encoder, "quantization", None) or {"scheme": "fp32", "source": "float", "bits": 32}
     fusion = config.fusion or getattr(encoder, "native_fusion", None) or "sum"
     store = store if store is not None else _open_store(config)
     queries = read_queries(root.root, config.split, config.max_queries)
@@ -91,9 +98,10 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
     results = _as_dict(score(run, qrels, config.measures, queries_table=queries_table, bootstrap=config.bootstrap,
                                    corpus_size=len(corpus), split=config.split,
                                    dataset_revision=dataset_revision(root.root)))
-    out = Path(config.out) if config.out else root.results / f"{_slug(encoder.metadata.name)}-{fusion}-{config.split}"
+    scheme = "" if quantization["scheme"] == "fp32" else f"-{quantization['scheme']}"
+    out = Path(config.out) if config.out else root.results / f"{_slug(encoder.metadata.name)}-{fusion}-{config.split}{scheme}"
     results.update({
-        "model": encoder.metadata.to_dict(), "fusion": fusion, "split": config.split,
+        "model": encoder.metadata.to_dict(), "fusion": fusion, "split": config.split, "quantization": quantization,
         "zero_shot": encoder.metadata.zero_shot_on("mmir"), "config": dataclasses.asdict(config),
         "counts": counts, "evaluation_seconds": round(time.perf_counter() - started, 3),
     })

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+QUANTIZE_HELP = ("Weights: int8 (int8 kernels on CPU) or int4 (weight-only, packed), per output channel; fp32 "
+                 "for float weights. Default: a quantization-aware checkpoint's own export, else fp32.")
+
 models_app = typer.Typer(help="List the encoders, open_clip architectures and fusions available.",
                          no_args_is_help=True)
 
@@ -76,6 +79,7 @@ def evaluate(
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap samples for confidence intervals "
                                   "(default: 1000)."),
     cache_dir: str = typer.Option("", "--cache-dir", help="Embedding cache (default: DATA/embeddings)."),
+    quantize: str = typer.Option("", "--quantize", help=QUANTIZE_HELP),
 ):
     """Encode, index, search and score one split; writes the run, results.json and plots.
 
@@ -88,7 +92,7 @@ def evaluate(
     given = {"data": data, "model": model, "checkpoint": checkpoint, "fusion": fusion, "split": split,
              "images": images, "out": out, "measures": measures, "k": k, "index": index, "batch_size": batch_size,
              "workers": workers, "device": device, "max_queries": max_queries, "bootstrap": bootstrap,
-             "cache_dir": cache_dir}
+             "cache_dir": cache_dir, "quantize": quantize}
     given = {key: value for key, value in given.items() if value not in ("", None)}
     if config is not None:
         eval_config = load_eval_config(config, **given)
@@ -118,6 +122,7 @@ def embed(
     fast_path: str = typer.Option("auto", "--fast-path", help="CPU fast path of ViT image towers: auto (prepacked "
                                   "oneDNN linears where they apply, fp32, same embeddings up to float rounding), "
                                   "onednn (also narrow towers; warns when unusable) or eager."),
+    quantize: str = typer.Option("", "--quantize", help=QUANTIZE_HELP),
 ):
     """Embed the images of a store (or of one corpus split) into an embeddings file.
 
@@ -133,7 +138,9 @@ def embed(
     if bool(model) == bool(checkpoint):
         raise ConfigError("give exactly one of --model NAME or --checkpoint DIR")
     config = EmbedConfig(batch_size=batch_size, workers=workers, cache_dir=cache_dir or None, fast_path=fast_path)
-    encoder = load_encoder(model or f"local-dir:{checkpoint}", device=device or None)
+    from ..models.qat import quantize_encoder
+
+    encoder = quantize_encoder(load_encoder(model or f"local-dir:{checkpoint}", device=device or None), quantize)
     store = open_store(images)
     if data:
         from ..io.shards import read_table_dir
@@ -143,9 +150,9 @@ def embed(
     else:
         ids = store.ids()
     found, matrix, missing = embed_images(encoder, store, ids, config)
-    write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict()})
+    write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict(), "quantization": encoder.quantization})
     typer.echo(json.dumps({"out": str(out), "embedded": len(found), "missing": len(missing),
-                           "dim": encoder.metadata.dim}))
+                           "dim": encoder.metadata.dim, "quantization": encoder.quantization["scheme"]}))
 
 
 @models_app.command("list")
