@@ -123,10 +123,13 @@ def test_evaluate_and_embed_record_the_scheme_and_key_the_cache(tmp_path):
     common = ["evaluate", "--model", "open_clip:wit-tiny-vit:random", "--data", str(world.root.root),
               "--fusion", "sum", "--bootstrap", "0", "--cache-dir", str(tmp_path / "cache")]
     for scheme in ("fp32", "int8", "int4"):
-        result = runner.invoke(app, [*common, "--quantize", scheme, "--out", str(tmp_path / scheme)])
+        result = runner.invoke(app, [*common, "--quantize", scheme, "--out", str(tmp_path / scheme),
+                                     "--dims", "1/2,16" if scheme == "fp32" else ""])
         assert result.exit_code == 0, result.output
+    widths = {d: json.loads((tmp_path / f"fp32-d{d}" / "results.json").read_text()) for d in (32, 16)}
+    assert widths[32]["dim"] == 32 and widths[16]["dim"] == 16 and widths[16]["quantization"]["scheme"] == "fp32"
     results = {s: json.loads((tmp_path / s / "results.json").read_text()) for s in ("fp32", "int8", "int4")}
-    assert results["int8"]["quantization"]["scheme"] == "int8" and results["int8"]["quantization"]["source"] == "ptq"
+    assert results["fp32"]["dim"] == 64 and results["int8"]["quantization"]["scheme"] == "int8" and results["int8"]["quantization"]["source"] == "ptq"
     assert results["int4"]["model"]["quantization"] == "int4-ptq" and results["fp32"]["model"]["quantization"] == ""
     assert results["int4"]["quantization"]["size_bytes"] < results["int8"]["quantization"]["size_bytes"]
     assert len(list((tmp_path / "cache").glob("images-*"))) == 3  # one cache per scheme
@@ -136,3 +139,5 @@ def test_evaluate_and_embed_record_the_scheme_and_key_the_cache(tmp_path):
     result = runner.invoke(app, [*common, "--quantize", "int3"])
     assert result.exit_code == 1 and result.output.strip().count("\n") == 0
     assert "unknown quantization scheme 'int3'; use int8, int4 or fp32" in result.output
+    result = runner.invoke(app, [*common, "--dims", "1/0"])
+    assert result.exit_code == 1 and "--dims '1/0'" in result.output

@@ -80,6 +80,8 @@ def evaluate(
                                   "(default: 1000)."),
     cache_dir: str = typer.Option("", "--cache-dir", help="Embedding cache (default: DATA/embeddings)."),
     quantize: str = typer.Option("", "--quantize", help=QUANTIZE_HELP),
+    dims: str = typer.Option("", "--dims", help="Matryoshka widths also scored, e.g. 1/2,1/4,1/8 or 256,128 "
+                             "(written beside --out as OUT-dN)."),
 ):
     """Encode, index, search and score one split; writes the run, results.json and plots.
 
@@ -92,7 +94,8 @@ def evaluate(
     given = {"data": data, "model": model, "checkpoint": checkpoint, "fusion": fusion, "split": split,
              "images": images, "out": out, "measures": measures, "k": k, "index": index, "batch_size": batch_size,
              "workers": workers, "device": device, "max_queries": max_queries, "bootstrap": bootstrap,
-             "cache_dir": cache_dir, "quantize": quantize}
+             "cache_dir": cache_dir, "quantize": quantize,
+             "dims": dims}
     given = {key: value for key, value in given.items() if value not in ("", None)}
     if config is not None:
         eval_config = load_eval_config(config, **given)

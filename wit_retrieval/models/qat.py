@@ -164,7 +164,9 @@ def quantize_encoder(encoder, scheme: str = ""):
     trained = spec.get("quant")
     scheme = check_scheme(scheme or (trained["scheme"] if trained else "fp32"))
     if scheme == "fp32":
-        encoder.quantization = {"scheme": "fp32", "source": "float", "bits": 32}
+        model = getattr(encoder, "model", None)
+        size = {"size_bytes": export_bytes(model)} if isinstance(model, nn.Module) else {}
+        encoder.quantization = {"scheme": "fp32", "source": "float", "bits": 32, **size}
         return encoder
     if not isinstance(encoder, OpenClipEncoder):
         raise ConfigError(f"--quantize {scheme} needs an open_clip model or one of our checkpoints; "
