@@ -120,15 +120,16 @@ def test_evaluate_and_embed_record_the_scheme_and_key_the_cache(tmp_path):
     world = make_world(tmp_path / "root", entities=6, scenes={"test": 20}, size=32)
     write_store(world.store, world.root.images)
     runner = CliRunner()
+    results_dir = world.root.results
     common = ["evaluate", "--model", "open_clip:wit-tiny-vit:random", "--data", str(world.root.root),
               "--fusion", "sum", "--bootstrap", "0", "--cache-dir", str(tmp_path / "cache")]
     for scheme in ("fp32", "int8", "int4"):
-        result = runner.invoke(app, [*common, "--quantize", scheme, "--out", str(tmp_path / scheme),
+        result = runner.invoke(app, [*common, "--quantize", scheme, "--out", str(results_dir / scheme),
                                      "--dims", "1/2,16" if scheme == "fp32" else ""])
         assert result.exit_code == 0, result.output
-    widths = {d: json.loads((tmp_path / f"fp32-d{d}" / "results.json").read_text()) for d in (32, 16)}
+    widths = {d: json.loads((results_dir / f"fp32-d{d}" / "results.json").read_text()) for d in (32, 16)}
     assert widths[32]["dim"] == 32 and widths[16]["dim"] == 16 and widths[16]["quantization"]["scheme"] == "fp32"
-    results = {s: json.loads((tmp_path / s / "results.json").read_text()) for s in ("fp32", "int8", "int4")}
+    results = {s: json.loads((results_dir / s / "results.json").read_text()) for s in ("fp32", "int8", "int4")}
     assert results["fp32"]["dim"] == 64 and results["int8"]["quantization"]["scheme"] == "int8" and results["int8"]["quantization"]["source"] == "ptq"
     assert results["int4"]["model"]["quantization"] == "int4-ptq" and results["fp32"]["model"]["quantization"] == ""
     assert results["int4"]["quantization"]["size_bytes"] < results["int8"]["quantization"]["size_bytes"]
@@ -141,3 +142,13 @@ def test_evaluate_and_embed_record_the_scheme_and_key_the_cache(tmp_path):
     assert "unknown quantization scheme 'int3'; use int8, int4 or fp32" in result.output
     result = runner.invoke(app, [*common, "--dims", "1/0"])
     assert result.exit_code == 1 and "--dims '1/0'" in result.output
+    result = runner.invoke(app, ["report", str(world.root.root), "--out", str(tmp_path / "report"),
+                                 "--title", "the miniature world"])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Small retrievers: quantized weights x embedding width" in report and "(the miniature world)" in report
+    section = report.split("## Small retrievers")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| fp32") or line.startswith("| int")]
+    assert {line.split(" | ")[1] for line in table} == {"fp32", "int8 post-training", "int4 post-training"}
+    assert {line.split(" | ")[2] for line in table} == {"64", "32", "16"} and "tradeoff.png" in report
+    assert (tmp_path / "report" / "tradeoff.png").stat().st_size > 10_000
