@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -152,10 +153,13 @@ def embed(
         ids = ids.to_pylist()
     else:
         ids = store.ids()
+    started = time.perf_counter()
     found, matrix, missing = embed_images(encoder, store, ids, config)
+    seconds = time.perf_counter() - started
     write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict(), "quantization": encoder.quantization})
     typer.echo(json.dumps({"out": str(out), "embedded": len(found), "missing": len(missing),
-                           "dim": encoder.metadata.dim, "quantization": encoder.quantization["scheme"]}))
+                           "dim": encoder.metadata.dim, "quantization": encoder.quantization["scheme"],
+                           "seconds": round(seconds, 3), "images_per_s": round(len(found) / seconds, 2) if seconds else None}))
 
 
 @models_app.command("list")
