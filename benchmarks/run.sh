@@ -6,13 +6,14 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p benchmarks/out benchmarks/results
-only="${BENCH:-build fetch scoring index embed}"
+only="${BENCH:-build fetch scoring index embed quant}"
 declare -A ARGS=(
   [build]="--entities 103000 --scenes 760000"   # >= 1M WIT rows, >= 100k entities after build ei; cached in benchmarks/out/
   [fetch]=""                  # creates .venv-peers with img2dataset if missing
   [scoring]=""                # 1M queries x 100; BENCH_TMP=dir for its temp files
   [index]=""                  # 1M x 512, 10k queries
   [embed]="--images 128 --torch-threads 1,2 --decoders threads --repeats 4"   # plain loop vs ours at 1 and 2 (default) torch threads; this VM is noisy
+  [quant]="--images 256 --rounds 2"   # embed --quantize int8 vs fp32 (ViT-B-32); add --demo demo_out after `python -m wit_retrieval.demo --qat`
 )
 for name in $only; do
   echo "== benchmark: $name"
