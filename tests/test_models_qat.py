@@ -4,6 +4,8 @@ that learns as the float run does, its int4 export used by evaluate, and one-lin
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from tests.test_train_learns import text_oracle_recall
 from wit_retrieval.cli import app
 from wit_retrieval.errors import ConfigError
 from wit_retrieval.models.checkpoint import build_retriever
-from wit_retrieval.models.qat import attach_qat
+from wit_retrieval.models.qat import attach_qat, write_export
 from wit_retrieval.models.quant import fake_quantize
 from wit_retrieval.models.train_config import QuantConfig
 from wit_retrieval.models.train_data import read_queries
@@ -50,6 +52,10 @@ def test_qat_model_keeps_float_keys_and_switches_on_at_start_step():
     grid = linear.weight.detach() / (float_weight.abs().amax(1, keepdim=True) / 7)
     assert torch.allclose(grid, grid.round(), atol=1e-4)
     assert torch.equal(built.model.state_dict()["heads.inject.proj.0.weight"], float_weight)
+    with tempfile.TemporaryDirectory() as tmp:  # a checkpoint mid-training leaves the model training
+        assert write_export(built.model, Path(tmp))["scheme"] == "int4"
+    built.model.image_features(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert built.model.clip.visual.conv1.parametrizations.weight.original.grad is not None
 
 
 def _train(runner, world, out, *extra):

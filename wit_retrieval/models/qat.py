@@ -95,10 +95,15 @@ def _parametrized_keys(module, state_dict, prefix, *_args) -> None:
 def float_copy(model: nn.Module) -> nn.Module:
     """A deep copy of a QAT model with its parametrizations removed (the float weights, rounding off)."""
     clone = copy.deepcopy(model)
-    for sub in clone.modules():
+    for sub in list(clone.modules()):
         if parametrize.is_parametrized(sub):
-            for name in list(sub.parametrizations):
-                parametrize.remove_parametrizations(sub, name, leave_parametrized=False)
+            # not remove_parametrizations: it deletes the weight property from the parametrized class, which
+            # the deep copy shares with the training model (whose weights would vanish mid-training)
+            originals = {name: sub.parametrizations[name].original for name in sub.parametrizations}
+            sub.__class__ = type(sub).__bases__[0]
+            del sub._modules["parametrizations"]
+            for name, original in originals.items():
+                sub.register_parameter(name, original)
     clone._qat = None
     return clone
 
