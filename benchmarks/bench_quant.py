@@ -115,7 +115,7 @@ def markdown(result: dict) -> str:
             target = TARGETS.get(label)
             verdict = "-" if target is None else (f"within {target}: " + (
                 "yes" if fp32 is not None and abs(row["R@10"] - fp32) <= target else "**no**"))
-            size = f"{row['size_bytes'] / 2**20:.2f} MB" if row.get("size_bytes") else "-"
+            size = f"{row['size_bytes'] / 2**20:.2f} MiB" if row.get("size_bytes") else "-"
             lines.append(f"| {label} | {size} | {row['R@1']:.3f} | {row['R@10']:.3f}{ci_text} | {delta} | {verdict} |")
         lines.append("")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ ORDER = {"fp32": 0, "int8": 1, "int4": 2}
 
 
 def points(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One point per results JSON that records its weights and width, best first within a group."""
+    """One point per results JSON that records its weights and width (of models with several), in table order."""
     out = []
     for name, doc in results.items():
         quant, dim = doc.get("quantization"), doc.get("dim")
@@ -26,6 +26,11 @@ def points(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     "size_mb": quant.get("size_bytes", 0) / 2**20 if quant.get("size_bytes") else None,
                     "fusion": doc.get("fusion", "-"), "split": doc.get("split", "-"), "doc": doc,
                     "model": (doc.get("model") or {}).get("name", "-")})
+    # a model evaluated at one point only (e.g. a zero-shot baseline) is no trade-off: left out
+    count: dict = {}
+    for p in out:
+        count[p["model"], p["fusion"], p["split"]] = count.get((p["model"], p["fusion"], p["split"]), 0) + 1
+    out = [p for p in out if count[p["model"], p["fusion"], p["split"]] > 1]
     out.sort(key=lambda p: (p["fusion"], p["split"], ORDER.get(p["scheme"], 9), p["weights"], -p["dim"]))
     return out
 
@@ -50,7 +55,7 @@ def tradeoff_section(results: dict[str, dict[str, Any]], plot: Path | None, titl
              "random weights on synthetic icons: the trade-off's shape, not real-world quality.", ""]
     rows = [[p["name"], p["weights"], p["dim"], "-" if p["size_mb"] is None else f"{p['size_mb']:.2f}",
              p["fusion"], p["split"], *[_with_ci(p["doc"], m) for m in MEASURES]] for p in found]
-    lines += _table(["run", "weights", "width", "size (MB)", "fusion", "split", *MEASURES], rows)
+    lines += _table(["run", "weights", "width", "size (MiB)", "fusion", "split", *MEASURES], rows)
     if plot is not None:
         lines += [f"![R@1 and R@10 against size and width]({plot.name})", ""]
     return lines
@@ -69,7 +74,7 @@ def tradeoff_png(results: dict[str, dict[str, Any]], path: Path) -> Path | None:
     for row, measure in enumerate(MEASURES):
         # against size: one line per width (fp32 -> int8 -> int4); against width: one line per kind of weights
         for col, (key, label, line_of) in enumerate((
-                ("size_mb", "weights on disk (MB)", lambda p: f"width {p['dim']}" + (" QAT" if "aware" in p["weights"]
+                ("size_mb", "weights on disk (MiB)", lambda p: f"width {p['dim']}" + (" QAT" if "aware" in p["weights"]
                                                                                      else "")),
                 ("dim", "embedding width", lambda p: p["weights"]))):
             ax = axes[row][col]
