@@ -25,6 +25,7 @@ from rich.table import Table
 console = Console()
 USER_AGENT = "wit-retrieval-demo/0.1 (https://github.com/wit-retrieval; demo@example.org)"
 MEASURES = "R@1,R@5,R@10,MRR@10,nDCG@10"
+WIDTHS = "1/2,1/4,1/8"  # Matryoshka widths scored beside the full one (the trade-off table of the report)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class DemoConfig:
     settings: int = 1
     train_config: Path = Path("baselines/inject-mini.toml")
     text_config: Path = Path("baselines/text-only-mini.toml")
+    # also train the inject model quantization-aware (int4) for the trade-off table (adds a training run)
+    qat: bool = False
 
 
 @dataclass
@@ -137,8 +140,10 @@ def model_steps(steps: Steps, cfg: DemoConfig, data: Path) -> None:
     steps.run("train the inject baseline (Pic2Word-style, from random weights, on CPU)", "train",
               str(cfg.train_config), "--data", str(data), "--out", str(runs / "inject-mini"))
     checkpoint = str(runs / "inject-mini" / "model")
-    steps.run("evaluate the trained inject model", "evaluate", "--checkpoint", checkpoint,
-              "--fusion", "inject", "--data", str(data), "--split", "test", "--out", str(results / "trained-inject"))
+    steps.run("evaluate the trained inject model (and its Matryoshka widths)", "evaluate", "--checkpoint", checkpoint,
+              "--fusion", "inject", "--data", str(data), "--split", "test", "--out", str(results / "trained-inject"),
+              "--dims", WIDTHS)
+    quantized_steps(steps, cfg, data)
     steps.run("train the same model on the masked text alone (what text can do)", "train",
               str(cfg.text_config), "--data", str(data), "--out", str(runs / "text-only-mini"))
     steps.run("evaluate the trained text-only model", "evaluate", "--checkpoint", str(runs / "text-only-mini" / "model"),
@@ -150,6 +155,23 @@ def model_steps(steps: Steps, cfg: DemoConfig, data: Path) -> None:
     steps.run("paired tests: trained vs zero-shot", "compare", str(results / "zero-shot-sum" / "run.trec"),
               str(results / "trained-inject" / "run.trec"), "--data", str(data), "--split", "test",
               "--json", str(results / "compare-trained-vs-zero-shot.json"))
+
+
+def quantized_steps(steps: Steps, cfg: DemoConfig, data: Path) -> None:
+    """The trained inject model with int8 and int4 weights (post-training; quantization-aware with --qat)."""
+    results, runs = data / "results", data / "runs"
+    checkpoint = str(runs / "inject-mini" / "model")
+    for scheme in ("int8", "int4"):
+        steps.run(f"evaluate it with {scheme} weights (post-training quantization)", "evaluate", "--checkpoint",
+                  checkpoint, "--quantize", scheme, "--fusion", "inject", "--data", str(data), "--split", "test",
+                  "--out", str(results / f"trained-inject-{scheme}"), "--dims", WIDTHS)
+    if cfg.qat:
+        steps.run("train the inject baseline quantization-aware (int4 weights from step 100)", "train",
+                  str(cfg.train_config), "--data", str(data), "--out", str(runs / "inject-mini-qat4"),
+                  "--set", "quant.bits=4", "--set", "quant.start_step=100")
+        steps.run("evaluate its int4 export", "evaluate", "--checkpoint", str(runs / "inject-mini-qat4" / "model"),
+                  "--fusion", "inject", "--data", str(data), "--split", "test",
+                  "--out", str(results / "trained-inject-qat-int4"), "--dims", WIDTHS)
 
 
 def audit_steps(steps: Steps, data: Path) -> None:
@@ -172,8 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entities", type=int, default=DemoConfig.entities)
     parser.add_argument("--scenes", type=int, default=DemoConfig.scenes)
     parser.add_argument("--seed", type=int, default=DemoConfig.seed)
+    parser.add_argument("--qat", action="store_true", help="Also train and evaluate an int4 quantization-aware "
+                        "inject model (the trade-off table's QAT rows; one more training run).")
     args = parser.parse_args(argv)
-    cfg = DemoConfig(out=args.out, entities=args.entities, scenes=args.scenes, seed=args.seed)
+    cfg = DemoConfig(out=args.out, entities=args.entities, scenes=args.scenes, seed=args.seed, qat=args.qat)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if cfg.out.exists():

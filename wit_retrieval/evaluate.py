@@ -42,6 +42,12 @@ class EvalConfig:
     max_queries: int = 0
     bootstrap: int = 1000
     progress: bool = True
+    # weights: int8 | int4 (post-training, or a checkpoint's quantization-aware export of that scheme),
+    # fp32 (float weights, also of a QAT checkpoint); '' = the checkpoint's own (QAT export) else fp32
+    quantize: str = ""
+    # Matryoshka widths, e.g. "1/2,1/4,1/8" or "256,128": each also scored (embeddings truncated to the first
+    # dims, re-normalised) and written beside `out` as OUT-dN; the full width is always scored
+    dims: str = ""
 
     def model_name(self) -> str:
         """The encoder name this config selects."""
@@ -72,7 +78,11 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
 
     started = time.perf_counter()
     root = DataRoot(config.data)
-    encoder = encoder or load_encoder(config.model_name(), device=config.device or None)
+    if encoder is None:
+        from .models.qat import quantize_encoder
+
+        encoder = quantize_encoder(load_encoder(config.model_name(), device=config.device or None), config.quantize)
+    quantization = getattr(encoder, "quantization", None) or {"scheme": "fp32", "source": "float", "bits": 32}
     fusion = config.fusion or getattr(encoder, "native_fusion", None) or "sum"
     store = store if store is not None else _open_store(config)
     queries = read_queries(root.root, config.split, config.max_queries)
@@ -82,30 +92,68 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
     embed = EmbedConfig(batch_size=config.batch_size, workers=config.workers, progress=config.progress,
                         cache_dir=str(config.cache_dir or root.embeddings))
     names = load_query_names(root, queries) if fusion == "names" else None
-    run, counts = rank_queries(encoder, queries, corpus, store, fusion=fusion, k=config.k, embed=embed,
-                               names=names, index=config.index, with_counts=True)
+    encoded = encode_for_search(encoder, queries, corpus, store, fusion=fusion, embed=embed, names=names)
     qrels = load_qrels(root.root, config.split)
-    if config.max_queries:
-        qrels = {q: qrels[q] for q in run if q in qrels}
     queries_table = read_table_dir(root.table_split("queries", config.split))
-    results = _as_dict(score(run, qrels, config.measures, queries_table=queries_table, bootstrap=config.bootstrap,
-                                   corpus_size=len(corpus), split=config.split,
-                                   dataset_revision=dataset_revision(root.root)))
-    out = Path(config.out) if config.out else root.results / f"{_slug(encoder.metadata.name)}-{fusion}-{config.split}"
-    results.update({
-        "model": encoder.metadata.to_dict(), "fusion": fusion, "split": config.split,
-        "zero_shot": encoder.metadata.zero_shot_on("mmir"), "config": dataclasses.asdict(config),
-        "counts": counts, "evaluation_seconds": round(time.perf_counter() - started, 3),
-    })
-    _write_outputs(out, run, results, tag=f"{_slug(encoder.metadata.name)}-{fusion}", config=config)
-    results["out"] = str(out)
-    return results
+    scheme = "" if quantization["scheme"] == "fp32" else f"-{quantization['scheme']}"
+    out = Path(config.out) if config.out else root.results / f"{_slug(encoder.metadata.name)}-{fusion}-{config.split}{scheme}"
+    full = encoder.metadata.dim
+    for dim in (full, *parse_dims(config.dims, full)):
+        run = search_run(encoded, queries, k=config.k, index=config.index, dim=dim if dim != full else None)
+        kept = {q: qrels[q] for q in run if q in qrels} if config.max_queries else qrels
+        results = _as_dict(score(run, kept, config.measures, queries_table=queries_table, bootstrap=config.bootstrap,
+                                 corpus_size=len(corpus), split=config.split,
+                                 dataset_revision=dataset_revision(root.root)))
+        results.update({
+            "model": encoder.metadata.to_dict(), "fusion": fusion, "split": config.split, "quantization": quantization,
+            "dim": dim, "zero_shot": encoder.metadata.zero_shot_on("mmir"), "config": dataclasses.asdict(config),
+            "counts": encoded["counts"], "evaluation_seconds": round(time.perf_counter() - started, 3),
+        })
+        where = out if dim == full else out.with_name(f"{out.name}-d{dim}")
+        _write_outputs(where, run, results, tag=f"{_slug(encoder.metadata.name)}-{fusion}", config=config)
+        results["out"] = str(where)
+        if dim == full:
+            first = results
+    return first
+
+
+def parse_dims(text: str, full: int) -> list[int]:
+    """Matryoshka widths from "1/2,1/4" (fractions of `full`) or "256,128"; the full width left out."""
+    dims = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            top, _, bottom = item.partition("/")
+            dim = full * int(top) // int(bottom) if bottom else int(item)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"--dims {item!r}: use widths (256) or fractions of the full width (1/2)") from None
+        if not 0 < dim <= full:
+            raise ConfigError(f"--dims {item!r}: the width must be between 1 and the model's {full}")
+        if dim != full and dim not in dims:
+            dims.append(dim)
+    return dims
 
 
 def rank_queries(encoder, queries: Sequence[dict], corpus_ids: Sequence[str], store, *, fusion: str, k: int = 100,
                  embed=None, names: list | None = None, index: str = "exact", with_counts: bool = False):
     """The run {query_id: [(image_id, score), ...]} of `queries` against the corpus images."""
+    encoded = encode_for_search(encoder, queries, corpus_ids, store, fusion=fusion, embed=embed, names=names)
+    run = search_run(encoded, queries, k=k, index=index)
+    return (run, encoded["counts"]) if with_counts else run
+
+
+def search_run(encoded: dict, queries: Sequence[dict], *, k: int, index: str = "exact", dim: int | None = None):
+    """The run of `encode_for_search`'s embeddings through an index (truncated to `dim` when given)."""
     from .index import IndexConfig, build_index
+
+    built = build_index(encoded["corpus"], encoded["corpus_ids"], IndexConfig(kind=index, dim=dim))
+    scores, ids = built.search(encoded["queries"], min(k, len(encoded["corpus_ids"])))
+    return {q["query_id"]: [(d, float(s)) for d, s in zip(row_ids, row_scores)]
+            for q, row_ids, row_scores in zip(queries, ids, scores)}
+
+
+def encode_for_search(encoder, queries: Sequence[dict], corpus_ids: Sequence[str], store, *, fusion: str,
+                      embed=None, names: list | None = None) -> dict:
+    """Corpus and query embeddings ({'corpus', 'corpus_ids', 'queries', 'counts'}) of one evaluation."""
     from .models.embed import EmbedConfig, embed_images
     from .models.fusion import get_fusion
     from .models.train_data import entity_image_ids
@@ -122,19 +170,13 @@ def rank_queries(encoder, queries: Sequence[dict], corpus_ids: Sequence[str], st
     entity_embeddings = [_entity_matrix(ids, row_of, matrix) for ids in entity_ids]
     query_emb = encoder.encode_query_embeddings([q["masked_text"] for q in queries], entity_embeddings,
                                                 fusion=fusion, names=names)
-    corpus_found = [found[r] for r in corpus_rows]
-    built = build_index(matrix[corpus_rows], corpus_found, IndexConfig(kind=index))
-    scores, ids = built.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, len(corpus_found)))
-    run = {q["query_id"]: [(d, float(s)) for d, s in zip(row_ids, row_scores)]
-           for q, row_ids, row_scores in zip(queries, ids, scores)}
-    if not with_counts:
-        return run
     missing_set = set(missing)
     counts = {"queries": len(queries), "corpus": len(corpus_ids), "corpus_embedded": len(corpus_rows),
               "corpus_missing": len(corpus_ids) - len(corpus_rows),
               "entity_images_missing": sum(1 for ids in entity_ids for i in ids if i is None or i in missing_set)
               if uses_images else None}
-    return run, counts
+    return {"corpus": matrix[corpus_rows], "corpus_ids": [found[r] for r in corpus_rows], "counts": counts,
+            "queries": np.ascontiguousarray(query_emb, dtype=np.float32)}
 
 
 def _entity_matrix(ids: Sequence[str | None], row_of: dict[str, int], matrix: np.ndarray) -> np.ndarray:

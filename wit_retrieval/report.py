@@ -15,6 +15,7 @@ from typing import Any
 from .errors import InputError
 from .io.shards import write_text_atomic
 from .layout import DataRoot
+from .tradeoff import tradeoff_section
 
 MAIN_MEASURES = ("R@1", "R@5", "R@10", "MRR@10", "nDCG@10")
 
@@ -300,6 +301,7 @@ def _plot_fetch(fetch: dict[str, Any], path: Path) -> Path:
 
 def _plots(inputs: ReportInputs, out_dir: Path) -> tuple[Path | None, Path | None, dict[str, Path]]:
     from . import plots
+    from .tradeoff import tradeoff_png
 
     fetch_png = _plot_fetch(inputs.fetch, out_dir / "fetch.png") if inputs.fetch else None
     curve_png, bars = None, {}
@@ -310,6 +312,9 @@ def _plots(inputs: ReportInputs, out_dir: Path) -> tuple[Path | None, Path | Non
             if any(doc.get("breakdowns", {}).get(key) for doc in inputs.results.values()):
                 bars[key] = out_dir / f"by_{key}.png"
                 plots.breakdown_bars_png(inputs.results, key, bars[key])
+        tradeoff = tradeoff_png(inputs.results, out_dir / "tradeoff.png")
+        if tradeoff is not None:
+            bars["tradeoff"] = tradeoff
     return fetch_png, curve_png, bars
 
 
@@ -323,6 +328,7 @@ def render_markdown(inputs: ReportInputs, plots: tuple[Path | None, Path | None,
     lines += fetch_section(inputs.fetch, fetch_png)
     lines += results_section(inputs.results, curve_png)
     lines += breakdown_section(inputs.results, bars)
+    lines += tradeoff_section(inputs.results, bars.get("tradeoff"), title)
     lines += significance_section(inputs.comparisons)
     lines += audit_section(inputs.audit)
     return "\n".join(lines).rstrip() + "\n"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
 
 from ..engine import RAY_ADDRESS_HELP
+
+QUANTIZE_HELP = ("Weights: int8 (int8 kernels on CPU) or int4 (weight-only, packed), per output channel; fp32 "
+                 "for float weights. Default: a quantization-aware checkpoint's own export, else fp32.")
 
 models_app = typer.Typer(help="List the encoders, open_clip architectures and fusions available.",
                          no_args_is_help=True)
@@ -78,6 +82,9 @@ def evaluate(
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap samples for confidence intervals "
                                   "(default: 1000)."),
     cache_dir: str = typer.Option("", "--cache-dir", help="Embedding cache (default: DATA/embeddings)."),
+    quantize: str = typer.Option("", "--quantize", help=QUANTIZE_HELP),
+    dims: str = typer.Option("", "--dims", help="Matryoshka widths also scored, e.g. 1/2,1/4,1/8 or 256,128 "
+                             "(written beside --out as OUT-dN)."),
 ):
     """Encode, index, search and score one split; writes the run, results.json and plots.
 
@@ -90,7 +97,8 @@ def evaluate(
     given = {"data": data, "model": model, "checkpoint": checkpoint, "fusion": fusion, "split": split,
              "images": images, "out": out, "measures": measures, "k": k, "index": index, "batch_size": batch_size,
              "workers": workers, "device": device, "max_queries": max_queries, "bootstrap": bootstrap,
-             "cache_dir": cache_dir}
+             "cache_dir": cache_dir, "quantize": quantize,
+             "dims": dims}
     given = {key: value for key, value in given.items() if value not in ("", None)}
     if config is not None:
         eval_config = load_eval_config(config, **given)
@@ -131,6 +139,7 @@ def embed(
     ray_address: str = typer.Option("", "--ray-address", help=RAY_ADDRESS_HELP),
     actors: int = typer.Option(0, "--actors", help="Encoder actors with --engine ray (default: one per GPU, "
                                "else 1)."),
+    quantize: str = typer.Option("", "--quantize", help=QUANTIZE_HELP),
 ):
     """Embed the images of a store (or of one corpus split) into a folder of parts or one parquet file.
 
@@ -160,11 +169,11 @@ def embed(
 
         connect(EngineConfig(name="ray", ray_address=ray_address or None))
         summary = embed_with_ray(name, images, ids, out, config, dtype=dtype, actors=actors,
-                                 device=device or None)
+                                 device=device or None, quantize=quantize)
     elif out.suffix == ".parquet":
-        summary = _embed_to_file(name, device, store, ids, out, config, dtype)
+        summary = _embed_to_file(name, device, store, ids, out, config, dtype, quantize)
     else:
-        summary = _embed_to_parts(name, device, store, ids, out, config, dtype)
+        summary = _embed_to_parts(name, device, store, ids, out, config, dtype, quantize)
     if summary is not None:
         typer.echo(json.dumps(summary))
 
@@ -178,30 +187,43 @@ def _ids_to_embed(store, data: str, split: str) -> list[str]:
     return read_table_dir(DataRoot(data).table_split("corpus", split), columns=["image_id"])["image_id"].to_pylist()
 
 
-def _embed_to_file(name, device, store, ids, out, config, dtype) -> dict:
-    from ..io.embeddings import write_embeddings
+def _encoder(name: str, device: str | None, quantize: str):
+    """The encoder with the weights asked for (--quantize; a QAT checkpoint's own export by default)."""
     from ..models import load_encoder
+    from ..models.qat import quantize_encoder
+
+    return quantize_encoder(load_encoder(name, device=device or None), quantize)
+
+
+def _embed_to_file(name, device, store, ids, out, config, dtype, quantize) -> dict:
+    from ..io.embeddings import write_embeddings
     from ..models.embed import embed_images
 
-    encoder = load_encoder(name, device=device or None)
+    encoder = _encoder(name, device, quantize)
+    started = time.perf_counter()
     found, matrix, missing = embed_images(encoder, store, ids, config)
-    write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict()}, dtype=dtype)
-    return {"out": str(out), "embedded": len(found), "missing": len(missing), "dim": encoder.metadata.dim}
+    seconds = time.perf_counter() - started
+    write_embeddings(out, found, matrix, {"model": encoder.metadata.to_dict(), "quantization": encoder.quantization},
+                     dtype=dtype)
+    return {"out": str(out), "embedded": len(found), "missing": len(missing), "dim": encoder.metadata.dim,
+            "quantization": encoder.quantization["scheme"], "seconds": round(seconds, 3),
+            "images_per_s": round(len(found) / seconds, 2) if seconds else None}
 
 
-def _embed_to_parts(name, device, store, ids, out, config, dtype) -> dict | None:
+def _embed_to_parts(name, device, store, ids, out, config, dtype, quantize) -> dict | None:
     """A folder of parts; under torchrun each rank its block (rank 0 reports)."""
     from dataclasses import replace
 
-    from ..models import load_encoder
     from ..models.embed_corpus import embed_to_folder
     from ..models.ranks import embedding_world
 
     with embedding_world(device) as world:
-        encoder = load_encoder(name, device=world.device)
+        encoder = _encoder(name, world.device, quantize)
         config = replace(config, progress=config.progress and world.rank == 0)
+        started = time.perf_counter()
         summary = embed_to_folder(encoder, store, ids, out, config, dtype=dtype, rank=world.rank,
                                   world=world.size, barrier=world.barrier)
+    summary.update(quantization=encoder.quantization["scheme"], seconds=round(time.perf_counter() - started, 3))
     return summary if world.rank == 0 else None
 
 

@@ -77,6 +77,11 @@ def save_checkpoint(directory: Path, built: Built, **spec_updates) -> Path:
     with atomic_path(directory / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     digest = _sha256(directory / WEIGHTS)
+    from .qat import write_export
+
+    quant = write_export(built.model, directory)  # QAT models: the quantized export beside the float weights
+    if quant:
+        spec_updates = {**spec_updates, "quant": quant}
     write_json_atomic(directory / OPEN_CLIP_CONFIG,
                       {"model_cfg": built.model_cfg, "preprocess_cfg": _jsonable(built.preprocess_cfg)})
     spec = {**built.spec, **spec_updates, "format": FORMAT, "version": 1, "weights_sha256": digest,
@@ -91,9 +96,11 @@ def load_local_dir(directory: Path, *, name: str, device: str | None = None):
     from .encoders import OpenClipEncoder
 
     built = _load_folder(Path(directory))
-    return OpenClipEncoder(built.model, built.preprocess, built.tokenizer, name=name, revision=built.revision,
-                           training_datasets=built.spec.get("training_datasets", ()),
-                           native_fusion=built.spec.get("fusion"), device=device)
+    encoder = OpenClipEncoder(built.model, built.preprocess, built.tokenizer, name=name, revision=built.revision,
+                              training_datasets=built.spec.get("training_datasets", ()),
+                              native_fusion=built.spec.get("fusion"), device=device)
+    encoder.checkpoint, encoder.spec = Path(directory), built.spec  # a QAT export is loaded from here
+    return encoder
 
 
 def _load_folder(directory: Path) -> Built:

@@ -63,8 +63,11 @@ class EmbedConfig:
 
 
 def cache_key(metadata, *, draft: bool = False) -> str:
-    """16 hex digits naming an embedding cache: model name, revision and preprocessing."""
-    text = "\x1f".join((metadata.name, metadata.revision, metadata.preprocessing + (" draft" if draft else "")))
+    """16 hex digits naming an embedding cache: model name, revision, preprocessing and weight quantization."""
+    parts = (metadata.name, metadata.revision, metadata.preprocessing + (" draft" if draft else ""))
+    quantization = getattr(metadata, "quantization", "")
+    # float weights keep the key they always had, so existing caches stay valid
+    text = "\x1f".join(parts + ((quantization,) if quantization else ()))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -254,7 +257,8 @@ def _read_cache(folder: Path, metadata) -> dict[str, np.ndarray]:
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "key.json").exists():
         write_json_atomic(folder / "key.json", {"model": metadata.name, "revision": metadata.revision,
-                                                "preprocessing": metadata.preprocessing, "dim": metadata.dim})
+                                                "preprocessing": metadata.preprocessing, "dim": metadata.dim,
+                                                "quantization": getattr(metadata, "quantization", "")})
     cached: dict[str, np.ndarray] = {}
     for part in sorted(folder.glob("part-*.parquet")):
         ids, matrix = read_embeddings(part)

@@ -68,8 +68,11 @@ def rank_block(count: int, rank: int, world: int) -> range:
 
 def key_of(metadata, dtype: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What identifies embeddings: re-running with another model, revision, preprocessing or dtype is refused."""
-    return {"model": metadata.name, "revision": metadata.revision, "preprocessing": metadata.preprocessing,
-            "dim": metadata.dim, "dtype": dtype, **(extra or {})}
+    key = {"model": metadata.name, "revision": metadata.revision, "preprocessing": metadata.preprocessing,
+           "dim": metadata.dim, "dtype": dtype, **(extra or {})}
+    if getattr(metadata, "quantization", ""):  # quantized weights embed differently: another key
+        key["quantization"] = metadata.quantization
+    return key
 
 
 def ensure_key(out: Path, key: dict[str, Any]) -> None:

@@ -57,11 +57,12 @@ class _DecodeStage:
 class _EncodeStage:
     """Encoder actor: one model, loaded once; normalises and encodes a batch of decoded rows."""
 
-    def __init__(self, model: str, device: str | None, preprocess, draft: bool):
+    def __init__(self, model: str, device: str | None, preprocess, draft: bool, quantize: str = ""):
         from . import load_encoder
         from .preprocess import split_transform
+        from .qat import quantize_encoder
 
-        self.encoder = load_encoder(model, device=device)
+        self.encoder = quantize_encoder(load_encoder(model, device=device), quantize)
         self.split = split_transform(preprocess, draft=draft)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,7 +78,8 @@ class _EncodeStage:
 
 
 def embed_with_ray(model: str, images: str, ids: Sequence[str], out: str | Path, config: EmbedConfig, *,
-                   dtype: str = "float32", actors: int = 0, device: str | None = None) -> dict[str, Any]:
+                   dtype: str = "float32", actors: int = 0, device: str | None = None,
+                   quantize: str = "") -> dict[str, Any]:
     """Embed `ids` of the store `images` into the parts folder `out` on the connected Ray cluster."""
     import ray
 
@@ -85,7 +87,10 @@ def embed_with_ray(model: str, images: str, ids: Sequence[str], out: str | Path,
     from . import load_encoder
 
     out = Path(out)
-    encoder = load_encoder(model, device="cpu")  # the driver needs the key and the transform, not a device
+    from .qat import quantize_encoder
+
+    # the driver needs the key (quantization included) and the transform, not a device
+    encoder = quantize_encoder(load_encoder(model, device="cpu"), quantize)
     from .preprocess import split_transform
 
     if not split_transform(encoder.preprocess).vectorised:
@@ -97,13 +102,13 @@ def embed_with_ray(model: str, images: str, ids: Sequence[str], out: str | Path,
     todo = [part for part in plan if not (out / part.file).is_file()]
     counts = {"parts": len(plan), "parts_written": 0, "embedded": 0, "failed": 0}
     if todo:
-        _run(ray, todo, out, encoder, model, images, config, dtype, actors, device, counts)
+        _run(ray, todo, out, encoder, model, images, config, dtype, actors, device, counts, quantize)
     manifest = finish(out, plan, key)
     return {"rank": 0, **counts, "out": str(out), "rows": manifest["rows"], "failed_total": manifest["failed"],
             "parts_total": len(plan), "dim": key["dim"], "dtype": dtype, "engine": "ray"}
 
 
-def _run(ray, todo, out: Path, encoder, model, images, config, dtype, actors, device, counts) -> None:
+def _run(ray, todo, out: Path, encoder, model, images, config, dtype, actors, device, counts, quantize) -> None:
     import json
 
     from ray.data import ActorPoolStrategy, DataContext
@@ -118,7 +123,7 @@ def _run(ray, todo, out: Path, encoder, model, images, config, dtype, actors, de
                         batch_size=DECODE_ROWS, num_cpus=1, compute=ActorPoolStrategy(min_size=1, max_size=max(
                             1, int(ray.cluster_resources().get("CPU", 1)) - size)))
     ds = ds.map_batches(_EncodeStage, fn_constructor_kwargs={"model": model, "preprocess": encoder.preprocess,
-                                                             "draft": config.draft,
+                                                             "draft": config.draft, "quantize": quantize,
                                                              "device": device or ("cuda" if gpus else "cpu")},
                         batch_size=config.batch_size, compute=ActorPoolStrategy(size=size),
                         num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)

@@ -36,6 +36,7 @@ class EncoderMetadata:
     preprocessing: str = ""
     fusions: tuple[str, ...] = ()
     native_fusion: str | None = None
+    quantization: str = ""           # '' (float weights) or SCHEME-SOURCE, e.g. int8-ptq, int4-qat (models/quant.py)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (lists for tuples)."""

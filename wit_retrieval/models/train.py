@@ -26,6 +26,7 @@ from .checkpoint import WEIGHTS, Built, build_retriever, save_checkpoint
 from .distill import distill_terms, load_teacher
 from .fusion import get_fusion, make_query_batch
 from .losses import duplicate_mask, info_nce, spread_out, truncate
+from .qat import attach_qat, check_resume
 from .train_config import TrainConfig
 from .train_data import (
     ImageLoader,
@@ -151,11 +152,14 @@ def prepare(config: TrainConfig, store=None) -> Trainer:
                           f"({config.optim.batch_size}); lower [optim] batch_size")
     loader = ImageLoader(store, built.preprocess, cache=config.data.cache_images, workers=config.data.workers)
     out = Path(config.run.out)
+    check_resume(out, config.quant)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", config.to_dict())
     trainer = Trainer(config, built, fusion, optimizer, scheduler, samples, loader, device, out, data_counts=counts,
                       teacher=load_teacher(config.distill, samples))
     _resume(trainer)
+    # [quant]: fake-quantized weights from start_step (a model transformation; checkpoints add the export)
+    attach_qat(built.model, config.quant, optimizer, step=trainer.step, spec=built.spec)
     return trainer
 
 

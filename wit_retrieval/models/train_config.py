@@ -92,6 +92,16 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class QuantConfig:
+    """Quantization-aware training (models/qat.py): weights fake-quantized from start_step; bits 0 = off."""
+
+    bits: int = 0                    # 4 | 8
+    per_channel: bool = True         # one scale per output channel (else one per weight tensor)
+    start_step: int = 0              # float training before it, fake-quantized from it on
+    modules: tuple[str, ...] = ("image", "text", "heads")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training run."""
 
@@ -101,6 +111,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (what is written to the run folder as config.json)."""
