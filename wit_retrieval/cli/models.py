@@ -52,7 +52,8 @@ def train(
         if value:
             overrides[key] = value
     summary = run_training(load_train_config(config, overrides), stop_after=stop_after)
-    typer.echo(json.dumps(summary, indent=2))
+    if summary.get("rank", 0) == 0:  # under torchrun / SLURM only rank 0 prints
+        typer.echo(json.dumps(summary, indent=2))
 
 
 def evaluate(

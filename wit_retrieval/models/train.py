@@ -1,9 +1,12 @@
 """Contrastive training of mixed-modal retrievers (`wit-retrieval train CONFIG`).
 
 Both towers train jointly on (query -> target scene), entity images going through the same
-image tower as targets. AdamW with warm-up and cosine decay, gradient accumulation, bf16
-autocast on GPUs, safetensors checkpoints every N steps and on exit, exact resume (model,
-optimizer, schedule and RNG states), validation through the scorer, JSONL logs and a plot.
+image tower as targets. AdamW with warm-up and cosine decay, gradient accumulation with cached
+features, bf16 autocast on GPUs, data parallel under torchrun or SLURM (see distributed.py and
+train_step.py: `optim.batch_size` is the global micro-batch, split over processes, with global
+in-batch negatives), safetensors checkpoints every N steps and on exit written by rank 0, exact
+resume (model, optimizer, schedule, RNG and data position), validation through the scorer on
+rank 0, JSONL logs and a plot.
 """
 
 from __future__ import annotations
@@ -20,16 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..errors import ConfigError
 from ..io.shards import atomic_path, write_json_atomic
 from .checkpoint import WEIGHTS, Built, build_retriever, save_checkpoint
-from .distill import distill_terms, load_teacher
-from .fusion import get_fusion, make_query_batch
-from .losses import duplicate_mask, info_nce, spread_out, truncate
+from .distill import load_teacher
+from .fusion import get_fusion
 from .train_config import TrainConfig
 from .train_data import (
     ImageLoader,
-    TrainBatch,
     batch_indices,
     hard_negatives_from_run,
     load_samples,
@@ -56,74 +58,116 @@ class Trainer:
     step: int = 0
     data_counts: dict = field(default_factory=dict)
     teacher: object = None           # distill.TeacherCache when [distill] is on
+    world: dist.World = field(default_factory=dist.World)
 
 
 def train(config: TrainConfig, *, store=None, stop_after: int | None = None) -> dict:
-    """Train (resuming from the latest checkpoint in the output folder); returns a summary."""
-    trainer = prepare(config, store)
-    with _sigterm_as_interrupt():
-        return _train_loop(trainer, config, store, stop_after)
+    """Train (resuming from the latest checkpoint in the output folder); returns a summary.
+
+    Under torchrun or SLURM (see distributed.py) every process runs this; rank 0 logs, validates
+    and writes; the others return the same summary without writing it.
+    """
+    world = dist.world_from_env()
+    dist.rank_prefixed_warnings(world)
+    _preflight(config, world)
+    device = dist.device_for(world)
+    with dist.process_group(world, device):
+        trainer = prepare(config, store, world=world, device=device)
+        with _stop_on_signal() as stop:
+            return _train_loop(trainer, config, store, stop_after, stop)
 
 
-def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | None) -> dict:
+def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | None, stop) -> dict:
+    main, world = trainer.world.is_main, trainer.world
     log = _Log(trainer.out / "train_log.jsonl")
     started, seen = time.perf_counter(), 0
     last_val: dict = {}
     interrupted = False
-    try:
+    per_step = config.optim.batch_size * config.optim.grad_accum
+    with _progress(main, config.optim.steps, trainer.step) as advance:
         while trainer.step < config.optim.steps:
             if stop_after is not None and trainer.step >= stop_after:
                 break
             tick = time.perf_counter()
-            parts = train_step(trainer)
-            seen += config.optim.batch_size * config.optim.grad_accum
+            parts, interrupted = train_step(trainer, stop=stop.is_set())
+            seen += per_step
             step = trainer.step
-            if step % config.run.log_every == 0 or step == config.optim.steps:
-                rate = config.optim.batch_size * config.optim.grad_accum / (time.perf_counter() - tick)
+            rate = per_step / (time.perf_counter() - tick)
+            advance(loss=parts["total"], rate=rate)
+            if main and (step % config.run.log_every == 0 or step == config.optim.steps):
                 log.write({"step": step, **parts, "lr": trainer.scheduler.get_last_lr()[0],
-                           "samples_per_s": round(rate, 2)})
-            if config.run.eval_every and (step % config.run.eval_every == 0 or step == config.optim.steps):
+                           "samples_per_s": round(rate, 2),
+                           "samples_per_s_per_device": round(rate / world.world_size, 2)})
+            if main and config.run.eval_every and (step % config.run.eval_every == 0
+                                                   or step == config.optim.steps):
                 last_val = validate(trainer, store)
                 log.write({"step": step, "val": last_val})
-            if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
+            if interrupted:
+                break
+            if main and config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
                 save_training_checkpoint(trainer)
-    except KeyboardInterrupt:
-        interrupted = True
-    final = save_training_checkpoint(trainer)
     seconds = time.perf_counter() - started
-    summary = {"out": str(trainer.out), "step": trainer.step, "checkpoint": str(final), "seconds": round(seconds, 2),
-               "samples_per_s": round(seen / seconds, 2) if seconds else None, "val": last_val,
-               "interrupted": interrupted, "data": trainer.data_counts}
-    write_json_atomic(trainer.out / "summary.json", summary)
-    plot_training(trainer.out / "train_log.jsonl", trainer.out / "training.png")
+    summary = {"out": str(trainer.out), "step": trainer.step, "checkpoint": str(trainer.out / "model"),
+               "seconds": round(seconds, 2), "samples_per_s": round(seen / seconds, 2) if seconds else None,
+               "world_size": world.world_size, "rank": world.rank, "val": last_val, "interrupted": interrupted,
+               "data": trainer.data_counts}
+    if main:
+        save_training_checkpoint(trainer)
+        write_json_atomic(trainer.out / "summary.json", summary)
+        plot_training(trainer.out / "train_log.jsonl", trainer.out / "training.png")
     if interrupted:
         raise KeyboardInterrupt
     return summary
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM (a scheduler's kill) like Ctrl-C while training, so the run saves its checkpoint."""
+def _progress(enabled: bool, total: int, done: int):
+    """Rank 0's progress bar (loss and samples/s); a no-op elsewhere."""
+    if not enabled:
+        yield lambda **fields: None
+        return
+    from rich.progress import TextColumn
+
+    from ..progress import make_progress
+
+    with make_progress(TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} samples/s")) as bar:
+        task = bar.add_task("training", total=total, completed=done, loss=float("nan"), rate=0.0)
+        yield lambda **fields: bar.update(task, advance=1, **fields)
+
+
+@contextlib.contextmanager
+def _stop_on_signal():
+    """SIGTERM (a scheduler's kill) or Ctrl-C asks the run to stop after the current step, with a checkpoint.
+
+    The request travels with the step's collective, so every rank stops after the same step; a
+    second Ctrl-C interrupts at once.
+    """
     import signal
     import threading
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    stop = threading.Event()
+
+    def request(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, request) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def prepare(config: TrainConfig, store=None) -> Trainer:
+def prepare(config: TrainConfig, store=None, *, world: dist.World | None = None, device: str | None = None
+            ) -> Trainer:
     """Seed, build the model, optimizer, schedule and data, and resume if a checkpoint exists."""
-    if not config.data.root:
-        raise ConfigError("[data] root is not set: pass --data ROOT or set it in the config")
+    world = world or dist.World()
+    _preflight(config, world)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     _seed_everything(config.run.seed)
@@ -137,7 +181,10 @@ def prepare(config: TrainConfig, store=None) -> Trainer:
         logit_scale.fill_(math.log(1 / config.loss.temperature))
     logit_scale.requires_grad_(config.loss.learn_temperature)
     _freeze(built.model, config)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if world.distributed and device.startswith("cuda"):
+        # BatchNorm statistics over the global batch (gloo/CPU has no SyncBatchNorm: see docs/training.md)
+        built.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(built.model)
     built.model.to(device).train()
     optimizer = _optimizer(built.model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
@@ -149,80 +196,75 @@ def prepare(config: TrainConfig, store=None) -> Trainer:
     if len(samples) < config.optim.batch_size:
         raise ConfigError(f"{len(samples)} training queries is fewer than one batch "
                           f"({config.optim.batch_size}); lower [optim] batch_size")
+    _check_same_data(samples, world)
     loader = ImageLoader(store, built.preprocess, cache=config.data.cache_images, workers=config.data.workers)
     out = Path(config.run.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", config.to_dict())
+    if world.is_main:
+        write_json_atomic(out / "config.json", config.to_dict())
     trainer = Trainer(config, built, fusion, optimizer, scheduler, samples, loader, device, out, data_counts=counts,
-                      teacher=load_teacher(config.distill, samples))
+                      teacher=load_teacher(config.distill, samples), world=world)
     _resume(trainer)
+    dist.broadcast_parameters(built.model, world)
     return trainer
 
 
-def train_step(trainer: Trainer) -> dict:
-    """One optimizer step over `grad_accum` micro-batches; returns the loss parts."""
-    config = trainer.config
-    model = trainer.built.model
-    totals: dict[str, float] = {}
+def _preflight(config: TrainConfig, world: dist.World) -> None:
+    """Refusals every rank reaches alike before any rendezvous (so none waits for the others)."""
+    if not config.data.root:
+        raise ConfigError("[data] root is not set: pass --data ROOT or set it in the config")
+    if config.optim.batch_size % world.world_size:
+        raise ConfigError(f"[optim] batch_size {config.optim.batch_size} is the global micro-batch and must "
+                          f"split evenly over the {world.world_size} processes; use a multiple of "
+                          f"{world.world_size}")
+    found = _checkpoints(Path(config.run.out))
+    if found:
+        _check_world_size(found[-1], torch.load(found[-1] / TRAINER_STATE, map_location="cpu", weights_only=True,
+                                                mmap=True), world)
+
+
+def _check_world_size(checkpoint: Path, state: dict, world: dist.World) -> None:
+    before = state.get("world_size", 1)
+    if before != world.world_size:
+        raise ConfigError(f"{checkpoint} was trained with {before} process(es) ({state.get('launcher', 'single')}); "
+                          f"resume it with {before}, not {world.world_size}, or train into a new --out")
+
+
+def _check_same_data(samples: list, world: dist.World) -> None:
+    """Every rank must read the same training data (same root, same build): compare a digest."""
+    if not world.distributed:
+        return
+    import hashlib
+
+    digest = hashlib.sha256()
+    for s in samples:
+        digest.update(repr((s.query_id, s.target, s.entity_images, s.hard_negatives)).encode("utf-8"))
+    found = dist.gather_objects((len(samples), digest.hexdigest()[:16]), world)
+    if len(set(found)) > 1:
+        listing = ", ".join(f"rank {r}: {n} samples ({d})" for r, (n, d) in enumerate(found))
+        raise ConfigError(f"the ranks read different training data ({listing}); give every node the same "
+                          "--data root and build")
+
+
+def train_step(trainer: Trainer, stop: bool = False) -> tuple[dict, bool]:
+    """One optimizer step over `grad_accum` global micro-batches (this rank's share of each).
+
+    Returns the loss parts and whether the run must stop now (a rank was asked to stop).
+    """
+    from .train_step import optimizer_step
+
+    config, world = trainer.config, trainer.world
+    share = config.optim.batch_size // world.world_size
+    batches = []
     for micro in range(config.optim.grad_accum):
         index = batch_indices(len(trainer.samples), config.optim.batch_size, config.run.seed,
                               trainer.step * config.optim.grad_accum + micro)
-        batch = make_batch([trainer.samples[i] for i in index], trainer.loader,
-                           config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0)
-        with _autocast(trainer.device, config.optim.precision):
-            loss, parts = batch_loss(trainer, batch)
-        (loss / config.optim.grad_accum).backward()
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value / config.optim.grad_accum
-    if config.optim.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
-    trainer.optimizer.step()
-    trainer.scheduler.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        model.clip.logit_scale.clamp_(0, math.log(100))
+        mine = index[world.rank * share:(world.rank + 1) * share]
+        batches.append(make_batch([trainer.samples[i] for i in mine], trainer.loader,
+                                  config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0))
+    parts, stopping = optimizer_step(trainer, batches, world, stop)
     trainer.step += 1
-    totals["temperature"] = float(1 / model.clip.logit_scale.detach().exp())
-    return {k: round(v, 6) for k, v in totals.items()}
-
-
-def batch_loss(trainer: Trainer, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    """The configured loss of one micro-batch and its parts."""
-    cfg, model, device = trainer.config.loss, trainer.built.model, trainer.device
-    features = model.image_features(batch.pixels.to(device))
-    positives = features[batch.target_index.to(device)]
-    entity_index = batch.entity_index.to(device)
-    entity = features[entity_index.clamp(min=0)]
-    queries_batch = make_query_batch(trainer.fusion, trainer.built.tokenizer, batch.masked_texts, entity,
-                                     entity_index >= 0).to(device)
-    queries = trainer.fusion.encode(model, queries_batch)
-    duplicates = duplicate_mask(batch.query_keys, batch.target_keys) if cfg.duplicate_mask else None
-    hard = hard_valid = None
-    if batch.hard_index is not None:
-        hard_index = batch.hard_index.to(device)
-        hard, hard_valid = features[hard_index.clamp(min=0)], hard_index >= 0
-    scale = model.clip.logit_scale.exp()
-    parts, total = {}, queries.new_zeros(())
-    for dim in (queries.shape[-1], *cfg.matryoshka_dims):
-        if dim > queries.shape[-1]:
-            raise ConfigError(f"[loss] matryoshka_dims: {dim} exceeds the embedding width {queries.shape[-1]}")
-        term = info_nce(truncate(queries, dim), truncate(positives, dim), scale, duplicates=duplicates,
-                        hard_negatives=None if hard is None else truncate(hard, dim), hard_valid=hard_valid,
-                        hard_alpha=cfg.hard_negative_alpha, same_tower=cfg.same_tower_negatives,
-                        symmetric=cfg.symmetric)
-        parts["loss" if dim == queries.shape[-1] else f"loss@{dim}"] = float(term.detach())
-        total = total + term
-    if cfg.spread_out_weight:
-        regulariser = spread_out(queries) + spread_out(positives)
-        parts["spread_out"] = float(regulariser.detach())
-        total = total + cfg.spread_out_weight * regulariser
-    if trainer.teacher is not None:
-        term, distilled = distill_terms(trainer.teacher, trainer.config.distill, queries=queries,
-                                        query_ids=batch.query_ids, positives=positives, target_ids=batch.target_keys)
-        parts.update(distilled)
-        total = total + term
-    parts["total"] = float(total.detach())
-    return total, parts
+    return parts, stopping
 
 
 def validate(trainer: Trainer, store=None) -> dict:
@@ -249,19 +291,25 @@ def validate(trainer: Trainer, store=None) -> dict:
 
 
 def save_training_checkpoint(trainer: Trainer) -> Path:
-    """Write checkpoints/step-N (model + trainer state) and refresh `model/`; keep the last two."""
-    config = trainer.config
+    """Write checkpoints/step-N (model + trainer state) and refresh `model/`; keep the last two (rank 0)."""
+    config, world = trainer.config, trainer.world
     folder = trainer.out / "checkpoints" / f"step-{trainer.step:07d}"
     datasets = [f"MMIR:{Path(config.data.root).name}:{config.data.train_split}"]
     save_checkpoint(folder, trainer.built, fusion=config.model.fusion, step=trainer.step,
                     training_datasets=datasets, base=config.model.base)
+    # every rank's data position: with index sampling it is the global micro-batch counter of all
+    micro = trainer.step * config.optim.grad_accum
     state = {"step": trainer.step, "optimizer": trainer.optimizer.state_dict(),
-             "scheduler": trainer.scheduler.state_dict(), "rng": _rng_state()}
-    with atomic_path(folder / TRAINER_STATE) as tmp:
+             "scheduler": trainer.scheduler.state_dict(), "rng": _rng_state(),
+             "world_size": world.world_size, "launcher": world.launcher,
+             "data": [{"rank": r, "micro_batch": micro} for r in range(world.world_size)]}
+    with atomic_path(folder / TRAINER_STATE) as tmp:  # written last: it marks the folder complete
         torch.save(state, tmp)
-    final = trainer.out / "model"
+    final, staging = trainer.out / "model", trainer.out / "model.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(TRAINER_STATE))
     shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(folder, final, ignore=shutil.ignore_patterns(TRAINER_STATE))
+    staging.rename(final)
     for old in _checkpoints(trainer.out)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -271,11 +319,17 @@ def _resume(trainer: Trainer) -> None:
     from safetensors.torch import load_file
 
     found = _checkpoints(trainer.out)
+    world = trainer.world
+    seen = dist.gather_objects(found[-1].name if found else None, world)
+    if len(set(seen)) > 1:
+        raise ConfigError(f"the ranks see different checkpoints in {trainer.out} ({seen}); the output folder must "
+                          "be one shared folder for all nodes")
     if not found:
         return
     latest = found[-1]
-    trainer.built.model.load_state_dict(load_file(str(latest / WEIGHTS), device=trainer.device))
-    state = torch.load(latest / TRAINER_STATE, map_location=trainer.device, weights_only=False)
+    state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+    _check_world_size(latest, state, world)
+    trainer.built.model.load_state_dict(load_file(str(latest / WEIGHTS), device="cpu"))
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
@@ -322,9 +376,11 @@ def _freeze(model, config: TrainConfig) -> None:
                 param.requires_grad_(False)
 
 
-def _autocast(device: str, precision: str):
-    if precision == "bf16" or (precision == "auto" and device == "cuda"):
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+def autocast(device: str, precision: str):
+    """bf16 autocast on CUDA by default (`auto`) or when asked; fp32 otherwise."""
+    kind = device.split(":")[0]
+    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"[optim] precision must be auto, fp32 or bf16, got {precision!r}")
     return contextlib.nullcontext()
@@ -351,15 +407,21 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain values, so the trainer state loads with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
