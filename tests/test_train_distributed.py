@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tests.test_models_world import make_world, write_store
@@ -124,12 +125,23 @@ def single(setup):
     return out, result
 
 
-def test_two_processes_match_one(setup, single, tmp_path):
+def _torchrun_two(config, out, *extra) -> list[str]:
+    return TORCHRUN + ["--standalone", "--nproc_per_node", "2", "-m", "wit_retrieval", "train", str(config),
+                       "--out", str(out), "--set", "run.checkpoint_every=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def two(setup):
+    """The 2-process run (checkpointing every step, which changes nothing in the weights)."""
     base, config = setup
-    out = tmp_path / "two"
-    [result] = _run_all([TORCHRUN + ["--standalone", "--nproc_per_node", "2", "-m", "wit_retrieval", "train",
-                                     str(config), "--out", str(out)]], [_env()])
+    [result] = _run_all([_torchrun_two(config, base / "two")], [_env()])
     assert result.returncode == 0, result.stderr[-3000:]
+    return base / "two"
+
+
+def test_two_processes_match_one(setup, single, two, tmp_path):
+    base, config = setup
+    out = two
     _assert_same(single[0], out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["step"] == STEPS
@@ -204,3 +216,58 @@ def test_batch_must_split_and_world_size_is_kept(setup, single, tmp_path):
                         [_env(SLURM_NTASKS="2", **slurm)])
     assert result.returncode == 1
     assert "trained with 1 process(es)" in result.stderr and "resume it with 1, not 2" in result.stderr
+
+
+def test_sigkill_then_same_command_resumes_exactly(setup, two, tmp_path):
+    """Two processes killed with SIGKILL mid-run, started again: the same weights as the uninterrupted run."""
+    import signal
+
+    base, config = setup
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_torchrun_two(config, killed), env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not list(
+            (killed / "checkpoints").glob("step-*/trainer_state.pt")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log = _log(killed)
+    assert log and log[-1]["step"] < STEPS, "the run ended before it could be killed"
+    [result] = _run_all([_torchrun_two(config, killed)], [_env()])
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = _weights(two), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = torch.load(sorted((killed / "checkpoints").glob("step-*"))[-1] / "trainer_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and [d["rank"] for d in state["data"]] == [0, 1]
+
+
+def test_inject_learns_under_torchrun(tmp_path):
+    """torchrun with 2 processes on a demo-like world learns entities from images, as one process does."""
+    from typer.testing import CliRunner
+
+    from tests.test_train_learns import text_oracle_recall
+    from wit_retrieval.cli import app
+
+    world = make_world(tmp_path / "root", entities=12, scenes={"train": 300, "val": 20, "test": 200}, size=32)
+    write_store(world.store, world.root.images)
+    common = ["--data", str(world.root.root), "--set", "optim.batch_size=32", "--set", "optim.warmup_steps=10",
+              "--set", "run.eval_every=0", "--set", "run.checkpoint_every=0"]
+    [result] = _run_all([TORCHRUN + ["--standalone", "--nproc_per_node", "2", "-m", "wit_retrieval", "train",
+                                     "baselines/inject-mini.toml", "--out", str(tmp_path / "run"), "--set",
+                                     "optim.steps=40", *common]], [_env()])
+    assert result.returncode == 0, result.stderr[-3000:]
+    runner = CliRunner()
+    untrained = runner.invoke(app, ["train", "baselines/inject-mini.toml", "--out", str(tmp_path / "zero"),
+                                    "--set", "optim.steps=0", *common])
+    assert untrained.exit_code == 0, untrained.output
+    recall = {}
+    for name in ("run", "zero"):
+        result = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / name / "model"), "--data",
+                                     str(world.root.root), "--out", str(tmp_path / f"eval-{name}"),
+                                     "--bootstrap", "0"])
+        assert result.exit_code == 0, result.output
+        recall[name] = json.loads((tmp_path / f"eval-{name}" / "results.json").read_text())["scores"]["R@10"]
+    oracle = text_oracle_recall(read_queries(world.root.root, "test"), 10)
+    assert recall["run"] > 3 * 10 / 200 and recall["run"] > recall["zero"] + 0.1, recall
+    assert recall["run"] > oracle + 0.15, (recall, oracle)
