@@ -41,6 +41,7 @@ base = "open_clip:wit-tiny-vit:random"
 fusion = "inject"
 [data]
 root = "{world.root.root}"
+loader = "memory"            # the same global batches for any world size
 [optim]
 steps = {STEPS}
 batch_size = 8
@@ -270,4 +271,4 @@ def test_inject_learns_under_torchrun(tmp_path):
         recall[name] = json.loads((tmp_path / f"eval-{name}" / "results.json").read_text())["scores"]["R@10"]
     oracle = text_oracle_recall(read_queries(world.root.root, "test"), 10)
     assert recall["run"] > 3 * 10 / 200 and recall["run"] > recall["zero"] + 0.1, recall
-    assert recall["run"] > oracle + 0.15, (recall, oracle)
+    assert recall["run"] > oracle + 0.05, (recall, oracle)  # and beyond what any text-only model can do

@@ -14,6 +14,7 @@ models_app = typer.Typer(help="List the encoders, open_clip architectures and fu
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     app.command("train")(train)
+    app.command("prepare")(prepare)
     app.command("evaluate")(evaluate)
     app.command("embed")(embed)
     app.add_typer(models_app, name="models")
@@ -31,12 +32,19 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
     return out
 
 
+# options shared by `train` and `prepare`
+CONFIG_ARG = typer.Argument(..., help="A TOML training config (see baselines/*.toml).")
+DATA_OPT = typer.Option("", "--data", help="Data root (overrides the root in the config).")
+IMAGES_OPT = typer.Option("", "--images", help="Image store folder (default: DATA/images).")
+SETS_OPT = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable).")
+
+
 def train(
-    config: Path = typer.Argument(..., help="A TOML training config (see baselines/*.toml)."),
-    data: str = typer.Option("", "--data", help="Data root to train on (overrides [data] root)."),
-    images: str = typer.Option("", "--images", help="Image store folder (default: DATA/images)."),
+    config: Path = CONFIG_ARG,
+    data: str = DATA_OPT,
+    images: str = IMAGES_OPT,
     out: str = typer.Option("", "--out", help="Output folder (overrides [run] out)."),
-    sets: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable)."),
+    sets: list[str] = SETS_OPT,
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (with a checkpoint) after this many steps; "
                                    "running again resumes."),
 ):
@@ -54,6 +62,39 @@ def train(
     summary = run_training(load_train_config(config, overrides), stop_after=stop_after)
     if summary.get("rank", 0) == 0:  # under torchrun / SLURM only rank 0 prints
         typer.echo(json.dumps(summary, indent=2))
+
+
+def prepare(
+    config: Path = CONFIG_ARG, data: str = DATA_OPT, images: str = IMAGES_OPT,
+    out: str = typer.Option("", "--out", help="Output folder (default: DATA/train_shards/<key>)."),
+    sets: list[str] = SETS_OPT,
+):
+    """Write the streamed training layout (sample shards + entity image store); resumable.
+
+    `train` does this itself on first use; run it ahead to prepare once for many runs.
+    Example: wit-retrieval prepare baselines/inject-mini.toml --data mini/root
+    """
+    from ..images import open_store
+    from ..layout import DataRoot
+    from ..models.train_config import load_train_config
+    from ..models.train_shards import PrepareInputs, disk_cost_note, ensure_prepared, read_prepared
+
+    overrides = _parse_sets(sets)
+    for key, value in (("data.root", data), ("data.images", images)):
+        if value:
+            overrides[key] = value
+    cfg = load_train_config(config, overrides)
+    if not cfg.data.root:
+        from ..errors import ConfigError
+
+        raise ConfigError("--data ROOT is required (or [data] root in the config)")
+    store = open_store(cfg.data.images or DataRoot(cfg.data.root).images)
+    inputs = PrepareInputs(cfg.data.root, cfg.data.train_split, cfg.data.max_train_queries, cfg.loss.hard_negatives,
+                           cfg.loss.hard_negatives_per_query)
+    folder = ensure_prepared(inputs, store, Path(out or cfg.data.prepared) if (out or cfg.data.prepared) else None)
+    manifest = read_prepared(folder)
+    typer.echo(json.dumps({"out": str(folder), "summary": disk_cost_note(manifest), **manifest["counts"],
+                           "bytes": manifest["bytes"]}, indent=2))
 
 
 def evaluate(

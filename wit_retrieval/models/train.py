@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,20 +25,12 @@ import torch
 from .. import distributed as dist
 from ..errors import ConfigError
 from ..io.shards import atomic_path, write_json_atomic
-from .checkpoint import WEIGHTS, Built, build_retriever, save_checkpoint
+from .checkpoint import Built, build_retriever
 from .distill import load_teacher
 from .fusion import get_fusion
 from .train_config import TrainConfig
-from .train_data import (
-    ImageLoader,
-    batch_indices,
-    hard_negatives_from_run,
-    load_samples,
-    make_batch,
-)
-
-TRAINER_STATE = "trainer_state.pt"
-KEEP_CHECKPOINTS = 2
+from .train_data import ImageLoader, IndexFeed, load_samples
+from .train_state import TRAINER_STATE, check_world_size, checkpoints, resume, save_training_checkpoint
 
 
 @dataclass
@@ -51,8 +42,8 @@ class Trainer:
     fusion: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    samples: list
-    loader: ImageLoader
+    feed: object                     # train_data.IndexFeed or train_stream.StreamFeed
+    store: object                    # the image store (validation)
     device: str
     out: Path
     step: int = 0
@@ -104,15 +95,19 @@ def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | 
                 log.write({"step": step, "val": last_val})
             if interrupted:
                 break
-            if main and config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
+            if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
                 save_training_checkpoint(trainer)
     seconds = time.perf_counter() - started
+    save_training_checkpoint(trainer)
+    skipped: dict[str, int] = {}
+    for counts in dist.gather_objects(trainer.feed.counts, world):  # images skipped, per class, all ranks
+        for key, value in counts.items():
+            skipped[key] = skipped.get(key, 0) + value
     summary = {"out": str(trainer.out), "step": trainer.step, "checkpoint": str(trainer.out / "model"),
                "seconds": round(seconds, 2), "samples_per_s": round(seen / seconds, 2) if seconds else None,
                "world_size": world.world_size, "rank": world.rank, "val": last_val, "interrupted": interrupted,
-               "data": trainer.data_counts}
+               "data": {**trainer.data_counts, **skipped}}
     if main:
-        save_training_checkpoint(trainer)
         write_json_atomic(trainer.out / "summary.json", summary)
         plot_training(trainer.out / "train_log.jsonl", trainer.out / "training.png")
     if interrupted:
@@ -188,23 +183,17 @@ def prepare(config: TrainConfig, store=None, *, world: dist.World | None = None,
     built.model.to(device).train()
     optimizer = _optimizer(built.model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    store = store if store is not None else _open_store(config)
-    hard = hard_negatives_from_run(config.loss.hard_negatives) if config.loss.hard_negatives else None
-    samples, counts = load_samples(config.data.root, config.data.train_split, store,
-                                   max_queries=config.data.max_train_queries, hard_negatives=hard,
-                                   per_query=config.loss.hard_negatives_per_query)
-    if len(samples) < config.optim.batch_size:
-        raise ConfigError(f"{len(samples)} training queries is fewer than one batch "
-                          f"({config.optim.batch_size}); lower [optim] batch_size")
-    _check_same_data(samples, world)
-    loader = ImageLoader(store, built.preprocess, cache=config.data.cache_images, workers=config.data.workers)
+    if store is None and config.data.loader == "memory":
+        store = _open_store(config)
+    feed, counts, teacher = (_memory_feed if config.data.loader == "memory" else _stream_feed)(
+        config, store, built, world, device)
     out = Path(config.run.out)
     out.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         write_json_atomic(out / "config.json", config.to_dict())
-    trainer = Trainer(config, built, fusion, optimizer, scheduler, samples, loader, device, out, data_counts=counts,
-                      teacher=load_teacher(config.distill, samples), world=world)
-    _resume(trainer)
+    trainer = Trainer(config, built, fusion, optimizer, scheduler, feed, store, device, out, data_counts=counts,
+                      teacher=teacher, world=world)
+    resume(trainer)
     dist.broadcast_parameters(built.model, world)
     return trainer
 
@@ -217,31 +206,68 @@ def _preflight(config: TrainConfig, world: dist.World) -> None:
         raise ConfigError(f"[optim] batch_size {config.optim.batch_size} is the global micro-batch and must "
                           f"split evenly over the {world.world_size} processes; use a multiple of "
                           f"{world.world_size}")
-    found = _checkpoints(Path(config.run.out))
+    found = checkpoints(Path(config.run.out))
     if found:
-        _check_world_size(found[-1], torch.load(found[-1] / TRAINER_STATE, map_location="cpu", weights_only=True,
+        check_world_size(found[-1], torch.load(found[-1] / TRAINER_STATE, map_location="cpu", weights_only=True,
                                                 mmap=True), world)
 
 
-def _check_world_size(checkpoint: Path, state: dict, world: dist.World) -> None:
-    before = state.get("world_size", 1)
-    if before != world.world_size:
-        raise ConfigError(f"{checkpoint} was trained with {before} process(es) ({state.get('launcher', 'single')}); "
-                          f"resume it with {before}, not {world.world_size}, or train into a new --out")
-
-
-def _check_same_data(samples: list, world: dist.World) -> None:
-    """Every rank must read the same training data (same root, same build): compare a digest."""
-    if not world.distributed:
-        return
+def _memory_feed(config: TrainConfig, store, built: Built, world: dist.World, device: str):
+    """Every sample in a list, images cached once decoded (small worlds; the equivalence tests)."""
     import hashlib
 
+    from .train_shards import read_hard_negatives
+
+    hard = read_hard_negatives(config.loss.hard_negatives) if config.loss.hard_negatives else None
+    samples, counts = load_samples(config.data.root, config.data.train_split, store,
+                                   max_queries=config.data.max_train_queries, hard_negatives=hard,
+                                   per_query=config.loss.hard_negatives_per_query)
+    if len(samples) < config.optim.batch_size:
+        raise ConfigError(f"{len(samples)} training queries is fewer than one batch "
+                          f"({config.optim.batch_size}); lower [optim] batch_size")
     digest = hashlib.sha256()
     for s in samples:
         digest.update(repr((s.query_id, s.target, s.entity_images, s.hard_negatives)).encode("utf-8"))
-    found = dist.gather_objects((len(samples), digest.hexdigest()[:16]), world)
-    if len(set(found)) > 1:
-        listing = ", ".join(f"rank {r}: {n} samples ({d})" for r, (n, d) in enumerate(found))
+    _check_same_data((len(samples), digest.hexdigest()[:16]), world)
+    loader = ImageLoader(store, built.preprocess, workers=config.data.workers)
+    feed = IndexFeed(samples, loader, config.optim.batch_size, config.run.seed, world,
+                     config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0)
+    return feed, counts, load_teacher(config.distill, samples)
+
+
+def _stream_feed(config: TrainConfig, store, built: Built, world: dist.World, device: str):
+    """Batches streamed from prepared shards (prepared here on first use, one preparer at a time)."""
+    from ..layout import DataRoot
+    from .distill import TeacherCache
+    from .train_shards import PrepareInputs, ensure_prepared, read_prepared
+    from .train_stream import StreamFeed, StreamPlan
+
+    inputs = PrepareInputs(config.data.root, config.data.train_split, config.data.max_train_queries,
+                           config.loss.hard_negatives, config.loss.hard_negatives_per_query)
+    # without a store object, the folder: the store's index of every image is opened only to prepare
+    source = store if store is not None else (config.data.images or DataRoot(config.data.root).images)
+    folder = ensure_prepared(inputs, source, Path(config.data.prepared) if config.data.prepared else None)
+    manifest = read_prepared(folder)
+    _check_same_data((manifest["key"], manifest["counts"]["samples"], len(manifest["shards"])), world)
+    plan = StreamPlan(tuple(s["samples"] for s in manifest["shards"]), config.run.seed, world.world_size, world.rank,
+                      max(1, config.data.workers), config.optim.batch_size // world.world_size,
+                      config.data.shuffle_buffer)
+    feed = StreamFeed(folder, plan, built.preprocess,
+                      config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0,
+                      workers=config.data.workers, pin=device.startswith("cuda"))
+    # streamed runs read the teacher file whole (not yet by id per shard)
+    teacher = TeacherCache(config.distill.teacher_embeddings) if config.distill.enabled else None
+    counts = {**manifest["counts"], "prepared": str(folder)}
+    return feed, counts, teacher
+
+
+def _check_same_data(fingerprint, world: dist.World) -> None:
+    """Every rank must read the same training data (same root, same build): compare fingerprints."""
+    if not world.distributed:
+        return
+    found = dist.gather_objects(fingerprint, world)
+    if len(set(map(repr, found))) > 1:
+        listing = ", ".join(f"rank {r}: {f}" for r, f in enumerate(found))
         raise ConfigError(f"the ranks read different training data ({listing}); give every node the same "
                           "--data root and build")
 
@@ -253,16 +279,8 @@ def train_step(trainer: Trainer, stop: bool = False) -> tuple[dict, bool]:
     """
     from .train_step import optimizer_step
 
-    config, world = trainer.config, trainer.world
-    share = config.optim.batch_size // world.world_size
-    batches = []
-    for micro in range(config.optim.grad_accum):
-        index = batch_indices(len(trainer.samples), config.optim.batch_size, config.run.seed,
-                              trainer.step * config.optim.grad_accum + micro)
-        mine = index[world.rank * share:(world.rank + 1) * share]
-        batches.append(make_batch([trainer.samples[i] for i in mine], trainer.loader,
-                                  config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0))
-    parts, stopping = optimizer_step(trainer, batches, world, stop)
+    batches = [trainer.feed.next() for _ in range(trainer.config.optim.grad_accum)]
+    parts, stopping = optimizer_step(trainer, batches, trainer.world, stop)
     trainer.step += 1
     return parts, stopping
 
@@ -275,7 +293,9 @@ def validate(trainer: Trainer, store=None) -> dict:
     from .train_data import read_queries
 
     config = trainer.config
-    store = store if store is not None else trainer.loader.store
+    if store is None:  # opened at the first validation (rank 0 only)
+        trainer.store = trainer.store if trainer.store is not None else _open_store(config)
+        store = trainer.store
     built = trainer.built
     encoder = OpenClipEncoder(built.model, built.preprocess, built.tokenizer, name="training", revision="",
                               native_fusion=config.model.fusion, device=trainer.device)
@@ -288,57 +308,6 @@ def validate(trainer: Trainer, store=None) -> dict:
     qrels = load_qrels(config.data.root, config.data.val_split)
     qrels = {q: qrels[q] for q in run if q in qrels}
     return {k: round(v, 6) for k, v in evaluate_run(run, qrels, parse_measures("R@1,R@5,R@10,MRR@10")).items()}
-
-
-def save_training_checkpoint(trainer: Trainer) -> Path:
-    """Write checkpoints/step-N (model + trainer state) and refresh `model/`; keep the last two (rank 0)."""
-    config, world = trainer.config, trainer.world
-    folder = trainer.out / "checkpoints" / f"step-{trainer.step:07d}"
-    datasets = [f"MMIR:{Path(config.data.root).name}:{config.data.train_split}"]
-    save_checkpoint(folder, trainer.built, fusion=config.model.fusion, step=trainer.step,
-                    training_datasets=datasets, base=config.model.base)
-    # every rank's data position: with index sampling it is the global micro-batch counter of all
-    micro = trainer.step * config.optim.grad_accum
-    state = {"step": trainer.step, "optimizer": trainer.optimizer.state_dict(),
-             "scheduler": trainer.scheduler.state_dict(), "rng": _rng_state(),
-             "world_size": world.world_size, "launcher": world.launcher,
-             "data": [{"rank": r, "micro_batch": micro} for r in range(world.world_size)]}
-    with atomic_path(folder / TRAINER_STATE) as tmp:  # written last: it marks the folder complete
-        torch.save(state, tmp)
-    final, staging = trainer.out / "model", trainer.out / "model.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(TRAINER_STATE))
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    for old in _checkpoints(trainer.out)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _resume(trainer: Trainer) -> None:
-    from safetensors.torch import load_file
-
-    found = _checkpoints(trainer.out)
-    world = trainer.world
-    seen = dist.gather_objects(found[-1].name if found else None, world)
-    if len(set(seen)) > 1:
-        raise ConfigError(f"the ranks see different checkpoints in {trainer.out} ({seen}); the output folder must "
-                          "be one shared folder for all nodes")
-    if not found:
-        return
-    latest = found[-1]
-    state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
-    _check_world_size(latest, state, world)
-    trainer.built.model.load_state_dict(load_file(str(latest / WEIGHTS), device="cpu"))
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    trainer.step = state["step"]
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    """Finished step checkpoints (with trainer state), oldest first."""
-    return sorted(p.parent for p in (out / "checkpoints").glob(f"step-*/{TRAINER_STATE}"))
 
 
 def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -404,27 +373,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    """RNG states as tensors and plain values, so the trainer state loads with weights_only=True."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Log:
