@@ -59,7 +59,7 @@ def test_options_validation_and_hard_negatives(world, tmp_path):
     targets = [q["target_image_id"] for q in queries]
     run = {q["query_id"]: [(t, 1.0 / (n + 1)) for n, t in enumerate(targets[:5])] for q in queries}
     write_trec(run, tmp_path / "first.trec")
-    config = _config(world, tmp_path / "out", optim={"steps": 2, "grad_accum": 2},
+    config = _config(world, tmp_path / "out", optim={"steps": 2, "grad_accum": 2, "grad_checkpointing": True},
                      loss={"hard_negatives": str(tmp_path / "first.trec"), "hard_negatives_per_query": 2,
                            "spread_out_weight": 0.1, "matryoshka_dims": [32], "same_tower_negatives": True},
                      model={"fusion": "combiner", "freeze_text": True},

@@ -180,8 +180,11 @@ def test_slurm_variables_match_one(setup, single, tmp_path):
     results = _run_all([RUN + [str(config), "--out", str(out)]] * 2, envs)
     assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
     _assert_same(single[0], out)
-    # only rank 0 printed the summary
+    # only rank 0 printed the summary; rank 1's warnings carry its rank
     assert json.loads(results[0].stdout)["world_size"] == 2 and results[1].stdout.strip() == ""
+    warned = [line for line in results[1].stderr.splitlines() if "No pretrained weights" in line]
+    assert warned and all(line.startswith("[rank 1] ") for line in warned), results[1].stderr[-2000:]
+    assert "samples/s" not in results[1].stderr  # the progress bar is rank 0's alone
 
 
 def test_error_on_one_rank_ends_all_quickly(setup, tmp_path):

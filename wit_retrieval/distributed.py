@@ -188,10 +188,13 @@ def _die(message: str) -> None:
 
 
 def rank_prefixed_warnings(world: World) -> None:
-    """Prefix this rank's Python warnings with its rank (rank 0's stay as they are)."""
+    """Prefix this rank's Python warnings and log records with its rank (rank 0's stay as they are)."""
     if world.is_main:
         return
+    import logging
     import warnings
+
+    logging.basicConfig(format=f"[rank {world.rank}] %(levelname)s %(name)s: %(message)s", force=True)
 
     original = warnings.formatwarning
 

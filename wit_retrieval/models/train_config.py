@@ -74,6 +74,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
     precision: str = "auto"          # auto (bf16 autocast on GPU) | fp32 | bf16
+    grad_checkpointing: bool = False  # recompute tower activations in the backward pass (less memory)
+    compile: bool = False            # torch.compile the image and text towers (in place: same checkpoint keys)
 
 
 @dataclass(frozen=True)
