@@ -10,7 +10,7 @@
 # --no-build-isolation -e .`, the missing wheels from .whl/ (see /work/.library/device/README.md:
 # name `.whl` in the run's carry). Checks: (1) a synthetic world, prepared shards; (2) single-GPU
 # training in bf16 autocast with streamed data, pinned memory and 2 loader workers; (3) the same
-# under torchrun (nccl, SyncBatchNorm on a ResNet tower); (4) the step cost against a plain open_clip
+# under torchrun (nccl, SyncBatchNorm on a ResNet tower), then gradient checkpointing and torch.compile; (4) the step cost against a plain open_clip
 # step, ViT-B-32 random init, batch 256 in bf16; (5) the embedding hook (`wit-retrieval embed`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ MODE=gpu
 case "${1:-}" in
   --cpu) MODE=cpu ;;
   --fetch-wheels)
-    grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> "$(git rev-parse --git-path info/exclude)"
+    # keep them out of git: add the line /.whl/ to .git/info/exclude once
     # shellcheck disable=SC2086
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -71,6 +71,13 @@ $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m wit_retrieval tr
   --out "$WORK/ddp" "${common[@]}" --set optim.steps=20 > "$RESULTS/train_torchrun.json"
 $PY -m wit_retrieval evaluate --checkpoint "$WORK/ddp/model" --data "$WORK/root" --out "$WORK/eval" \
   --bootstrap 0 --device "$DEVICE" > "$RESULTS/evaluate.json"
+echo "   ${SECONDS}s"
+echo "== 3b. gradient checkpointing (+ torch.compile on GPU)"
+extra=(--set optim.grad_checkpointing=true)
+[[ $MODE == gpu ]] && extra+=(--set optim.compile=true)
+$PY -m wit_retrieval train baselines/inject-mini.toml --out "$WORK/speed" "${common[@]}" --set optim.steps=20 \
+  --set model.base=open_clip:wit-tiny-vit:random "${extra[@]}" > "$RESULTS/train_speed_options.json" \
+  || echo '{"error": "grad checkpointing / compile run failed"}' > "$RESULTS/train_speed_options.json"
 echo "   ${SECONDS}s"
 echo "== 4. step cost: ours (inject, targets + entity images) vs a plain open_clip step, ViT-B-32"
 $PY benchmarks/bench_train.py --only step --device "$DEVICE" --step-batch "$STEP_BATCH" --step-steps 3 \
