@@ -39,10 +39,10 @@ if [[ $MODE == gpu ]]; then
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
   fi
   $PY -m pip install -q --no-deps --no-build-isolation -e . || export PYTHONPATH=$PWD:${PYTHONPATH:-}
-  DEVICE=cuda; STEPS=150; BATCH=256; STEP_BATCH=256; WORKERS=2
+  DEVICE=cuda; STEPS=150; BATCH=256; STEP_BATCH=256; WORKERS=2; SCENES=2048; MODEL=ViT-B-32
 else
   PY=${PY:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || command -v python3)}
-  DEVICE=cpu; STEPS=4; BATCH=16; STEP_BATCH=4; WORKERS=1
+  DEVICE=cpu; STEPS=4; BATCH=16; STEP_BATCH=8; WORKERS=1; SCENES=256; MODEL=wit-tiny-vit  # a dry run: small
 fi
 $PY - <<EOF | tee "$RESULTS/env.txt"
 import torch, sys
@@ -54,7 +54,7 @@ echo "== 1. synthetic world + prepared shards"
 $PY - <<EOF
 import sys; sys.path.insert(0, ".")
 from tests.test_models_world import make_world, write_store
-world = make_world("$WORK/root", entities=24, scenes={"train": 2048, "val": 64, "test": 128}, size=64)
+world = make_world("$WORK/root", entities=24, scenes={"train": $SCENES, "val": 64, "test": 128}, size=64)
 write_store(world.store, world.root.images)
 EOF
 $PY -m wit_retrieval prepare baselines/inject-mini.toml --data "$WORK/root" > "$RESULTS/prepare.json"
@@ -79,12 +79,12 @@ $PY -m wit_retrieval train baselines/inject-mini.toml --out "$WORK/speed" "${com
   --set model.base=open_clip:wit-tiny-vit:random "${extra[@]}" > "$RESULTS/train_speed_options.json" \
   || echo '{"error": "grad checkpointing / compile run failed"}' > "$RESULTS/train_speed_options.json"
 echo "   ${SECONDS}s"
-echo "== 4. step cost: ours (inject, targets + entity images) vs a plain open_clip step, ViT-B-32"
-$PY benchmarks/bench_train.py --only step --device "$DEVICE" --step-batch "$STEP_BATCH" --step-steps 3 \
+echo "== 4. step cost: ours (inject, targets + entity images) vs a plain open_clip step, $MODEL"
+$PY benchmarks/bench_train.py --only step --model "$MODEL" --device "$DEVICE" --step-batch "$STEP_BATCH" --step-steps 3 \
   --repeats 2 --out "$RESULTS/step.json"
 echo "   ${SECONDS}s"
 echo "== 5. embedding hook"
-$PY -m wit_retrieval embed --model open_clip:ViT-B-32:random --images "$WORK/root/images" \
+$PY -m wit_retrieval embed --model "open_clip:$MODEL:random" --images "$WORK/root/images" \
   --out "$WORK/emb.parquet" --device "$DEVICE" --batch-size 256 > "$RESULTS/embed.json"
 echo "   ${SECONDS}s"
 cat "$RESULTS"/*.json
