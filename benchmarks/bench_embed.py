@@ -157,7 +157,8 @@ def training_throughput(model_name: str, batch_size: int, steps: int) -> dict:
 
     tmp = Path(tempfile.mkdtemp())
     world = make_world(tmp / "world", entities=16, scenes={"train": batch_size * 4, "val": 8}, size=64)
-    config = config_from_dict({"model": {"base": model_name, "fusion": "inject"}, "data": {"root": str(world.root.root)},
+    config = config_from_dict({"model": {"base": model_name, "fusion": "inject"},
+                               "data": {"root": str(world.root.root), "loader": "memory"},
                                "optim": {"steps": steps * 3, "batch_size": batch_size},
                                "run": {"out": str(tmp / "run"), "eval_every": 0, "checkpoint_every": 0}})
     trainer = prepare(config, world.store)
@@ -169,8 +170,8 @@ def training_throughput(model_name: str, batch_size: int, steps: int) -> dict:
     ours_rate = steps * batch_size / (time.perf_counter() - started)
     # plain open_clip: the same model class, a batch of (scene, caption) pairs, ClipLoss
     clip = trainer.built.model.clip
-    pixels = trainer.loader.pixels([s.target for s in trainer.samples[:batch_size]])
-    tokens = trainer.built.tokenizer([s.masked_text for s in trainer.samples[:batch_size]])
+    pixels = trainer.feed.loader.pixels([s.target for s in trainer.feed.samples[:batch_size]])
+    tokens = trainer.built.tokenizer([s.masked_text for s in trainer.feed.samples[:batch_size]])
     optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-4)
     loss_fn = ClipLoss()
     started = time.perf_counter()

@@ -59,7 +59,7 @@ def test_options_validation_and_hard_negatives(world, tmp_path):
     targets = [q["target_image_id"] for q in queries]
     run = {q["query_id"]: [(t, 1.0 / (n + 1)) for n, t in enumerate(targets[:5])] for q in queries}
     write_trec(run, tmp_path / "first.trec")
-    config = _config(world, tmp_path / "out", optim={"steps": 2, "grad_accum": 2},
+    config = _config(world, tmp_path / "out", optim={"steps": 2, "grad_accum": 2, "grad_checkpointing": True},
                      loss={"hard_negatives": str(tmp_path / "first.trec"), "hard_negatives_per_query": 2,
                            "spread_out_weight": 0.1, "matryoshka_dims": [32], "same_tower_negatives": True},
                      model={"fusion": "combiner", "freeze_text": True},
@@ -70,7 +70,7 @@ def test_options_validation_and_hard_negatives(world, tmp_path):
     assert set(summary["val"]) == {"R@1", "R@5", "R@10", "MRR@10"} and 0 <= summary["val"]["R@10"] <= 1
     with pytest.raises(ConfigError, match="exceeds the embedding width"):
         train(_config(world, tmp_path / "bad", loss={"matryoshka_dims": [128]}), store=world.store)
-    with pytest.raises(ConfigError, match="fewer than one batch"):
+    with pytest.raises(ConfigError, match="one batch"):
         train(_config(world, tmp_path / "bad2", optim={"batch_size": 100}), store=world.store)
 
 

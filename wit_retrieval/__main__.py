@@ -1,4 +1,4 @@
-"""`python -m wit_retrieval ...`: the CLI, as `torchrun -m wit_retrieval ...` starts it on every rank."""
+"""`python -m wit_retrieval ...` is the `wit-retrieval` command (what `torchrun -m wit_retrieval train|embed` runs)."""
 
 from wit_retrieval.cli import main  # absolute: torchrun -m runs this file without its package
 

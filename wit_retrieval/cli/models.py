@@ -20,6 +20,7 @@ models_app = typer.Typer(help="List the encoders, open_clip architectures and fu
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     app.command("train")(train)
+    app.command("prepare")(prepare)
     app.command("evaluate")(evaluate)
     app.command("embed")(embed)
     app.add_typer(models_app, name="models")
@@ -37,12 +38,19 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
     return out
 
 
+# options shared by `train` and `prepare`
+CONFIG_ARG = typer.Argument(..., help="A TOML training config (see baselines/*.toml).")
+DATA_OPT = typer.Option("", "--data", help="Data root (overrides the root in the config).")
+IMAGES_OPT = typer.Option("", "--images", help="Image store folder (default: DATA/images).")
+SETS_OPT = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable).")
+
+
 def train(
-    config: Path = typer.Argument(..., help="A TOML training config (see baselines/*.toml)."),
-    data: str = typer.Option("", "--data", help="Data root to train on (overrides [data] root)."),
-    images: str = typer.Option("", "--images", help="Image store folder (default: DATA/images)."),
+    config: Path = CONFIG_ARG,
+    data: str = DATA_OPT,
+    images: str = IMAGES_OPT,
     out: str = typer.Option("", "--out", help="Output folder (overrides [run] out)."),
-    sets: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable)."),
+    sets: list[str] = SETS_OPT,
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (with a checkpoint) after this many steps; "
                                    "running again resumes."),
 ):
@@ -58,7 +66,41 @@ def train(
         if value:
             overrides[key] = value
     summary = run_training(load_train_config(config, overrides), stop_after=stop_after)
-    typer.echo(json.dumps(summary, indent=2))
+    if summary.get("rank", 0) == 0:  # under torchrun / SLURM only rank 0 prints
+        typer.echo(json.dumps(summary, indent=2))
+
+
+def prepare(
+    config: Path = CONFIG_ARG, data: str = DATA_OPT, images: str = IMAGES_OPT,
+    out: str = typer.Option("", "--out", help="Output folder (default: DATA/train_shards/<key>)."),
+    sets: list[str] = SETS_OPT,
+):
+    """Write the streamed training layout (sample shards + entity image store); resumable.
+
+    `train` does this itself on first use; run it ahead to prepare once for many runs.
+    Example: wit-retrieval prepare baselines/inject-mini.toml --data mini/root
+    """
+    from ..images import open_store
+    from ..layout import DataRoot
+    from ..models.train_config import load_train_config
+    from ..models.train_shards import PrepareInputs, disk_cost_note, ensure_prepared, read_prepared
+
+    overrides = _parse_sets(sets)
+    for key, value in (("data.root", data), ("data.images", images)):
+        if value:
+            overrides[key] = value
+    cfg = load_train_config(config, overrides)
+    if not cfg.data.root:
+        from ..errors import ConfigError
+
+        raise ConfigError("--data ROOT is required (or [data] root in the config)")
+    store = open_store(cfg.data.images or DataRoot(cfg.data.root).images)
+    inputs = PrepareInputs(cfg.data.root, cfg.data.train_split, cfg.data.max_train_queries, cfg.loss.hard_negatives,
+                           cfg.loss.hard_negatives_per_query)
+    folder = ensure_prepared(inputs, store, Path(out or cfg.data.prepared) if (out or cfg.data.prepared) else None)
+    manifest = read_prepared(folder)
+    typer.echo(json.dumps({"out": str(folder), "summary": disk_cost_note(manifest), **manifest["counts"],
+                           "bytes": manifest["bytes"]}, indent=2))
 
 
 def evaluate(
@@ -211,20 +253,26 @@ def _embed_to_file(name, device, store, ids, out, config, dtype, quantize) -> di
 
 
 def _embed_to_parts(name, device, store, ids, out, config, dtype, quantize) -> dict | None:
-    """A folder of parts; under torchrun each rank its block (rank 0 reports)."""
+    """A folder of parts; under torchrun or srun each rank its block (rank 0 reports)."""
     from dataclasses import replace
 
+    from .. import distributed as dist
     from ..models.embed_corpus import embed_to_folder
-    from ..models.ranks import embedding_world
 
-    with embedding_world(device) as world:
-        encoder = _encoder(name, world.device, quantize)
-        config = replace(config, progress=config.progress and world.rank == 0)
+    world = dist.world_from_env()
+    if world.distributed and device in ("", "cuda"):
+        device = dist.device_for(world)  # cuda:LOCAL_RANK (cpu without CUDA)
+    # ranks may finish their blocks far apart: the final barrier waits up to a day, while an error on
+    # any rank still ends every rank at once (the process group's error relay)
+    with dist.process_group(world, device or "cpu", timeout_minutes=24 * 60):
+        encoder = _encoder(name, device, quantize)
+        config = replace(config, progress=config.progress and world.is_main)
         started = time.perf_counter()
         summary = embed_to_folder(encoder, store, ids, out, config, dtype=dtype, rank=world.rank,
-                                  world=world.size, barrier=world.barrier)
+                                  world=world.world_size, barrier=(lambda: dist.barrier(world)) if world.distributed
+                                  else None)
     summary.update(quantization=encoder.quantization["scheme"], seconds=round(time.perf_counter() - started, 3))
-    return summary if world.rank == 0 else None
+    return summary if world.is_main else None
 
 
 @models_app.command("list")

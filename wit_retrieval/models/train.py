@@ -1,9 +1,12 @@
 """Contrastive training of mixed-modal retrievers (`wit-retrieval train CONFIG`).
 
 Both towers train jointly on (query -> target scene), entity images going through the same
-image tower as targets. AdamW with warm-up and cosine decay, gradient accumulation, bf16
-autocast on GPUs, safetensors checkpoints every N steps and on exit, exact resume (model,
-optimizer, schedule and RNG states), validation through the scorer, JSONL logs and a plot.
+image tower as targets. AdamW with warm-up and cosine decay, gradient accumulation with cached
+features, bf16 autocast on GPUs, data parallel under torchrun or SLURM (see distributed.py and
+train_step.py: `optim.batch_size` is the global micro-batch, split over processes, with global
+in-batch negatives), safetensors checkpoints every N steps and on exit written by rank 0, exact
+resume (model, optimizer, schedule, RNG and data position), validation through the scorer on
+rank 0, JSONL logs and a plot.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,25 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..errors import ConfigError
 from ..io.shards import atomic_path, write_json_atomic
-from .checkpoint import WEIGHTS, Built, build_retriever, save_checkpoint
-from .distill import distill_terms, load_teacher
-from .fusion import get_fusion, make_query_batch
-from .losses import duplicate_mask, info_nce, spread_out, truncate
+from .checkpoint import Built, build_retriever
+from .fusion import get_fusion
 from .qat import attach_qat, check_resume
 from .train_config import TrainConfig
-from .train_data import (
-    ImageLoader,
-    TrainBatch,
-    batch_indices,
-    hard_negatives_from_run,
-    load_samples,
-    make_batch,
-)
-
-TRAINER_STATE = "trainer_state.pt"
-KEEP_CHECKPOINTS = 2
+from .train_feeds import make_feed
+from .train_state import TRAINER_STATE, check_world_size, checkpoints, resume, save_training_checkpoint
 
 
 @dataclass
@@ -50,81 +42,127 @@ class Trainer:
     fusion: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    samples: list
-    loader: ImageLoader
+    feed: object                     # train_data.IndexFeed or train_stream.StreamFeed
+    store: object                    # the image store (validation)
     device: str
     out: Path
     step: int = 0
     data_counts: dict = field(default_factory=dict)
     teacher: object = None           # distill.TeacherCache when [distill] is on
+    world: dist.World = field(default_factory=dist.World)
 
 
 def train(config: TrainConfig, *, store=None, stop_after: int | None = None) -> dict:
-    """Train (resuming from the latest checkpoint in the output folder); returns a summary."""
-    trainer = prepare(config, store)
-    with _sigterm_as_interrupt():
-        return _train_loop(trainer, config, store, stop_after)
+    """Train (resuming from the latest checkpoint in the output folder); returns a summary.
+
+    Under torchrun or SLURM (see distributed.py) every process runs this; rank 0 logs, validates
+    and writes; the others return the same summary without writing it.
+    """
+    world = dist.world_from_env()
+    dist.rank_prefixed_warnings(world)
+    _preflight(config, world)
+    device = dist.device_for(world)
+    with dist.process_group(world, device):
+        trainer = prepare(config, store, world=world, device=device)
+        with _stop_on_signal() as stop:
+            return _train_loop(trainer, config, store, stop_after, stop)
 
 
-def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | None) -> dict:
+def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | None, stop) -> dict:
+    main, world = trainer.world.is_main, trainer.world
     log = _Log(trainer.out / "train_log.jsonl")
     started, seen = time.perf_counter(), 0
     last_val: dict = {}
     interrupted = False
-    try:
+    per_step = config.optim.batch_size * config.optim.grad_accum
+    with _progress(main, config.optim.steps, trainer.step) as advance:
         while trainer.step < config.optim.steps:
             if stop_after is not None and trainer.step >= stop_after:
                 break
             tick = time.perf_counter()
-            parts = train_step(trainer)
-            seen += config.optim.batch_size * config.optim.grad_accum
+            parts, interrupted = train_step(trainer, stop=stop.is_set())
+            seen += per_step
             step = trainer.step
-            if step % config.run.log_every == 0 or step == config.optim.steps:
-                rate = config.optim.batch_size * config.optim.grad_accum / (time.perf_counter() - tick)
+            rate = per_step / (time.perf_counter() - tick)
+            advance(loss=parts["total"], rate=rate)
+            if main and (step % config.run.log_every == 0 or step == config.optim.steps):
                 log.write({"step": step, **parts, "lr": trainer.scheduler.get_last_lr()[0],
-                           "samples_per_s": round(rate, 2)})
-            if config.run.eval_every and (step % config.run.eval_every == 0 or step == config.optim.steps):
+                           "samples_per_s": round(rate, 2),
+                           "samples_per_s_per_device": round(rate / world.world_size, 2)})
+            if main and config.run.eval_every and (step % config.run.eval_every == 0
+                                                   or step == config.optim.steps):
                 last_val = validate(trainer, store)
                 log.write({"step": step, "val": last_val})
+            if interrupted:
+                break
             if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
                 save_training_checkpoint(trainer)
-    except KeyboardInterrupt:
-        interrupted = True
-    final = save_training_checkpoint(trainer)
     seconds = time.perf_counter() - started
-    summary = {"out": str(trainer.out), "step": trainer.step, "checkpoint": str(final), "seconds": round(seconds, 2),
-               "samples_per_s": round(seen / seconds, 2) if seconds else None, "val": last_val,
-               "interrupted": interrupted, "data": trainer.data_counts}
-    write_json_atomic(trainer.out / "summary.json", summary)
-    plot_training(trainer.out / "train_log.jsonl", trainer.out / "training.png")
+    save_training_checkpoint(trainer)
+    skipped: dict[str, int] = {}
+    for counts in dist.gather_objects(trainer.feed.counts, world):  # images skipped, per class, all ranks
+        for key, value in counts.items():
+            skipped[key] = skipped.get(key, 0) + value
+    summary = {"out": str(trainer.out), "step": trainer.step, "checkpoint": str(trainer.out / "model"),
+               "seconds": round(seconds, 2), "samples_per_s": round(seen / seconds, 2) if seconds else None,
+               "world_size": world.world_size, "rank": world.rank, "val": last_val, "interrupted": interrupted,
+               "data": {**trainer.data_counts, **skipped}}
+    if main:
+        write_json_atomic(trainer.out / "summary.json", summary)
+        plot_training(trainer.out / "train_log.jsonl", trainer.out / "training.png")
     if interrupted:
         raise KeyboardInterrupt
     return summary
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM (a scheduler's kill) like Ctrl-C while training, so the run saves its checkpoint."""
+def _progress(enabled: bool, total: int, done: int):
+    """Rank 0's progress bar (loss and samples/s); a no-op elsewhere."""
+    if not enabled:
+        yield lambda **fields: None
+        return
+    from rich.progress import TextColumn
+
+    from ..progress import make_progress
+
+    with make_progress(TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} samples/s")) as bar:
+        task = bar.add_task("training", total=total, completed=done, loss=float("nan"), rate=0.0)
+        yield lambda **fields: bar.update(task, advance=1, **fields)
+
+
+@contextlib.contextmanager
+def _stop_on_signal():
+    """SIGTERM (a scheduler's kill) or Ctrl-C asks the run to stop after the current step, with a checkpoint.
+
+    The request travels with the step's collective, so every rank stops after the same step; a
+    second Ctrl-C interrupts at once.
+    """
     import signal
     import threading
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    stop = threading.Event()
+
+    def request(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, request) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def prepare(config: TrainConfig, store=None) -> Trainer:
+def prepare(config: TrainConfig, store=None, *, world: dist.World | None = None, device: str | None = None
+            ) -> Trainer:
     """Seed, build the model, optimizer, schedule and data, and resume if a checkpoint exists."""
-    if not config.data.root:
-        raise ConfigError("[data] root is not set: pass --data ROOT or set it in the config")
+    world = world or dist.World()
+    _preflight(config, world)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     _seed_everything(config.run.seed)
@@ -138,95 +176,56 @@ def prepare(config: TrainConfig, store=None) -> Trainer:
         logit_scale.fill_(math.log(1 / config.loss.temperature))
     logit_scale.requires_grad_(config.loss.learn_temperature)
     _freeze(built.model, config)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if world.distributed and device.startswith("cuda"):
+        # BatchNorm statistics over the global batch (gloo/CPU has no SyncBatchNorm: see docs/training.md)
+        built.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(built.model)
     built.model.to(device).train()
+    _speed_options(built.model, config)
     optimizer = _optimizer(built.model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    store = store if store is not None else _open_store(config)
-    hard = hard_negatives_from_run(config.loss.hard_negatives) if config.loss.hard_negatives else None
-    samples, counts = load_samples(config.data.root, config.data.train_split, store,
-                                   max_queries=config.data.max_train_queries, hard_negatives=hard,
-                                   per_query=config.loss.hard_negatives_per_query)
-    if len(samples) < config.optim.batch_size:
-        raise ConfigError(f"{len(samples)} training queries is fewer than one batch "
-                          f"({config.optim.batch_size}); lower [optim] batch_size")
-    loader = ImageLoader(store, built.preprocess, cache=config.data.cache_images, workers=config.data.workers)
+    if store is None and config.data.loader == "memory":
+        store = _open_store(config)
+    feed, counts, teacher = make_feed(config, store, built, world, device)
     out = Path(config.run.out)
     check_resume(out, config.quant)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", config.to_dict())
-    trainer = Trainer(config, built, fusion, optimizer, scheduler, samples, loader, device, out, data_counts=counts,
-                      teacher=load_teacher(config.distill, samples))
-    _resume(trainer)
+    if world.is_main:
+        write_json_atomic(out / "config.json", config.to_dict())
+    trainer = Trainer(config, built, fusion, optimizer, scheduler, feed, store, device, out, data_counts=counts,
+                      teacher=teacher, world=world)
+    resume(trainer)
     # [quant]: fake-quantized weights from start_step (a model transformation; checkpoints add the export)
     attach_qat(built.model, config.quant, optimizer, step=trainer.step, spec=built.spec)
+    dist.broadcast_parameters(built.model, world)
     return trainer
 
 
-def train_step(trainer: Trainer) -> dict:
-    """One optimizer step over `grad_accum` micro-batches; returns the loss parts."""
-    config = trainer.config
-    model = trainer.built.model
-    totals: dict[str, float] = {}
-    for micro in range(config.optim.grad_accum):
-        index = batch_indices(len(trainer.samples), config.optim.batch_size, config.run.seed,
-                              trainer.step * config.optim.grad_accum + micro)
-        batch = make_batch([trainer.samples[i] for i in index], trainer.loader,
-                           config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0)
-        with _autocast(trainer.device, config.optim.precision):
-            loss, parts = batch_loss(trainer, batch)
-        (loss / config.optim.grad_accum).backward()
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value / config.optim.grad_accum
-    if config.optim.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
-    trainer.optimizer.step()
-    trainer.scheduler.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        model.clip.logit_scale.clamp_(0, math.log(100))
+def _preflight(config: TrainConfig, world: dist.World) -> None:
+    """Refusals every rank reaches alike before any rendezvous (so none waits for the others)."""
+    if not config.data.root:
+        raise ConfigError("[data] root is not set: pass --data ROOT or set it in the config")
+    if config.optim.batch_size % world.world_size:
+        raise ConfigError(f"[optim] batch_size {config.optim.batch_size} is the global micro-batch and must "
+                          f"split evenly over the {world.world_size} processes; use a multiple of "
+                          f"{world.world_size}")
+    found = checkpoints(Path(config.run.out))
+    if found:
+        check_world_size(found[-1], torch.load(found[-1] / TRAINER_STATE, map_location="cpu", weights_only=True,
+                                                mmap=True), world)
+
+
+def train_step(trainer: Trainer, stop: bool = False) -> tuple[dict, bool]:
+    """One optimizer step over `grad_accum` global micro-batches (this rank's share of each).
+
+    Returns the loss parts and whether the run must stop now (a rank was asked to stop).
+    """
+    from .train_step import optimizer_step
+
+    batches = [trainer.feed.next() for _ in range(trainer.config.optim.grad_accum)]
+    parts, stopping = optimizer_step(trainer, batches, trainer.world, stop)
     trainer.step += 1
-    totals["temperature"] = float(1 / model.clip.logit_scale.detach().exp())
-    return {k: round(v, 6) for k, v in totals.items()}
-
-
-def batch_loss(trainer: Trainer, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    """The configured loss of one micro-batch and its parts."""
-    cfg, model, device = trainer.config.loss, trainer.built.model, trainer.device
-    features = model.image_features(batch.pixels.to(device))
-    positives = features[batch.target_index.to(device)]
-    entity_index = batch.entity_index.to(device)
-    entity = features[entity_index.clamp(min=0)]
-    queries_batch = make_query_batch(trainer.fusion, trainer.built.tokenizer, batch.masked_texts, entity,
-                                     entity_index >= 0).to(device)
-    queries = trainer.fusion.encode(model, queries_batch)
-    duplicates = duplicate_mask(batch.query_keys, batch.target_keys) if cfg.duplicate_mask else None
-    hard = hard_valid = None
-    if batch.hard_index is not None:
-        hard_index = batch.hard_index.to(device)
-        hard, hard_valid = features[hard_index.clamp(min=0)], hard_index >= 0
-    scale = model.clip.logit_scale.exp()
-    parts, total = {}, queries.new_zeros(())
-    for dim in (queries.shape[-1], *cfg.matryoshka_dims):
-        if dim > queries.shape[-1]:
-            raise ConfigError(f"[loss] matryoshka_dims: {dim} exceeds the embedding width {queries.shape[-1]}")
-        term = info_nce(truncate(queries, dim), truncate(positives, dim), scale, duplicates=duplicates,
-                        hard_negatives=None if hard is None else truncate(hard, dim), hard_valid=hard_valid,
-                        hard_alpha=cfg.hard_negative_alpha, same_tower=cfg.same_tower_negatives,
-                        symmetric=cfg.symmetric)
-        parts["loss" if dim == queries.shape[-1] else f"loss@{dim}"] = float(term.detach())
-        total = total + term
-    if cfg.spread_out_weight:
-        regulariser = spread_out(queries) + spread_out(positives)
-        parts["spread_out"] = float(regulariser.detach())
-        total = total + cfg.spread_out_weight * regulariser
-    if trainer.teacher is not None:
-        term, distilled = distill_terms(trainer.teacher, trainer.config.distill, queries=queries,
-                                        query_ids=batch.query_ids, positives=positives, target_ids=batch.target_keys)
-        parts.update(distilled)
-        total = total + term
-    parts["total"] = float(total.detach())
-    return total, parts
+    return parts, stopping
 
 
 def validate(trainer: Trainer, store=None) -> dict:
@@ -237,7 +236,9 @@ def validate(trainer: Trainer, store=None) -> dict:
     from .train_data import read_queries
 
     config = trainer.config
-    store = store if store is not None else trainer.loader.store
+    if store is None:  # opened at the first validation (rank 0 only)
+        trainer.store = trainer.store if trainer.store is not None else _open_store(config)
+        store = trainer.store
     built = trainer.built
     encoder = OpenClipEncoder(built.model, built.preprocess, built.tokenizer, name="training", revision="",
                               native_fusion=config.model.fusion, device=trainer.device)
@@ -250,45 +251,6 @@ def validate(trainer: Trainer, store=None) -> dict:
     qrels = load_qrels(config.data.root, config.data.val_split)
     qrels = {q: qrels[q] for q in run if q in qrels}
     return {k: round(v, 6) for k, v in evaluate_run(run, qrels, parse_measures("R@1,R@5,R@10,MRR@10")).items()}
-
-
-def save_training_checkpoint(trainer: Trainer) -> Path:
-    """Write checkpoints/step-N (model + trainer state) and refresh `model/`; keep the last two."""
-    config = trainer.config
-    folder = trainer.out / "checkpoints" / f"step-{trainer.step:07d}"
-    datasets = [f"MMIR:{Path(config.data.root).name}:{config.data.train_split}"]
-    save_checkpoint(folder, trainer.built, fusion=config.model.fusion, step=trainer.step,
-                    training_datasets=datasets, base=config.model.base)
-    state = {"step": trainer.step, "optimizer": trainer.optimizer.state_dict(),
-             "scheduler": trainer.scheduler.state_dict(), "rng": _rng_state()}
-    with atomic_path(folder / TRAINER_STATE) as tmp:
-        torch.save(state, tmp)
-    final = trainer.out / "model"
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(folder, final, ignore=shutil.ignore_patterns(TRAINER_STATE))
-    for old in _checkpoints(trainer.out)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _resume(trainer: Trainer) -> None:
-    from safetensors.torch import load_file
-
-    found = _checkpoints(trainer.out)
-    if not found:
-        return
-    latest = found[-1]
-    trainer.built.model.load_state_dict(load_file(str(latest / WEIGHTS), device=trainer.device))
-    state = torch.load(latest / TRAINER_STATE, map_location=trainer.device, weights_only=False)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    trainer.step = state["step"]
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    """Finished step checkpoints (with trainer state), oldest first."""
-    return sorted(p.parent for p in (out / "checkpoints").glob(f"step-*/{TRAINER_STATE}"))
 
 
 def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -316,6 +278,18 @@ def _schedule(config: TrainConfig):
     return factor
 
 
+def _speed_options(model, config: TrainConfig) -> None:
+    """Gradient checkpointing and torch.compile of the towers, when asked."""
+    clip = model.clip
+    if config.optim.grad_checkpointing:
+        clip.set_grad_checkpointing(True)
+    if config.optim.compile:
+        # Module.compile works in place, so parameter names (and checkpoints) stay unchanged
+        clip.visual.compile()
+        if hasattr(clip, "transformer"):
+            clip.transformer.compile()
+
+
 def _freeze(model, config: TrainConfig) -> None:
     clip = model.clip
     if config.model.freeze_image:
@@ -326,9 +300,11 @@ def _freeze(model, config: TrainConfig) -> None:
                 param.requires_grad_(False)
 
 
-def _autocast(device: str, precision: str):
-    if precision == "bf16" or (precision == "auto" and device == "cuda"):
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+def autocast(device: str, precision: str):
+    """bf16 autocast on CUDA by default (`auto`) or when asked; fp32 otherwise."""
+    kind = device.split(":")[0]
+    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"[optim] precision must be auto, fp32 or bf16, got {precision!r}")
     return contextlib.nullcontext()
@@ -352,21 +328,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Log:

@@ -36,7 +36,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the training data is: a build's data root and its image store."""
+    """Where the training data is: a build's data root and its image store, and how it is read."""
 
     root: str = ""
     images: str = ""                 # default: the data root's images/ folder
@@ -44,8 +44,21 @@ class DataConfig:
     val_split: str = "val"
     max_train_queries: int = 0       # 0: all
     max_val_queries: int = 0
-    workers: int = 0                 # image decoding threads
-    cache_images: bool = True        # keep preprocessed images in memory (small worlds)
+    loader: str = "stream"           # stream (prepared shards, constant memory) | memory (small worlds)
+    prepared: str = ""               # stream: the prepared folder (default: ROOT/train_shards/<key>)
+    shuffle_buffer: int = 1000       # stream: samples in each worker's shuffle buffer
+    workers: int = 0                 # stream: loader processes per rank; memory: decoding threads
+
+    def __post_init__(self):
+        if self.loader not in ("stream", "memory"):
+            raise ConfigError(f"[data] loader must be stream or memory, got {self.loader!r}")
+        if self.shuffle_buffer < 1 or self.workers < 0:
+            raise ConfigError("[data] shuffle_buffer must be at least 1 and workers at least 0")
+
+
+# keys that no longer apply: accepted with a warning, then ignored
+DEPRECATED = {("data", "cache_images"): "images are streamed from prepared shards (or cached by the memory "
+                                        "loader); the key is ignored"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
     precision: str = "auto"          # auto (bf16 autocast on GPU) | fp32 | bf16
+    grad_checkpointing: bool = False  # recompute tower activations in the backward pass (less memory)
+    compile: bool = False            # torch.compile the image and text towers (in place: same checkpoint keys)
 
 
 @dataclass(frozen=True)
@@ -150,8 +165,22 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfi
             raise ConfigError(f"{source}: unknown section [{name}]{_hint(name, sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{name}] must be a table of keys")
+        values = _drop_deprecated(name, values, source)
         built[name] = section_from_dict(hints[name], values, f"{source}: [{name}]")
     return TrainConfig(**built)
+
+
+def _drop_deprecated(section: str, values: dict[str, Any], source: str) -> dict[str, Any]:
+    import warnings
+
+    kept = {}
+    for key, value in values.items():
+        why = DEPRECATED.get((section, key))
+        if why:
+            warnings.warn(f"{source}: [{section}] {key} is deprecated: {why}", FutureWarning, stacklevel=3)
+        else:
+            kept[key] = value
+    return kept
 
 
 def section_from_dict(cls, values: dict[str, Any], where: str):

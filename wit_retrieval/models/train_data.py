@@ -51,6 +51,11 @@ class TrainBatch:
     target_keys: list[str]
     query_ids: list[str] | None = None
 
+    def pin_memory(self) -> TrainBatch:
+        """The batch with its pixels in page-locked memory (DataLoader pin_memory; faster copies to CUDA)."""
+        self.pixels = self.pixels.pin_memory()
+        return self
+
 
 def read_queries(root: str | Path, split: str, max_queries: int = 0) -> list[dict]:
     """Rows of the queries table of `split` (the columns training and evaluation use)."""
@@ -149,3 +154,33 @@ def make_batch(samples: Sequence[Sample], loader: ImageLoader, hard_per_query: i
     return TrainBatch(pixels, target_index, entity_index, hard_index, [s.masked_text for s in samples],
                       [s.key for s in samples], [s.target for s in samples],
                       [s.query_id for s in samples])
+
+
+class IndexFeed:
+    """In-memory samples in global micro-batches from (seed, micro-batch number); this rank takes its share.
+
+    Every rank draws the same global batch, so any world size sees the same samples (what the
+    equivalence tests need); the position is the micro-batch counter.
+    """
+
+    def __init__(self, samples: list[Sample], loader: ImageLoader, batch: int, seed: int, world, hard_per_query: int):
+        self.samples, self.loader, self.batch, self.seed = samples, loader, batch, seed
+        self.world, self.hard_per_query = world, hard_per_query
+        self.micro = 0
+        self.counts: dict[str, int] = {}
+
+    def state(self) -> dict:
+        """The number of global micro-batches used."""
+        return {"micro_batch": self.micro}
+
+    def restore(self, state: dict) -> None:
+        """Continue after `state`'s micro-batch."""
+        self.micro = int(state["micro_batch"])
+
+    def next(self) -> TrainBatch:
+        """This rank's share of the next global micro-batch."""
+        index = batch_indices(len(self.samples), self.batch, self.seed, self.micro)
+        share = self.batch // self.world.world_size
+        mine = index[self.world.rank * share:(self.world.rank + 1) * share]
+        self.micro += 1
+        return make_batch([self.samples[i] for i in mine], self.loader, self.hard_per_query)

@@ -1,0 +1,218 @@
+"""Training at scale, side by side (writes benchmarks/results/train.md).
+
+- memory: peak RSS of `wit-retrieval train` (the whole process, streamed data, 200 steps) on a
+  synthetic world and on one with 10x its queries and images; goal <= 1.15x;
+- loader: samples/s of our streaming loader alone (decode, preprocess, collate, same workers)
+  against a bare `webdataset` pipeline over the same shards doing the same decode and preprocess
+  (entity images looked up in the same store); goal >= 0.9x;
+- step: samples/s of our inject step against a plain open_clip CLIP contrastive step (same
+  model, random init, same target images), with the images ours encodes per sample.
+
+Usage: python benchmarks/bench_train.py [--steps 200] [--small 300] [--model ViT-B-32] [--step-batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+def _world(base: Path, entities: int, scenes: int):
+    from tests.test_models_world import make_world, write_store
+
+    world = make_world(base, entities=entities, scenes={"train": scenes, "val": 8}, size=64)
+    write_store(world.store, world.root.images)
+    return world
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def memory(tmp: Path, small: int, steps: int) -> dict:
+    """Peak RSS (KiB) of training `steps` steps on 1x and 10x worlds (prepared beforehand)."""
+    out = {}
+    for name, factor in (("1x", 1), ("10x", 10)):
+        world = _world(tmp / name, 4 * factor, small * factor)
+        common = ["baselines/inject-mini.toml", "--data", str(world.root.root),
+                  "--set", "model.base=open_clip:wit-tiny-vit:random"]
+        subprocess.run([sys.executable, "-m", "wit_retrieval", "prepare", *common], check=True, env=_env(),
+                       cwd=REPO, stdout=subprocess.DEVNULL)
+        command = [sys.executable, "-c", RSS, sys.executable, "-m", "wit_retrieval", "train", *common,
+                   "--out", str(tmp / f"run-{name}"), "--set", f"optim.steps={steps}",
+                   "--set", "run.eval_every=0", "--set", "run.checkpoint_every=0"]
+        started = time.perf_counter()
+        done = subprocess.run(command, check=True, env=_env(), cwd=REPO, capture_output=True, text=True)
+        out[name] = {"queries": small * factor, "peak_rss_mib": round(int(done.stdout.strip().splitlines()[-1])
+                                                                       / 1024, 1),
+                     "seconds": round(time.perf_counter() - started, 1)}
+    out["ratio"] = round(out["10x"]["peak_rss_mib"] / out["1x"]["peak_rss_mib"], 3)
+    return out
+
+
+def loader(tmp: Path, scenes: int, workers: int, batch: int, repeats: int) -> dict:
+    """samples/s of our StreamFeed and of a bare webdataset pipeline, best of `repeats`, interleaved."""
+    import torch
+    import webdataset as wds
+
+    from wit_retrieval.models.encoders import create_open_clip
+    from wit_retrieval.models.train_shards import EntityImages, PrepareInputs, ensure_prepared, read_prepared
+    from wit_retrieval.models.train_stream import StreamFeed, StreamPlan
+
+    world = _world(tmp / "loader", 24, scenes)
+    folder = ensure_prepared(PrepareInputs(str(world.root.root), "train"), world.store, progress=False)
+    manifest = read_prepared(folder)
+    _, preprocess, _, _ = create_open_clip("wit-tiny-vit", "random")  # the small preprocess: overhead shows most
+    plan = StreamPlan(tuple(s["samples"] for s in manifest["shards"]), 0, 1, 0, max(1, workers), batch, 1000)
+    quota = plan.quota(0) * max(1, workers)
+
+    def ours() -> float:
+        feed = StreamFeed(folder, plan, preprocess, 0, workers=workers, pin=False)
+        started = time.perf_counter()
+        for _ in range(quota):
+            feed.next()
+        return quota * batch / (time.perf_counter() - started)
+
+    def bare() -> float:
+        images = EntityImages(folder)
+
+        def decode_batch(samples):
+            """The same work as ours: each distinct image of the batch decoded and preprocessed once."""
+            import io
+
+            from PIL import Image
+
+            cache: dict = {}
+
+            def image(key, data):
+                if key not in cache:
+                    cache[key] = preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
+                return cache[key]
+
+            targets, entities, texts = [], [], []
+            for sample in samples:
+                meta = json.loads(sample["json"])
+                targets.append(image(meta["target"], sample["img"]))
+                entities.append([image(i, images.get(i)) for i in meta["entities"] if i])
+                texts.append(meta["masked_text"])
+            return torch.stack(targets), entities, texts
+
+        urls = [str(folder / s["file"]) for s in manifest["shards"]]
+        dataset = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False)
+                   .shuffle(1000).batched(batch, collation_fn=list, partial=False).map(decode_batch))
+        started, count = time.perf_counter(), 0
+        for targets, _, _ in wds.WebLoader(dataset, batch_size=None, num_workers=workers):
+            count += len(targets)
+        return count / (time.perf_counter() - started)
+
+    results = {"ours": [], "webdataset": []}
+    for _ in range(repeats):
+        results["ours"].append(ours())
+        results["webdataset"].append(bare())
+    best = {k: round(max(v), 1) for k, v in results.items()}
+    return {"samples": sum(plan.shards), "workers": workers, "batch": batch, "samples_per_s": best,
+            "ratio": round(best["ours"] / best["webdataset"], 3)}
+
+
+def step(tmp: Path, model: str, batch: int, steps: int, device: str, repeats: int) -> dict:
+    """samples/s of our inject optimizer step against open_clip's plain ClipLoss step (same model and targets)."""
+    import torch
+    from open_clip.loss import ClipLoss
+
+    from tests.test_models_world import make_world
+    from wit_retrieval.models.train import autocast, prepare, train_step
+    from wit_retrieval.models.train_config import config_from_dict
+
+    world = make_world(tmp / "step", entities=16, scenes={"train": batch * 4, "val": 8}, size=64)
+    config = config_from_dict({"model": {"base": f"open_clip:{model}:random", "fusion": "inject"},
+                               "data": {"root": str(world.root.root), "loader": "memory"},
+                               "optim": {"steps": 10_000, "batch_size": batch},
+                               "run": {"out": str(tmp / "step-run"), "eval_every": 0, "checkpoint_every": 0}})
+    trainer = prepare(config, world.store, device=device)
+    probe = [trainer.feed.next() for _ in range(4)]
+    images_per_sample = sum(b.pixels.shape[0] for b in probe) / (4 * batch)
+    clip = trainer.built.model.clip
+    samples = trainer.feed.samples[:batch]
+    pixels = trainer.feed.loader.pixels([s.target for s in samples]).to(device)
+    tokens = trainer.built.tokenizer([s.masked_text for s in samples]).to(device)
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-4, fused=True)
+    loss_fn = ClipLoss()
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def ours() -> float:
+        sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            train_step(trainer)
+        sync()
+        return steps * batch / (time.perf_counter() - started)
+
+    def plain() -> float:
+        sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            with autocast(device, "auto"):
+                image = clip.encode_image(pixels, normalize=True)
+                text = clip.encode_text(tokens, normalize=True)
+                loss = loss_fn(image.float(), text.float(), clip.logit_scale.exp())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync()
+        return steps * batch / (time.perf_counter() - started)
+
+    ours(), plain()  # warm-up (allocator, image cache, kernels)
+    rates = {"ours": [], "open_clip": []}
+    for _ in range(repeats):
+        rates["ours"].append(ours())
+        rates["open_clip"].append(plain())
+    best = {k: round(max(v), 2) for k, v in rates.items()}
+    return {"model": model, "device": device, "batch": batch, "precision": "bf16" if device.startswith("cuda")
+            else "fp32", "samples_per_s": best, "ratio": round(best["ours"] / best["open_clip"], 3),
+            "images_encoded_per_sample": {"ours": round(images_per_sample, 2), "open_clip": 1.0}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--small", type=int, default=300, help="training queries of the 1x world")
+    parser.add_argument("--loader-scenes", type=int, default=800)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--step-batch", type=int, default=16)
+    parser.add_argument("--step-steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default="memory,loader,step")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train.json"))
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    results = {}
+    if "memory" in args.only:
+        results["memory"] = memory(tmp, args.small, args.steps)
+        print(json.dumps(results["memory"]), flush=True)
+    if "loader" in args.only:
+        results["loader"] = loader(tmp, args.loader_scenes, args.workers, 32, args.repeats)
+        print(json.dumps(results["loader"]), flush=True)
+    if "step" in args.only:
+        results["step"] = step(tmp, args.model, args.step_batch, args.step_steps, args.device, args.repeats)
+        print(json.dumps(results["step"]), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
