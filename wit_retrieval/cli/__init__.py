@@ -17,7 +17,7 @@ from ..errors import WitRetrievalError
 
 # Each module defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
-    "synth", "serve", "download", "released", "build", "images",
+    "synth", "serve", "download", "released", "build", "export", "images",
     "scoring", "index", "models", "soup", "text_baseline", "annotate", "report", "docs",
 )
 
