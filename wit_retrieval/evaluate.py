@@ -82,8 +82,12 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
     embed = EmbedConfig(batch_size=config.batch_size, workers=config.workers, progress=config.progress,
                         cache_dir=str(config.cache_dir or root.embeddings))
     names = load_query_names(root, queries) if fusion == "names" else None
-    run, counts = rank_queries(encoder, queries, corpus, store, fusion=fusion, k=config.k, embed=embed,
-                               names=names, index=config.index, with_counts=True)
+    if hasattr(encoder, "rank"):  # mteb:NAME models embed text and image together (models/mteb_models.py)
+        run, counts = encoder.rank(queries, corpus, store, fusion=fusion, k=config.k, index=config.index,
+                                   batch_size=config.batch_size)
+    else:
+        run, counts = rank_queries(encoder, queries, corpus, store, fusion=fusion, k=config.k, embed=embed,
+                                   names=names, index=config.index, with_counts=True)
     qrels = load_qrels(root.root, config.split)
     if config.max_queries:
         qrels = {q: qrels[q] for q in run if q in qrels}

@@ -160,6 +160,17 @@ def metadata(name: str, data: _SplitData, kind: str | None, codes: list[str] | N
         prompt={"query": PROMPT})
 
 
+def bare_metadata():
+    """An MMIR-shaped TaskMetadata with no data behind it (to encode for `mteb:NAME` models)."""
+    from mteb.abstasks.task_metadata import TaskMetadata
+
+    return TaskMetadata(
+        name="MMIRIT2IRetrieval", description="MMIR (WIT) mixed-modal image retrieval.", reference=REFERENCE,
+        dataset={"path": "wit-retrieval/mmir", "revision": "local"}, type="Any2AnyRetrieval", category="it2i",
+        modalities=["image", "text"], eval_splits=[SPLIT], eval_langs=["eng-Latn"], main_score="ndcg_at_10",
+        prompt={"query": PROMPT})
+
+
 def _task_class(name: str, data: _SplitData, kind: str | None, codes: list[str] | None = None):
     from mteb.abstasks.retrieval import AbsTaskRetrieval
 
