@@ -105,3 +105,28 @@ def test_our_encoder_through_mteb_evaluate_scores_as_ours(world, tmp_path):
     corpus = sorted({d for docs in qrels.values() for d in docs})
     own = rank_queries(model.ours, read_queries(world.root.root, "test"), corpus, world.store, fusion="sum", k=10)
     assert {q: r[0][0] for q, r in own.items()} == {q: r[0][0] for q, r in run.items()}
+
+
+def test_encoder_wraps_checkpoints_and_every_fusion_with_image_lists(world, tmp_path):
+    import numpy as np
+
+    from wit_retrieval.errors import ConfigError
+    from wit_retrieval.models.checkpoint import build_retriever, save_checkpoint
+    from wit_retrieval.mteb import encoder
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", build_retriever(TINY, {"inject": {}, "combiner": {}}),
+                           fusion="inject", step=1)
+    images = [world.store.open(i) for i in world.store.ids()[:3]]
+    texts = ["[MASK_0] left of [MASK_1] at sea", "[MASK_0] in a forest"]
+    lists = [images[:2], [images[2]]]
+    for fusion in ("inject", "combiner", "sum", "image-only"):
+        model = encoder(f"local-dir:{ckpt}", fusion=fusion, device="cpu")
+        got = model.encode([{"id": ["a", "b"], "text": texts, "query": texts, "image": lists}], task_metadata=None,
+                           hf_split="test", hf_subset="default")
+        assert np.allclose(got, model.ours.encode_queries(texts, lists, fusion=fusion), atol=1e-5)
+    assert encoder(f"local-dir:{ckpt}", device="cpu").fusion == "inject"  # the checkpoint's own
+    docs = model.encode([{"id": ["x"], "image": images[:1]}], task_metadata=None, hf_split="test",
+                        hf_subset="default")
+    assert np.allclose(docs, model.ours.encode_images(images[:1]), atol=1e-5)
+    with pytest.raises(ConfigError, match="has no fusion 'inject'"):
+        encoder(TINY, fusion="inject", device="cpu")
