@@ -54,6 +54,9 @@ def test_tasks_metadata_validates_and_url_exports_need_a_store(world, tmp_path):
     ours, theirs = made[0].dataset["default"]["test"], from_urls.dataset["default"]["test"]
     assert ours["queries"]["id"] == theirs["queries"]["id"] and ours["relevant_docs"] == theirs["relevant_docs"]
     assert ours["queries"][0]["image"][0].tobytes() == theirs["queries"][0]["image"][0].tobytes()
+    # re-exported into the same folder (now embedded): the tasks see the new files, not a cached copy
+    export_hf(HfExportConfig(root=str(world.root.root), out=str(tmp_path / "urls"), images="embed", progress=False))
+    assert tasks(tmp_path / "urls")[0].metadata.dataset["path"] == str(tmp_path / "urls")
 
 
 def _our_scores(run: dict, qrels: dict) -> dict:

@@ -55,9 +55,7 @@ class _SplitData:
         self.path, self.split = path, split
         hf_split = {"val": "validation"}.get(split, split)
         if is_export(path):
-            queries = datasets.load_dataset(str(path), "queries", split=hf_split)
-            corpus = datasets.load_dataset(str(path), "corpus", split=hf_split)
-            qrels = datasets.load_dataset(str(path), "qrels", split=hf_split)
+            queries, corpus, qrels = (_read_config(path, c, hf_split) for c in ("queries", "corpus", "qrels"))
             self.qrels = _qrels_dict(qrels["query-id"], qrels["corpus-id"], qrels["score"])
             embedded = "image" in queries.features
         else:
@@ -92,6 +90,22 @@ class _SplitData:
         queries = self.queries.select(rows)
         qrels = {q: self.qrels[q] for q in queries["id"] if q in self.qrels}
         return {"queries": queries, "corpus": self.corpus, "relevant_docs": qrels, "top_ranked": None}
+
+
+def _read_config(path: Path, config: str, hf_split: str):
+    """One config's split of an export, read from its parquet shards.
+
+    Not through `datasets.load_dataset`: offline, that returns the cached copy of an earlier export
+    written to a folder of the same name (checked with datasets 5.2), so a re-export would go unseen.
+    """
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted((path / config).glob(f"{hf_split}-*.parquet"))
+    if not files:
+        raise InputError(f"no {config} shards for split {hf_split}", path=str(path / config))
+    return datasets.Dataset(pa.concat_tables([pq.read_table(f) for f in files]))  # features from the metadata
 
 
 def _image_id(url: str) -> str:

@@ -92,7 +92,8 @@ MTEB tasks): {", ".join(unmapped) or "none"}.
 
 ```python
 import datasets
-queries = datasets.load_dataset("DIR", "queries", split="test")
+queries = datasets.load_dataset("DIR", "queries", split="test")  # after re-exporting into DIR offline:
+# add download_mode="force_redownload" (datasets otherwise returns its cached copy of the old files)
 import wit_retrieval.mteb, mteb
 tasks = wit_retrieval.mteb.tasks("DIR"{", image_store='ROOT/images'" if config.images == "urls" else ""})
 mteb.evaluate(wit_retrieval.mteb.encoder("open_clip:ViT-B-32:laion2b_s34b_b79k", fusion="sum"), tasks=tasks)
