@@ -152,3 +152,15 @@ def test_mbeir_export_reads_in_uniirs_loader(world, tmp_path, monkeypatch):
         assert len(src["entity_image_paths"]) == query["num_entities"] and row["query_img_path"] == src["entity_image_paths"][0]
         assert ours[("test", "candidate", row["pos_cand_list"][0])] == query["target_image_id"]
         assert hash_did(row["pos_cand_list"][0]) // 10_000_000 in (10, 11)
+
+
+def test_card_lists_languages_without_an_mteb_code():
+    from wit_retrieval.exports.hf import HfExportConfig, HfExportStats
+    from wit_retrieval.exports.hf_card import body, front_matter
+
+    stats = HfExportStats(rows={"queries/test": 3}, files={"queries/test": ["queries/test-00000.parquet"]},
+                          languages={"de": 1, "zh-TW": 1, "xx-nowhere": 1})
+    config = HfExportConfig(root="r", out="o")
+    head = front_matter(stats, config)
+    assert "- deu\n- zho\n" in head and "xx-nowhere" not in head and "- multilingual" in head
+    assert "Without a mapping (left out of the per-language\nMTEB tasks): xx-nowhere." in body(None, config, stats)

@@ -176,6 +176,10 @@ def _write_queries(root, out: Path, split: str, dids: dict[str, str], images: _I
                 stats.dataset_ids.add(int(qid.split(":")[0]))
             advance(batch.num_rows)
     stats.queries[split] = count
+    if not count:  # no empty files: a split none of whose queries has a positive in the pool is left out
+        for path in (query_path, qrels_path, out / "cand_pool" / "local" / f"mbeir_{NAME}_{split}_cand_pool.jsonl"):
+            path.unlink(missing_ok=True)
+        return
     stats.files += [query_path, qrels_path]
 
 
