@@ -92,14 +92,24 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
     embed = EmbedConfig(batch_size=config.batch_size, workers=config.workers, progress=config.progress,
                         cache_dir=str(config.cache_dir or root.embeddings))
     names = load_query_names(root, queries) if fusion == "names" else None
-    encoded = encode_for_search(encoder, queries, corpus, store, fusion=fusion, embed=embed, names=names)
+    ranked = None
+    if hasattr(encoder, "rank"):  # mteb:NAME models embed text and image together (models/mteb_models.py)
+        if config.dims:
+            raise ConfigError("--dims (Matryoshka widths) needs one of our encoders, not an mteb: model")
+        ranked = encoder.rank(queries, corpus, store, fusion=fusion, k=config.k, index=config.index,
+                              batch_size=config.batch_size)
+        counts = ranked[1]
+    else:
+        encoded = encode_for_search(encoder, queries, corpus, store, fusion=fusion, embed=embed, names=names)
+        counts = encoded["counts"]
     qrels = load_qrels(root.root, config.split)
     queries_table = read_table_dir(root.table_split("queries", config.split))
     scheme = "" if quantization["scheme"] == "fp32" else f"-{quantization['scheme']}"
     out = Path(config.out) if config.out else root.results / f"{_slug(encoder.metadata.name)}-{fusion}-{config.split}{scheme}"
     full = encoder.metadata.dim
     for dim in (full, *parse_dims(config.dims, full)):
-        run = search_run(encoded, queries, k=config.k, index=config.index, dim=dim if dim != full else None)
+        run = ranked[0] if ranked is not None else search_run(encoded, queries, k=config.k, index=config.index,
+                                                              dim=dim if dim != full else None)
         kept = {q: qrels[q] for q in run if q in qrels} if config.max_queries else qrels
         results = _as_dict(score(run, kept, config.measures, queries_table=queries_table, bootstrap=config.bootstrap,
                                  corpus_size=len(corpus), split=config.split,
@@ -107,7 +117,7 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
         results.update({
             "model": encoder.metadata.to_dict(), "fusion": fusion, "split": config.split, "quantization": quantization,
             "dim": dim, "zero_shot": encoder.metadata.zero_shot_on("mmir"), "config": dataclasses.asdict(config),
-            "counts": encoded["counts"], "evaluation_seconds": round(time.perf_counter() - started, 3),
+            "counts": counts, "evaluation_seconds": round(time.perf_counter() - started, 3),
         })
         where = out if dim == full else out.with_name(f"{out.name}-d{dim}")
         _write_outputs(where, run, results, tag=f"{_slug(encoder.metadata.name)}-{fusion}", config=config)

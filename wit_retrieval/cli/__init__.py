@@ -18,7 +18,7 @@ from ..errors import WitRetrievalError, missing_extra
 
 # Each module defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
-    "synth", "serve", "download", "released", "build", "images",
+    "synth", "serve", "download", "released", "build", "export", "images",
     "scoring", "index", "models", "mining", "soup", "text_baseline", "annotate", "report", "docs",
 )
 

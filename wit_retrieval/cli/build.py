@@ -1,4 +1,4 @@
-"""CLI: `build ei`, `build mmir`, `build export`, `stats`, `card`."""
+"""CLI: `build ei`, `build mmir`, `build export` (alias of `export released`), `stats`, `card`."""
 
 from __future__ import annotations
 
@@ -127,18 +127,17 @@ def build_mmir(
 
 
 def build_export(
-    root: Path = typer.Argument(..., help="Data root of a finished build."),
+    root: Path = typer.Argument(..., help="Data root of a finished build (or of `released import`)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the TSV.gz files (default ROOT/exports)."),
     train_shards: int = typer.Option(5, "--train-shards", help="Number of mmir_dataset_train-*-of-N files."),
 ):
-    """Export a build as TSV.gz files in the released layout (under ROOT/exports).
+    """Alias of `export released`: the released TSV.gz layout (under ROOT/exports unless --out).
 
     Example: wit-retrieval build export data/
     """
-    from ..build.export import export_all
-    from ..progress import console
+    from .export import export_released
 
-    for path in export_all(root, train_shards=train_shards):
-        console.print(str(path))
+    export_released(root, out, train_shards)
 
 
 def stats(root: Path = typer.Argument(..., help="Data root of a build.")):

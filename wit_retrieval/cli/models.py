@@ -107,10 +107,12 @@ def evaluate(
     config: Path = typer.Option(None, "--config", help="An evaluation TOML with an [evaluate] table "
                                 "(baselines/zs-*.toml); options given here override it."),
     data: str = typer.Option("", "--data", help="Data root of a build (queries, corpus, qrels)."),
-    model: str = typer.Option("", "--model", help="Encoder name: open_clip:ARCH:TAG or local-dir:PATH."),
+    model: str = typer.Option("", "--model", help="Encoder name: open_clip:ARCH:TAG, local-dir:PATH, or mteb:NAME "
+                              "(an MTEB model taking image+text queries, from the local Hugging Face cache)."),
     checkpoint: str = typer.Option("", "--checkpoint", help="A checkpoint folder (e.g. runs/inject-mini/model)."),
     fusion: str = typer.Option("", "--fusion", help="text-only, image-only, sum, names, combiner, inject "
-                               "(default: the model's own)."),
+                               "(default: the model's own); for mteb:NAME pair-mean (default: one (text, image) "
+                               "pair per entity image, embeddings averaged) or list (all images at once)."),
     split: str = typer.Option("", "--split", help="Split to evaluate: train, val or test (default: test)."),
     images: str = typer.Option("", "--images", help="Image store folder (default: DATA/images)."),
     out: str = typer.Option("", "--out", help="Output folder (default: DATA/results/MODEL-FUSION-SPLIT)."),

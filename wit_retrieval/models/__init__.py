@@ -4,7 +4,7 @@ Importing this package imports torch (through the fusion registry); the rest of 
 imports it only inside functions.
 """
 
-from . import gemini, text_encoders  # noqa: F401 - register the sentence-transformers, st and gemini schemes
+from . import gemini, mteb_models, text_encoders  # noqa: F401 - register the sentence-transformers, st, gemini, mteb schemes
 from .encoders import ENCODERS, Encoder, EncoderMetadata, OpenClipEncoder, load_encoder
 from .fusion import FUSIONS, Fusion, get_fusion
 
