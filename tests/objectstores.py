@@ -98,3 +98,32 @@ def gcs_bucket(gcs_endpoint, monkeypatch) -> str:
     host = gcs_endpoint.split("://", 1)[1]
     pafs.GcsFileSystem(anonymous=True, endpoint_override=host, scheme="http", project_id="test").create_dir(bucket)
     return f"gs://{bucket}"
+
+
+def raw_keys(uri: str) -> list[str]:
+    """Every key under a bucket's prefix, as the server lists it (markers and temporaries included),
+    relative to the prefix: what "only committed keys" is checked against."""
+    import json
+    import urllib.request
+
+    scheme, rest = uri.split("://", 1)
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    if scheme == "s3":
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+        keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for item in page.get("Contents", [])]
+    else:
+        base = os.environ["WIT_RETRIEVAL_GCS_ENDPOINT"]
+        keys, token = [], ""
+        while True:
+            url = f"{base}/storage/v1/b/{bucket}/o?prefix={prefix}&pageToken={token}"
+            with urllib.request.urlopen(url) as response:
+                page = json.load(response)
+            keys += [item["name"] for item in page.get("items", [])]
+            token = page.get("nextPageToken")
+            if not token:
+                break
+    return sorted(key[len(prefix):] for key in keys)

@@ -65,6 +65,15 @@ def redact(target: Any) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def redact_all(obj: Any) -> Any:
+    """A JSON-able config with every URI in it redacted (for resolved configs written beside outputs)."""
+    if isinstance(obj, dict):
+        return {k: redact_all(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_all(v) for v in obj]
+    return redact(obj) if isinstance(obj, str) and "://" in obj else obj
+
+
 def _env_endpoint(*names: str) -> str | None:
     for name in names:
         if os.environ.get(name):
@@ -227,8 +236,7 @@ class ObjectPath:
         return self._info().size or 0
 
     def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
-        fs, key = self._location
-        fs.create_dir(key, recursive=True)
+        """Nothing: a prefix exists through its keys (pyarrow would write empty marker keys)."""
 
     def iterdir(self) -> Iterator[ObjectPath]:
         fs, key = self._location
@@ -356,6 +364,18 @@ def sweep(target: Any, recursive: bool = False) -> int:
     return len(stale)
 
 
+def remove_tree(target: Any) -> None:
+    """Delete a folder or prefix and everything under it (nothing when it does not exist)."""
+    target = path(target)
+    if isinstance(target, Path):
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    fs, key = resolve(target)
+    if fs.get_file_info(key).type != pafs.FileType.NotFound:
+        with contextlib.suppress(FileNotFoundError):  # emptied meanwhile: a prefix ends with its last key
+            fs.delete_dir(key)
+
+
 def move(source: Any, target: Any) -> None:
     """Move one file (a rename locally, copy + delete on an object store)."""
     src, dst = path(source), path(target)
@@ -370,6 +390,25 @@ def move(source: Any, target: Any) -> None:
     else:
         pafs.copy_files(src_key, dst_key, source_filesystem=fs, destination_filesystem=fs_to)
         fs.delete_file(src_key)
+
+
+@contextlib.contextmanager
+def local_tree(target: Any, pattern: str = "*") -> Iterator[Path]:
+    """A local folder holding the files under `target` whose names match `pattern` (kept at their
+    relative paths): the folder itself when local, a temporary download when remote."""
+    target = path(target)
+    if isinstance(target, Path):
+        yield target
+        return
+    fs, key = resolve(target)
+    with tempfile.TemporaryDirectory(prefix="wit-retrieval-") as folder:
+        for relative in walk_files(target):
+            if fnmatch.fnmatchcase(PurePosixPath(relative).name, pattern):
+                local = Path(folder) / relative
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with fs.open_input_stream(f"{key}/{relative}", compression=None) as source, open(local, "wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 22)
+        yield Path(folder)
 
 
 @contextlib.contextmanager

@@ -230,11 +230,13 @@ def read_table_dir(directory: str | os.PathLike, columns: list[str] | None = Non
         raise InputError("no manifest: this table was never finished; rebuild it", path=str(directory))
     # ParquetFile, not pq.read_table: the same table without pyarrow.dataset's import (~0.4 s of
     # start-up in every build worker)
-    tables = [_read_parquet(directory / f["file"], columns) for f in manifest["files"]]
+    tables = [read_parquet(directory / f["file"], columns) for f in manifest["files"]]
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
-def _read_parquet(path: Path | fs.ObjectPath, columns: list[str] | None) -> pa.Table:
+def read_parquet(path: str | os.PathLike | fs.ObjectPath, columns: list[str] | None = None) -> pa.Table:
+    """One parquet file, local or on an object store."""
+    path = fs.path(path)
     if isinstance(path, Path):
         return pq.ParquetFile(path).read(columns=columns)
     with fs.open_file(path, "rb") as source:
