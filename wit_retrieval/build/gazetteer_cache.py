@@ -64,10 +64,14 @@ def save_language(target: Any, lang) -> None:
 def load_language(target: Any, make):
     """The keys of a .keys.arrow file, as `make(keys, values, ambiguous, names)` (linker._Language)."""
     table, meta = _read_ipc(target, _KEYS)
-    columns = table.to_pydict()
-    targets = [t if t is not None else (json.loads(c) if c is not None else None)
-               for t, c in zip(columns["target"], columns["choices"])]
-    values = [tuple(v) for v in zip(columns["length"], columns["right"], columns["left"], targets)]
+    columns = {name: table[name].to_pylist() for name in ("key", "length", "right", "left", "target")}
+    targets = columns["target"]
+    choices = table["choices"]
+    if choices.null_count < len(choices):  # a choice is rare: only its rows are decoded
+        for k, text in enumerate(choices.to_pylist()):
+            if text is not None:
+                targets[k] = json.loads(text)
+    values = list(zip(columns["length"], columns["right"], columns["left"], targets))
     return make(columns["key"], values, int(meta["ambiguous"]), int(meta["names"]))
 
 
