@@ -253,6 +253,19 @@ def _stream_into(session, url: str, part: Path, size: int | None, config: Downlo
     raise DownloadError(f"{part.name}: incomplete after {config.retries + 1} attempts: {url}")
 
 
+def _transfer(session, url: str, part: Path, name: str, size: int | None, checksum, config: DownloadConfig,
+              on_start) -> tuple[int, str]:
+    """Fill and verify the local `.part` file (resuming what it holds); returns (bytes resumed, note)."""
+    resumed = part.stat().st_size if part.exists() else 0
+    advance = on_start(name, size, resumed) if on_start else (lambda n: None)
+    _stream_into(session, url, part, size, config, advance)
+    try:
+        return resumed, _verify(part, size, checksum)
+    except DownloadError as exc:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{exc}; the download was removed, run again to fetch it anew") from None
+
+
 def download_file(
     file: ReleaseFile,
     session,
@@ -288,14 +301,7 @@ def download_file(
             verification = None
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        resumed = part.stat().st_size if part.exists() else 0
-        advance = on_start(dest.name, size, resumed) if on_start else (lambda n: None)
-        _stream_into(session, url, part, size, config, advance)
-        try:
-            verification = _verify(part, size, checksum)
-        except DownloadError as exc:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{exc}; the download was removed, run again to fetch it anew") from None
+        resumed, verification = _transfer(session, url, part, dest.name, size, checksum, config, on_start)
         part.replace(dest)
         status = "resumed" if resumed else "downloaded"
     stat = dest.stat()
@@ -330,14 +336,7 @@ def _download_to_store(file: ReleaseFile, session, config: DownloadConfig, check
         fs.redact(config.out).encode()).hexdigest()[:16]
     part = staging / (file.relpath + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
-    resumed = part.stat().st_size if part.exists() else 0
-    advance = on_start(dest.name, size, resumed) if on_start else (lambda n: None)
-    _stream_into(session, url, part, size, config, advance)
-    try:
-        verification = _verify(part, size, checksum)
-    except DownloadError as exc:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"{exc}; the download was removed, run again to fetch it anew") from None
+    resumed, verification = _transfer(session, url, part, dest.name, size, checksum, config, on_start)
     actual = part.stat().st_size
     fs.commit_local_file(part, dest)
     part.unlink()
