@@ -565,3 +565,18 @@ def test_the_portable_sha256_build_gives_the_same_rows(tmp_path, monkeypatch):
     assert table.num_rows > 10  # ids of many kept rows compared
     monkeypatch.undo()
     fastpath._fastbuild.set_charinfo(fastpath.char_info)  # the module in use again
+
+
+@pytest.mark.skipif(_fastbuild is None, reason="C extension not compiled")
+def test_a_tampered_automaton_blob_is_refused_not_followed():
+    """The cached blob may come from shared storage: links out of its arrays (the root's edge run
+    first among them) are refused with ValueError before any is followed."""
+    import struct
+
+    blob = bytearray(_fastbuild.Automaton(["paris ", "berlin "], [(6, 1, 0, -1), (7, 1, 0, -1)]).to_bytes())
+    assert _fastbuild.Automaton(bytes(blob)).iter_long(" paris \x00")
+    for offset, value in ((16 + 4, 0x00FFFFFF), (16, 0x7FFFFFF0), (16 + 16 + 12, -7)):  # count, first, a value
+        tampered = bytearray(blob)
+        tampered[offset:offset + 4] = struct.pack("<i" if value < 0 else "<I", value)
+        with pytest.raises(ValueError, match="blob"):
+            _fastbuild.Automaton(bytes(tampered))
