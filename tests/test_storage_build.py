@@ -90,6 +90,17 @@ def test_build_from_and_to_s3_equals_the_local_build(world, tmp_path, s3_bucket)
     output = _build(runner, f"{s3_bucket}/wit", f"{s3_bucket}/dumps", remote)
     _assert_same_build(local, remote)
     _assert_only_committed(remote)
+    # `score --data` reads the split's qrels, queries and corpus from the bucket: the same scores
+    qrels = read_table_dir(fs.join(local, "qrels/split=test")).to_pylist()
+    run = tmp_path / "run.trec"
+    run.write_text("".join(f"{r['query_id']} Q0 {r['image_id'] if n % 2 else qrels[n - 1]['image_id']} 1 1.0 t\n" for n, r in enumerate(qrels)))
+    scores = []
+    for root in (local, remote):
+        result = runner.invoke(app, ["score", str(run), "--data", root, "--split", "test", "--bootstrap", "0",
+                                     "--measures", "R@1", "--json", f"{root}/results/run.json"])
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(fs.path(f"{root}/results/run.json").read_text())["scores"])
+    assert scores[0] == scores[1] and 0 < scores[0]["R@1"] < 1
     config = json.loads(fs.path(f"{remote}/config/build_mmir.json").read_text())
     assert config["out"] == remote and config["wit"][0].startswith(f"{s3_bucket}/wit/")
     # the credentials came from the environment: in nothing written or printed
