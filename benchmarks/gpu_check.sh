@@ -11,7 +11,8 @@
 # name `.whl` in the run's carry). Checks: (1) a synthetic world, prepared shards; (2) single-GPU
 # training in bf16 autocast with streamed data, pinned memory and 2 loader workers; (3) the same
 # under torchrun (nccl, SyncBatchNorm on a ResNet tower), then gradient checkpointing and torch.compile; (4) the step cost against a plain open_clip
-# step, ViT-B-32 random init, batch 256 in bf16; (5) the embedding hook (`wit-retrieval embed`).
+# step, ViT-B-32 random init, batch 256 in bf16; (5) `embed` into parts, one process and torchrun;
+# (6) embedding images/s against a plain loop on 640x480 JPEGs; (7) torch exact search == faiss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 braceexpand==0.1.7 isal==1.9.1"
@@ -40,9 +41,11 @@ if [[ $MODE == gpu ]]; then
   fi
   $PY -m pip install -q --no-deps --no-build-isolation -e . || export PYTHONPATH=$PWD:${PYTHONPATH:-}
   DEVICE=cuda; STEPS=150; BATCH=256; STEP_BATCH=256; WORKERS=2; SCENES=2048; MODEL=ViT-B-32
+  EMB_IMAGES=2048; EMB_BATCH=256; EXACT_VECTORS=1000000
 else
   PY=${PY:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || command -v python3)}
   DEVICE=cpu; STEPS=4; BATCH=16; STEP_BATCH=8; WORKERS=1; SCENES=256; MODEL=wit-tiny-vit  # a dry run: small
+  EMB_IMAGES=32; EMB_BATCH=16; EXACT_VECTORS=20000
 fi
 $PY - <<EOF | tee "$RESULTS/env.txt"
 import torch, sys
@@ -83,9 +86,24 @@ echo "== 4. step cost: ours (inject, targets + entity images) vs a plain open_cl
 $PY benchmarks/bench_train.py --only step --model "$MODEL" --device "$DEVICE" --step-batch "$STEP_BATCH" --step-steps 3 \
   --repeats 2 --out "$RESULTS/step.json"
 echo "   ${SECONDS}s"
-echo "== 5. embedding hook"
+echo "== 5. embedding into a folder of parts (bf16 autocast on CUDA), then torchrun with every GPU"
 $PY -m wit_retrieval embed --model "open_clip:$MODEL:random" --images "$WORK/root/images" \
-  --out "$WORK/emb.parquet" --device "$DEVICE" --batch-size 256 > "$RESULTS/embed.json"
+  --out "$WORK/emb-parts" --device "$DEVICE" --batch-size 256 > "$RESULTS/embed.json"
+NGPU=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
+$PY -m torch.distributed.run --standalone --nproc_per_node "$NGPU" -m wit_retrieval embed \
+  --model "open_clip:$MODEL:random" --images "$WORK/root/images" --out "$WORK/emb-ranks" --batch-size 256 \
+  > "$RESULTS/embed_torchrun.json"
+echo "   ${SECONDS}s"
+echo "== 6. images/s, ViT-B-32 on 640x480 JPEGs: models.embed against a plain decode-preprocess-encode loop"
+[[ $MODE == gpu ]] || cp benchmarks/results/embed.md "$WORK/embed.md.kept"  # a dry run keeps the committed CPU table
+$PY benchmarks/bench_embed.py --models "open_clip:ViT-B-32:random" --images "$EMB_IMAGES" --size 480 \
+  --batch-size "$EMB_BATCH" --decoders threads --fast-paths auto --repeats 1 --skip-train --device "$DEVICE" \
+  --max-other-load 100 > "$RESULTS/embed_throughput.txt" 2>&1 || echo "embed throughput failed" >> "$RESULTS/embed_throughput.txt"
+[[ $MODE == gpu ]] || cp "$WORK/embed.md.kept" benchmarks/results/embed.md
+tail -20 "$RESULTS/embed_throughput.txt"
+echo "   ${SECONDS}s"
+echo "== 7. exact search in torch on the device equals faiss on the CPU (ids, tie order, scores)"
+$PY benchmarks/gpu_exact_check.py --device "$DEVICE" --vectors "$EXACT_VECTORS" > "$RESULTS/exact_search.json"
 echo "   ${SECONDS}s"
 cat "$RESULTS"/*.json
 echo "gpu_check ($MODE) done in ${SECONDS}s; figures in $RESULTS"

@@ -507,18 +507,21 @@ def test_shard_dispatches_on_the_switch(monkeypatch):
 def test_build_ei_leaves_the_automata_that_workers_load(tmp_path):
     """`build ei` caches each language's automata (with the C one as bytes); loaded, the C one scans
     as one built from the keys, and `build mmir` finds nothing left to build."""
-    import pickle
-
-    from wit_retrieval.build.linker import GAZETTEER_CACHE
+    from wit_retrieval.build import gazetteer_cache
+    from wit_retrieval.build.linker import GAZETTEER_CACHE, _Language
 
     (root, _), _ = _world(tmp_path)
-    cached = sorted((root / "entity_names" / GAZETTEER_CACHE).glob("*.pkl"))
+    folder = root / "entity_names" / GAZETTEER_CACHE
+    cached = sorted(folder.glob("*.keys.arrow"))
     assert {path.name.split("-")[0] for path in cached} == {"en", "de"}
+    # data files only: nothing there is unpickled (or pickled)
+    assert {p.name.split(".", 1)[1] for p in folder.iterdir()} == {"keys.arrow", "fast.arrow", "automaton"}
     gazetteer = Gazetteer(LinkerSpec(names_path=str(root / "entity_names")))
     assert gazetteer.warm_cache() == 0  # all there already
     for path in cached:
-        lang = pickle.loads(path.read_bytes())
-        compiled = pickle.loads(path.with_suffix(".fast").read_bytes())  # what workers load: no keys
+        lang = gazetteer_cache.load_language(path, _Language)
+        fast_path = path.with_name(path.name.replace(".keys.", ".fast."))
+        compiled = gazetteer_cache.load_compiled(fast_path)  # what workers load: no keys
         assert compiled["blob"], path
         loaded = _fastbuild.Automaton(compiled["blob"])
         built = _fastbuild.Automaton(lang.keys, [(*v[:3], -1) for v in lang.values])
@@ -530,8 +533,13 @@ def test_build_ei_leaves_the_automata_that_workers_load(tmp_path):
         _fastbuild.Automaton(compiled["blob"][:-4])
     path.unlink()  # a missing cache is rebuilt once by warm_cache
     assert gazetteer.warm_cache() == 1 and path.exists()
-    path.with_suffix(".fast").unlink()  # so is a missing compiled form
-    assert gazetteer.warm_cache() == 1 and path.with_suffix(".fast").exists()
+    fast_path.unlink()  # so is a missing compiled form
+    assert gazetteer.warm_cache() == 1 and fast_path.exists()
+    # a damaged or foreign file is rebuilt, never trusted: here a pickle that would run code
+    fast_path.write_bytes(b"\x80\x04cos\nsystem\n.")
+    fresh = Gazetteer(LinkerSpec(names_path=str(root / "entity_names")))
+    assert fresh.compiled(path.name.split("-")[0])["targets"].equals(compiled["targets"])
+    assert gazetteer_cache.load_compiled(fast_path)["targets"].equals(compiled["targets"])
 
 
 def test_the_portable_sha256_build_gives_the_same_rows(tmp_path, monkeypatch):
@@ -557,3 +565,18 @@ def test_the_portable_sha256_build_gives_the_same_rows(tmp_path, monkeypatch):
     assert table.num_rows > 10  # ids of many kept rows compared
     monkeypatch.undo()
     fastpath._fastbuild.set_charinfo(fastpath.char_info)  # the module in use again
+
+
+@pytest.mark.skipif(_fastbuild is None, reason="C extension not compiled")
+def test_a_tampered_automaton_blob_is_refused_not_followed():
+    """The cached blob may come from shared storage: links out of its arrays (the root's edge run
+    first among them) are refused with ValueError before any is followed."""
+    import struct
+
+    blob = bytearray(_fastbuild.Automaton(["paris ", "berlin "], [(6, 1, 0, -1), (7, 1, 0, -1)]).to_bytes())
+    assert _fastbuild.Automaton(bytes(blob)).iter_long(" paris \x00")
+    for offset, value in ((16 + 4, 0x00FFFFFF), (16, 0x7FFFFFF0), (16 + 16 + 12, -7)):  # count, first, a value
+        tampered = bytearray(blob)
+        tampered[offset:offset + 4] = struct.pack("<i" if value < 0 else "<I", value)
+        with pytest.raises(ValueError, match="blob"):
+            _fastbuild.Automaton(bytes(tampered))

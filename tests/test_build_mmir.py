@@ -209,10 +209,10 @@ def test_gazetteer_cached_beside_entity_names(world):
     spec = LinkerSpec(names_path=str(root / "entity_names"))
     text = "Angela Merkel visits Paris"
     expected = Gazetteer(spec).link(text, "en")
-    cached = list((root / "entity_names" / GAZETTEER_CACHE).glob("en-*.pkl"))
+    cached = list((root / "entity_names" / GAZETTEER_CACHE).glob("en-*.keys.arrow"))
     assert len(cached) == 1 and expected == [(0, 13, "Q3"), (21, 26, "Q1")]
     assert Gazetteer(spec).link(text, "en") == expected  # loaded from the cache
-    cached[0].write_bytes(b"not a pickle")
+    cached[0].write_bytes(b"not an arrow file")
     assert Gazetteer(spec).link(text, "en") == expected  # a damaged cache is rebuilt
 
 

@@ -6,17 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .io import fs
 from .schema import SPLIT_TABLES, TABLES
 
 
 @dataclass(frozen=True)
 class DataRoot:
-    """A build's data root: parquet tables, images, embeddings, runs, results, reports."""
+    """A build's data root: parquet tables, images, embeddings, runs, results, reports.
+
+    `root` is a local path or an s3:// / gs:// URI (then an io.fs.ObjectPath, as every path below)."""
 
     root: Path
 
     def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "root", fs.path(self.root))
 
     def table(self, name: str) -> Path:
         """Folder of a canonical table (hive-partitioned by split for split tables)."""

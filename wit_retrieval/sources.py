@@ -253,6 +253,19 @@ def _stream_into(session, url: str, part: Path, size: int | None, config: Downlo
     raise DownloadError(f"{part.name}: incomplete after {config.retries + 1} attempts: {url}")
 
 
+def _transfer(session, url: str, part: Path, name: str, size: int | None, checksum, config: DownloadConfig,
+              on_start) -> tuple[int, str]:
+    """Fill and verify the local `.part` file (resuming what it holds); returns (bytes resumed, note)."""
+    resumed = part.stat().st_size if part.exists() else 0
+    advance = on_start(name, size, resumed) if on_start else (lambda n: None)
+    _stream_into(session, url, part, size, config, advance)
+    try:
+        return resumed, _verify(part, size, checksum)
+    except DownloadError as exc:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{exc}; the download was removed, run again to fetch it anew") from None
+
+
 def download_file(
     file: ReleaseFile,
     session,
@@ -261,10 +274,9 @@ def download_file(
     on_start: Callable[[str, int | None, int], Callable[[int], None]] | None = None,
 ) -> DownloadResult:
     """Download one file into place (resumable, verified, atomic); skip it when already verified."""
+    from .io import fs
     from .io.shards import write_json_atomic
 
-    dest = Path(config.out) / file.relpath
-    part, note = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".ok")
     url = config.route(file.url)
     try:
         length = _request(session, "HEAD", url, config).headers.get("Content-Length")
@@ -273,6 +285,10 @@ def download_file(
             raise
         length = None  # a server without HEAD: the size check is left to the transfer itself
     size = int(length) if length and length.isdigit() else None
+    if fs.is_remote(config.out):
+        return _download_to_store(file, session, config, checksum, url, size, on_start)
+    dest = Path(config.out) / file.relpath
+    part, note = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".ok")
     if dest.exists():
         known = _note_matches(note, dest, size, checksum)
         if known:
@@ -285,20 +301,48 @@ def download_file(
             verification = None
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        resumed = part.stat().st_size if part.exists() else 0
-        advance = on_start(dest.name, size, resumed) if on_start else (lambda n: None)
-        _stream_into(session, url, part, size, config, advance)
-        try:
-            verification = _verify(part, size, checksum)
-        except DownloadError as exc:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{exc}; the download was removed, run again to fetch it anew") from None
+        resumed, verification = _transfer(session, url, part, dest.name, size, checksum, config, on_start)
         part.replace(dest)
         status = "resumed" if resumed else "downloaded"
     stat = dest.stat()
     write_json_atomic(note, {"url": file.url, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                              "checksum": list(checksum) if checksum else None, "verification": verification})
     return DownloadResult(file.url, dest, status, stat.st_size, verification)
+
+
+def _download_to_store(file: ReleaseFile, session, config: DownloadConfig, checksum, url: str, size: int | None,
+                       on_start) -> DownloadResult:
+    """download_file into an object store: the transfer resumes in a local `.part` file (kept under
+    the temp folder between runs), is verified there, then committed atomically (io.fs); a note
+    `NAME.ok` beside the object records its verified size and checksum, so a re-run skips it."""
+    import hashlib
+    import tempfile
+
+    from .io import fs
+    from .io.shards import write_json_atomic
+
+    dest, note = fs.join(config.out, file.relpath), fs.join(config.out, file.relpath + ".ok")
+    if dest.exists():
+        try:
+            saved = json.loads(note.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        actual = dest.stat_size()
+        if saved.get("size") == actual and (size is None or size == actual) and \
+                saved.get("checksum") == (list(checksum) if checksum else None):
+            return DownloadResult(file.url, dest, "skipped", actual, saved.get("verification"))
+        dest.unlink()  # stale, damaged or unverified: fetch it again
+    staging = Path(tempfile.gettempdir()) / "wit-retrieval-downloads" / hashlib.sha256(
+        fs.redact(config.out).encode()).hexdigest()[:16]
+    part = staging / (file.relpath + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    resumed, verification = _transfer(session, url, part, dest.name, size, checksum, config, on_start)
+    actual = part.stat().st_size
+    fs.commit_local_file(part, dest)
+    part.unlink()
+    write_json_atomic(note, {"url": file.url, "size": actual, "checksum": list(checksum) if checksum else None,
+                             "verification": verification})
+    return DownloadResult(file.url, dest, "resumed" if resumed else "downloaded", actual, verification)
 
 
 def download_release(

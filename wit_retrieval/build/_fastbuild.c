@@ -170,6 +170,16 @@ static int automaton_load(Automaton *a, Py_buffer *b) {
     memcpy(a->vright, p, sizeof(int32_t) * h.values); p += sizeof(int32_t) * h.values;
     memcpy(a->vleft, p, sizeof(int32_t) * h.values);
     for (uint32_t k = 0; k < h.values; k++) a->vtarget[k] = -1;  /* blockers until set_targets */
+    /* the blob may come from storage others write to: every link must stay inside the arrays,
+     * checked before anything follows one (the root's edges included) */
+    for (uint32_t i = 0; i < h.nodes; i++) {
+        const Node *n = &a->node[i];
+        if (n->fail >= (int32_t)h.nodes || (i > 0 && n->fail < 0) || n->value >= (int32_t)h.values || n->value < -1 ||
+            (!(n->count & SINGLE_NEXT) && (uint64_t)n->first + CHILDREN(n) > h.edges) ||
+            ((n->count & SINGLE_NEXT) && i + 1 >= h.nodes))
+            goto bad;
+    }
+    for (uint32_t j = 0; j < h.edges; j++) if (a->edge[j].child < 0 || a->edge[j].child >= (int32_t)h.nodes) goto bad;
     for (uint32_t c = 0; c < 0x10000; c++) a->root[c] = -1;
     const Node *root = &a->node[0];
     if (root->count & SINGLE_NEXT) {
@@ -178,13 +188,6 @@ static int automaton_load(Automaton *a, Py_buffer *b) {
         for (uint32_t j = root->first; j < root->first + CHILDREN(root); j++)
             if (a->edge[j].cp < 0x10000) a->root[a->edge[j].cp] = a->edge[j].child;
     }
-    for (uint32_t i = 0; i < h.nodes; i++) {  /* every link must stay inside the arrays */
-        const Node *n = &a->node[i];
-        if (n->fail >= (int32_t)h.nodes || n->value >= (int32_t)h.values ||
-            (!(n->count & SINGLE_NEXT) && n->first + CHILDREN(n) > h.edges) || ((n->count & SINGLE_NEXT) && i + 1 >= h.nodes))
-            goto bad;
-    }
-    for (uint32_t j = 0; j < h.edges; j++) if (a->edge[j].child < 0 || a->edge[j].child >= (int32_t)h.nodes) goto bad;
     return 0;
 bad:
     PyErr_SetString(PyExc_ValueError, "not an automaton blob of this version (rebuild the gazetteer cache)");

@@ -9,16 +9,17 @@ ties). Pages sharing a Wikidata QID are one entity; `prefer_lang` picks whose im
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
+from ..io import fs
 from ..layout import DataRoot
 from ..schema import ENTITIES, ENTITY_NAMES
 from .names import commons_url, page_url, strip_qualifier, title_key, title_text
@@ -41,9 +42,9 @@ class EntitiesConfig:
         object.__setattr__(self, "wit", tuple(str(p) for p in self.wit))
         object.__setattr__(self, "prefer_lang", tuple(self.prefer_lang))
         for path in self.wit:
-            if not Path(path).exists():
-                raise ConfigError(f"WIT file not found: {path}")
-        if self.dumps is not None and not Path(self.dumps).is_dir():
+            if not fs.exists(path):
+                raise ConfigError(f"WIT file not found: {fs.redact(path)}")
+        if self.dumps is not None and not fs.path(self.dumps).is_dir():
             raise ConfigError(f"--dumps must be a folder of {{lang}}wiki-latest-*.sql.gz files: {self.dumps}")
         if not self.wit and self.dumps is None:
             raise ConfigError("give --dumps DIR and/or --wit FILES: there is nothing to build entities from")
@@ -221,12 +222,15 @@ def build_entities(config: EntitiesConfig) -> dict:
 
     started = time.time()
     root = DataRoot(config.out)
-    dumps = find_dumps(config.dumps) if config.dumps else {}
     pages: list[Page] = []
     counts: dict[str, dict] = {}
-    for language, tables in dumps.items():
-        language_pages, counts[language] = read_dump_language(language, tables)
-        pages.extend(language_pages)
+    dumps: dict = {}
+    # dumps on an object store are read from a local copy (the dump reader reopens its files)
+    with fs.local_tree(config.dumps, "*wiki-latest-*.sql.gz") if config.dumps else nullcontext() as local_dumps:
+        dumps = find_dumps(local_dumps) if config.dumps else {}
+        for language, tables in dumps.items():
+            language_pages, counts[language] = read_dump_language(language, tables)
+            pages.extend(language_pages)
     errors = RowErrors()
     image_urls = {p.image_url for p in pages if p.image_url}
     extra, meta = wit_pages(config.wit, set(dumps), image_urls, errors) if config.wit else ([], {})
@@ -238,14 +242,14 @@ def build_entities(config: EntitiesConfig) -> dict:
         mime, width, height = meta.get(row["image_url"], (None, None, None))
         row.update(image_id=image_id(row["image_url"]), mime_type=mime, width=width, height=height)
     names.sort(key=lambda r: (r["language"], r["name"], r["entity_id"], r["source"]))
-    provenance = {"builder": "build_entities", "config": asdict(config)}
+    provenance = {"builder": "build_entities", "config": fs.redact_all(asdict(config))}
     from .linker import GAZETTEER_CACHE
 
-    shutil.rmtree(root.table("entity_names") / GAZETTEER_CACHE, ignore_errors=True)
+    fs.remove_tree(root.table("entity_names") / GAZETTEER_CACHE)
     write_table_dir(root.table("entities"), [pa.Table.from_pylist(entities, ENTITIES)], ENTITIES, meta=provenance)
     write_table_dir(root.table("entity_names"), [pa.Table.from_pylist(names, ENTITY_NAMES)], ENTITY_NAMES,
                     meta=provenance)
-    write_json_atomic(root.config / "build_ei.json", asdict(config))
+    write_json_atomic(root.config / "build_ei.json", fs.redact_all(asdict(config)))
     from .linker import Gazetteer, LinkerSpec
 
     # the names' matcher (the automata `build mmir` loads), built once here with the default options

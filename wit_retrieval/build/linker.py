@@ -15,10 +15,12 @@ import time
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
+import pyarrow as pa
+
 from ..errors import ConfigError, require
+from ..io import fs
 from ..registry import Registry
 from .names import (
     ascii_match_form,
@@ -64,7 +66,7 @@ class LinkerSpec:
 
 
 _CACHE: dict[LinkerSpec, Linker] = {}
-_CACHE_VERSION = 6  # bump when the automaton's keys or values change shape
+_CACHE_VERSION = 7  # bump when the automaton's keys or values change shape
 GAZETTEER_CACHE = "_gazetteer"  # folder inside entity_names (ignored by readers: leading underscore)
 
 
@@ -114,7 +116,7 @@ class _Language:
             self._automaton = automaton
         return self._automaton
 
-    def __getstate__(self):  # the cache file holds the keys, never an automaton
+    def __getstate__(self):  # sent to workers without the automaton (rebuilt there from the keys)
         return {**self.__dict__, "_automaton": None}
 
 
@@ -178,7 +180,7 @@ class Gazetteer:
         table = self._names if self._names is not None else read_table_dir(self.spec.names_path, columns=["language"])
         return [code for code in pc.unique(table["language"]).to_pylist() if code is not None]
 
-    def _cache_path(self, language: str, fast: bool = False) -> Path:
+    def _cache_path(self, language: str, fast: bool = False):
         """Where a language's automaton is cached: keyed by the table's manifest and the options."""
         import hashlib
 
@@ -188,7 +190,7 @@ class Gazetteer:
         key = json.dumps([manifest, language, self.spec.min_length, self.spec.allow_digit_names, _CACHE_VERSION],
                          sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return Path(self.spec.names_path) / GAZETTEER_CACHE / f"{language}-{digest}.{'fast' if fast else 'pkl'}"
+        return fs.join(self.spec.names_path, GAZETTEER_CACHE, f"{language}-{digest}.{'fast' if fast else 'keys'}.arrow")
 
     def language(self, language: str) -> _Language | None:
         """The automaton of one language (None when it has no names); built once, cached on disk."""
@@ -214,21 +216,23 @@ class Gazetteer:
         The cache key covers the table's manifest and the matching options, so a rebuilt
         entity_names table or other options never reuse a stale automaton.
         """
-        import pickle
-
-        from ..io.shards import read_manifest, write_bytes_atomic
+        from ..io.shards import read_manifest
+        from . import gazetteer_cache as cache
 
         manifest = read_manifest(self.spec.names_path) if self.spec.names_path and self._names is None else None
         if manifest is None:
             return self._make(language, fast)
         path = self._cache_path(language, fast)
         if path.exists():
-            try:
-                return pickle.loads(path.read_bytes())
-            except Exception:  # a damaged cache file is rebuilt, never trusted
-                path.unlink(missing_ok=True)
+            try:  # data only (Arrow IPC): the cache may sit on storage others write to
+                return cache.load_compiled(path) if fast else cache.load_language(path, _Language)
+            except FileNotFoundError:
+                pass  # a compiled form without its blob: made again
+            except (cache.CacheFormatError, pa.ArrowInvalid, KeyError, ValueError):
+                cache.remove(path)  # a damaged or foreign cache file is rebuilt, never trusted
         made = self._make(language, fast)
-        write_bytes_atomic(path, pickle.dumps(made, protocol=pickle.HIGHEST_PROTOCOL))
+        if made is not None:
+            (cache.save_compiled if fast else cache.save_language)(path, made)
         return made
 
     def _make(self, language: str, fast: bool):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..engine import EngineConfig, run_shards
 from ..errors import ConfigError
+from ..io import fs
 from ..io.shards import (
     UNIQUE_COLUMNS,
     publish_table_dir,
     read_manifest,
+    read_parquet,
     read_table_dir,
     write_json_atomic,
     write_table_dir,
@@ -75,7 +75,7 @@ class MmirConfig:
         if not self.wit:
             raise ConfigError("give the WIT files to build from (--wit FILES...)")
         for path in self.wit:
-            if not Path(path).exists():
+            if not fs.exists(path):
                 raise ConfigError(f"WIT file not found: {path}")
             split_of(path)  # fails early on a name without a split
 
@@ -115,8 +115,8 @@ def _build(config: MmirConfig) -> dict:
 
         Gazetteer(config.linker_spec()).warm_cache()
     for name in ("queries", "corpus", "qrels"):  # a build replaces every split: no stale split folders
-        shutil.rmtree(root.table(name), ignore_errors=True)
-    shutil.rmtree(staging_dir(root), ignore_errors=True)
+        fs.remove_tree(root.table(name))
+    fs.remove_tree(staging_dir(root))
     errors = RowErrors()
     split_stats: dict[str, SplitStats] = {}
     entity_uses = EntityUses()
@@ -132,10 +132,10 @@ def _build(config: MmirConfig) -> dict:
         entity_uses.compact()
         if entities is None:  # read while workers still run the other splits, not after the last
             entities = ei_entities(root)
-    shutil.rmtree(staging_dir(root), ignore_errors=True)
+    fs.remove_tree(staging_dir(root))
     uses = entity_uses.totals()
     write_ei(root, uses, entities)
-    write_json_atomic(root.config / "build_mmir.json", asdict(config))
+    write_json_atomic(root.config / "build_mmir.json", fs.redact_all(asdict(config)))
     section = {
         "splits": {s: split_stats[s].to_dict() for s in SPLITS if s in split_stats},
         "bad_rows": errors.to_dict(),
@@ -249,7 +249,7 @@ def _repeats(parts: list[StagedPart]) -> bool:
 def _query_ids(part: StagedPart) -> pa.Array:
     if part.query_ids is not None:
         return part.query_ids
-    return pq.read_table(part.path, columns=["query_id"])["query_id"].combine_chunks()
+    return read_parquet(part.path, columns=["query_id"])["query_id"].combine_chunks()
 
 
 def _drop_duplicates(parts: list[StagedPart], stats: SplitStats, entity_uses: EntityUses) -> None:
@@ -269,14 +269,14 @@ def _drop_duplicates(parts: list[StagedPart], stats: SplitStats, entity_uses: En
         if all(keep):
             continue
         mask = pa.array(keep)
-        table = pq.read_table(part.path)
+        table = read_parquet(part.path)
         dropped = table.filter(pc.invert(mask))
         stats.duplicates += dropped.num_rows
         stats.count_queries(dropped.append_column("split", pa.array([""] * dropped.num_rows)), sign=-1)
         entity_uses.subtract(pc.list_flatten(dropped["entity_ids"]).to_pylist())
         table = table.filter(mask)
         write_parquet_atomic(table, part.path, **QUERY_FILE_OPTIONS)
-        write_parquet_atomic(pq.read_table(part.qrels_path).filter(mask), part.qrels_path, **UNIQUE_COLUMNS)
+        write_parquet_atomic(read_parquet(part.qrels_path).filter(mask), part.qrels_path, **UNIQUE_COLUMNS)
         # its entity counts were added already (and the repeats' uses taken back above)
         parts[number] = staged_part(part.path, keys_of(table), part.qrels_path, part.entity_counts)
 
@@ -311,8 +311,9 @@ def read_split_table(root: str | Path, name: str, split: str | None = None) -> p
     """A split table read back through pyarrow.dataset with hive partitioning (split column included)."""
     import pyarrow.dataset as ds
 
-    path = DataRoot(root).table(name)
-    dataset = ds.dataset(str(path), format="parquet", partitioning="hive", exclude_invalid_files=True)
+    filesystem, path = fs.resolve(DataRoot(root).table(name))  # pyarrow alone would not know the endpoint
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive",
+                         exclude_invalid_files=True)
     table = dataset.to_table(filter=(ds.field("split") == split) if split else None)
     schema = {"queries": QUERIES, "corpus": CORPUS, "qrels": QRELS}[name]
     if "split" in schema.names:

@@ -204,16 +204,17 @@ def _stage(tables: list[pa.Table], task: ShardTask, number: int, stats: SplitSta
     """Write one final query file (parquet, in the worker: the writes run in parallel) and count it."""
     from ..io.shards import UNIQUE_COLUMNS, write_parquet_atomic
 
-    path = Path(task.staging) / f"{task.index:05d}-{number:05d}.parquet"
+    stem = f"{task.staging}/{task.index:05d}-{number:05d}"  # a local path or a URI (io.fs)
+    path = f"{stem}.parquet"
     table = pa.concat_tables(tables)
     stats.count_queries(table)
     counts = pc.value_counts(pc.list_flatten(table["entity_ids"]))
     entity_counts = pa.table({"entity_id": counts.field("values"), "count": counts.field("counts")})
     keys = keys_of(table)
     write_parquet_atomic(table.drop_columns(["split"]), path, **QUERY_FILE_OPTIONS)
-    qrels_path = path.with_suffix(".qrels.parquet")
+    qrels_path = f"{stem}.qrels.parquet"
     write_parquet_atomic(qrels_of(keys), qrels_path, **UNIQUE_COLUMNS)
-    return staged_part(str(path), keys, str(qrels_path), entity_counts)
+    return staged_part(path, keys, qrels_path, entity_counts)
 
 
 def keys_of(queries: pa.Table) -> pa.Table:
@@ -226,7 +227,7 @@ def staged_part(path: str, keys: pa.Table, qrels_path: str, entity_counts: pa.Ta
     from ..io.shards import write_arrow_atomic
 
     query_numbers = sorted_tails(keys["query_id"]) if keys.num_rows else np.zeros(0, np.uint64)
-    images_path = str(Path(path).with_suffix(".images.arrow"))
+    images_path = path.removesuffix(".parquet") + ".images.arrow"
     write_arrow_atomic(part_images(keys["target_image_id"], keys["target_image_url"]), images_path)
     return StagedPart(path, keys.num_rows, qrels_path, images_path, query_numbers,
                       keys["query_id"] if query_numbers is None else None, entity_counts)

@@ -15,10 +15,13 @@ WIT_HELP = ("WIT TSV(.gz) files (repeat --wit, or list files after it); a folder
             "The split comes from each file name (train / val / test).")
 
 
-def _wit_files(wit: list[Path] | None, more: list[Path] | None) -> tuple[str, ...]:
-    """--wit values plus trailing file arguments, folders expanded to their TSV files."""
+def _wit_files(wit: list[str] | None, more: list[str] | None) -> tuple[str, ...]:
+    """--wit values plus trailing file arguments (paths or URIs), folders expanded to their TSV files."""
+    from ..io import fs
+
     files: list[str] = []
-    for path in [*(wit or []), *(more or [])]:
+    for item in [*(wit or []), *(more or [])]:
+        path = fs.path(item)
         if path.is_dir():
             files.extend(str(p) for p in sorted(path.iterdir()) if p.name.endswith((".tsv", ".tsv.gz")))
         else:
@@ -46,12 +49,13 @@ def _langs(text: str) -> tuple[str, ...]:
 
 
 def build_ei(
-    out: Path = typer.Option(..., "--out", help="Data root to write the entities and entity_names tables to."),
-    dumps: Path | None = typer.Option(None, "--dumps", help="Folder of {lang}wiki-latest-{page,page_props,redirect}"
+    out: str = typer.Option(..., "--out", help="Data root to write the entities and entity_names tables to "
+                            "(a path or an s3://, gs://, file:// URI, as every path here)."),
+    dumps: str | None = typer.Option(None, "--dumps", help="Folder of {lang}wiki-latest-{page,page_props,redirect}"
                                       ".sql.gz dumps (also inside {lang}wiki/latest/ subfolders)."),
-    wit: list[Path] | None = typer.Option(None, "--wit", help=WIT_HELP + " Used for languages without dumps "
+    wit: list[str] | None = typer.Option(None, "--wit", help=WIT_HELP + " Used for languages without dumps "
                                           "(their is_main_image rows) and image sizes."),
-    more: list[Path] | None = typer.Argument(None, metavar="FILES", help="More WIT files (so `--wit FILES...` works)."),
+    more: list[str] | None = typer.Argument(None, metavar="FILES", help="More WIT files (so `--wit FILES...` works)."),
     prefer_lang: str = typer.Option("en", "--prefer-lang", help="Comma-separated languages whose page image wins "
                                     "when one Wikidata entity has pages in several; others follow alphabetically."),
 ):
@@ -60,22 +64,24 @@ def build_ei(
     Example: wit-retrieval build ei --dumps dumps/ --wit wit/ --out data/ --prefer-lang en,de
     """
     from ..build.entities import EntitiesConfig, build_entities
+    from ..io import fs
     from ..progress import console
 
-    config = EntitiesConfig(out=str(out), wit=_wit_files(wit, more), dumps=str(dumps) if dumps else None,
+    config = EntitiesConfig(out=out, wit=_wit_files(wit, more), dumps=dumps or None,
                             prefer_lang=_langs(prefer_lang))
     with console.status("building entities"):
         stats = build_entities(config)
     console.print(f"{stats['entities']:,} entities, {stats['names']:,} names "
-                  f"({len(stats['dump_languages'])} dump languages) in {stats['seconds']} s -> {out}")
+                  f"({len(stats['dump_languages'])} dump languages) in {stats['seconds']} s -> {fs.redact(out)}")
     if stats["bad_rows"]["count"]:
-        console.print(f"[yellow]{stats['bad_rows']['count']} bad WIT row(s); see {out}/stats.json")
+        console.print(f"[yellow]{stats['bad_rows']['count']} bad WIT row(s); see {fs.redact(out)}/stats.json")
 
 
 def build_mmir(
-    out: Path = typer.Option(..., "--out", help="Data root (with entities from `build ei`) to write MMIR to."),
-    wit: list[Path] | None = typer.Option(None, "--wit", help=WIT_HELP),
-    more: list[Path] | None = typer.Argument(None, metavar="FILES", help="More WIT files (so `--wit FILES...` works)."),
+    out: str = typer.Option(..., "--out", help="Data root (with entities from `build ei`) to write MMIR to "
+                            "(a path or an s3://, gs://, file:// URI, as the WIT files may be)."),
+    wit: list[str] | None = typer.Option(None, "--wit", help=WIT_HELP),
+    more: list[str] | None = typer.Argument(None, metavar="FILES", help="More WIT files (so `--wit FILES...` works)."),
     engine: str = typer.Option("local", "--engine", help="Where shards run: local (processes) or ray."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU; 1: in this process)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
@@ -104,11 +110,12 @@ def build_mmir(
     from ..build.mmir import MmirConfig, build_mmir
     from ..build.shard import FilterConfig
     from ..engine import EngineConfig
+    from ..io import fs
     from ..progress import console
 
     filters = FilterConfig(max_entities=max_entities, min_context_words=min_context_words,
                            drop_target_is_entity_image=not keep_target_entity_image)
-    config = MmirConfig(out=str(out), wit=_wit_files(wit, more), linker=linker,
+    config = MmirConfig(out=out, wit=_wit_files(wit, more), linker=linker,
                         spans=str(spans) if spans else None, filters=filters,
                         engine=EngineConfig(name=engine, workers=workers, ray_address=ray_address),
                         min_name_length=min_name_length,
@@ -122,7 +129,7 @@ def build_mmir(
         console.print(f"[yellow]{stats['bad_rows']['count']} bad row(s), e.g. "
                       + "; ".join(f"{s['path']}:{s['line']}: {s['reason']}" for s in stats["bad_rows"]["samples"][:3]))
     # the whole command, as a user waits for it: process start, imports, the build and the export
-    console.print(f"done in {process_seconds():.2f} s -> {out} (build {stats['seconds']} s"
+    console.print(f"done in {process_seconds():.2f} s -> {fs.redact(out)} (build {stats['seconds']} s"
                   + (f", export {stats['export_seconds']} s)" if export else ")"))
 
 

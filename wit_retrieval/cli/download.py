@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 
@@ -13,7 +11,8 @@ def register(app: typer.Typer) -> None:
     @app.command("download")
     def download(
         dataset: str = typer.Argument(..., help="What to download: ei, mmir, wit or dumps."),
-        out: Path = typer.Option(..., "--out", help="Folder to download into (files keep their URL paths)."),
+        out: str = typer.Option(..., "--out", help="Folder to download into (files keep their URL paths): a path "
+                                "or an s3://, gs://, file:// URI."),
         split: list[str] = typer.Option(None, "--split", help="mmir/wit split: train, val, test (wit: sample). "
                                         "Repeatable; default train, val and test."),
         lang: list[str] = typer.Option(None, "--lang", help="Wikipedia language of the dumps, e.g. en. Repeatable."),
@@ -31,6 +30,7 @@ def register(app: typer.Typer) -> None:
         Example: wit-retrieval download mmir --split test --out downloads
         """
         from ..errors import ConfigError
+        from ..io import fs
         from ..sources import DEFAULT_USER_AGENT, DownloadConfig, download_release
 
         aliases = {}
@@ -39,10 +39,10 @@ def register(app: typer.Typer) -> None:
             if not sep or not host or not url.startswith(("http://", "https://")):
                 raise ConfigError(f"--host-alias {value!r}: expected HOST=URL, e.g. dumps.wikimedia.org=http://127.0.0.1:8123")
             aliases[host.strip()] = url
-        config = DownloadConfig(out=out, base_url=base_url, host_aliases=aliases,
+        config = DownloadConfig(out=fs.path(out), base_url=base_url, host_aliases=aliases,
                                 user_agent=user_agent or DEFAULT_USER_AGENT, retries=retries)
         results = download_release(dataset, config, splits=split, languages=lang, progress=not quiet)
         for r in results:
-            typer.echo(f"{r.status:<10} {r.path}  ({r.size:,} bytes; {r.verification})")
+            typer.echo(f"{r.status:<10} {fs.redact(r.path)}  ({r.size:,} bytes; {r.verification})")
         if any("no checksum" in r.verification for r in results):
             typer.echo("note: no checksum is published for some files; they were verified by size only", err=True)

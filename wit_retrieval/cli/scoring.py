@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -113,12 +115,13 @@ def _register_validate(app: typer.Typer) -> None:
 def _register_score(app: typer.Typer) -> None:
     @app.command("score")
     def score(
-        run: Path = typer.Argument(..., help="Run file: TREC, JSON or parquet (sidecar RUN.meta.json is read)."),
-        data: Path = typer.Option(None, "--data", help=DATA_HELP),
+        run: str = typer.Argument(..., help="Run file: TREC, JSON or parquet (sidecar RUN.meta.json is read); "
+                                  "a path or an s3://, gs://, file:// URI, as --data, --qrels and --json may be."),
+        data: str = typer.Option(None, "--data", help=DATA_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
-        qrels: Path = typer.Option(None, "--qrels", help=QRELS_HELP),
+        qrels: str = typer.Option(None, "--qrels", help=QRELS_HELP),
         measures: str = typer.Option(None, "--measures", help=MEASURES_HELP + " [default: R@1,5,10, Success@1,5,10, MRR@10, nDCG@10, AP@10]"),
-        json_out: Path = typer.Option(None, "--json", help="Write the results JSON here (atomically)."),
+        json_out: str = typer.Option(None, "--json", help="Write the results JSON here (atomically)."),
         keep_per_query: bool = typer.Option(False, "--per-query", help="Include per-query values in the JSON."),
         plots_dir: Path = typer.Option(None, "--plots", help="Write recall@k and per-group PNG plots here."),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for 95% CIs (0: none)."),
@@ -132,26 +135,60 @@ def _register_score(app: typer.Typer) -> None:
 
         Example: wit-retrieval score runs/clip.trec --data data --split test --json results/clip.json
         """
+        from contextlib import ExitStack
+
         from rich.console import Console
 
+        from ..io import fs
         from ..metrics import DEFAULT_MEASURES
         from ..progress import console
         from ..results import read_run_metadata, score_run
 
-        truth, inputs = _truth(data, split, qrels)
-        parsed = _validated_run(run, truth, _config(strict, max_k, 8 << 40, fmt), console)
+        with ExitStack() as stack:  # inputs on an object store are read from local copies
+            local_run = stack.enter_context(_staged_run(run))
+            staged_qrels = stack.enter_context(_staged(qrels)) if qrels else None
+            truth, inputs = _truth(data, split, staged_qrels)
+            parsed = _validated_run(local_run, truth, _config(strict, max_k, 8 << 40, fmt), console)
+            metadata = {**parsed.meta, **read_run_metadata(local_run), "run_file": fs.redact(run)}
         results = score_run(parsed.table, inputs.qrels, measures or DEFAULT_MEASURES, queries_table=inputs.queries,
                             bootstrap=bootstrap, seed=seed, corpus_size=corpus_size or inputs.corpus_size,
-                            metadata={**parsed.meta, **read_run_metadata(run), "run_file": str(run)},
-                            dataset_revision=inputs.revision, split=split, keep_per_query=keep_per_query)
+                            metadata=metadata, dataset_revision=inputs.revision, split=split,
+                            keep_per_query=keep_per_query)
+        run = fs.path(run)
         _print_results(results, Console())
         if json_out:
             results.save(json_out)
-            console.print(f"results: {json_out}")
+            console.print(f"results: {fs.redact(json_out)}")
         if plots_dir:
             for path in _write_plots(results, run.name, plots_dir):
                 console.print(f"plot: {path}")
 
+
+
+def _staged(target: str):
+    """A local path for a qrels file or table folder given as a path or URI (io.fs)."""
+    from ..io import fs
+
+    return fs.local_tree(target) if fs.path(target).is_dir() else fs.local_copy(target)
+
+
+@contextmanager
+def _staged_run(run: str) -> Iterator[Path]:
+    """A local path of a run file and, beside it, its sidecar RUN.meta.json when there is one."""
+    import tempfile
+
+    from ..io import fs
+
+    target = fs.path(run)
+    if isinstance(target, Path):
+        yield target
+        return
+    with tempfile.TemporaryDirectory(prefix="wit-retrieval-") as folder:
+        local = Path(folder) / target.name
+        for source, copy in ((target, local), (fs.path(f"{run}.meta.json"), Path(f"{local}.meta.json"))):
+            if source is target or source.exists():
+                copy.write_bytes(source.read_bytes())
+        yield local
 
 
 def _register_compare(app: typer.Typer) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from . import fs
+
 MANIFEST = "_manifest.json"
 
 
@@ -31,8 +33,14 @@ FILE_MODE = _default_mode()
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`.
 
-    A crash leaves only a `.tmp-*` file that readers ignore, never a half-written target.
+    A crash leaves only a `.tmp-*` file that readers ignore, never a half-written target. On an
+    object store (s3://, gs://) the temporary path is local and is committed through a
+    temporary key (io.fs.atomic_write).
     """
+    if fs.is_remote(path):
+        with fs.atomic_write(fs.path(path)) as local:
+            yield local
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
@@ -51,7 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:
     """Hex digest of a file (any hashlib algorithm), read in 4 MiB blocks."""
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         while block := f.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
@@ -94,9 +102,24 @@ def write_arrow_atomic(table: pa.Table, path: str | os.PathLike) -> None:
 
 
 def read_arrow(path: str | os.PathLike) -> pa.Table:
-    """An Arrow IPC file, memory-mapped: its columns are the file's pages, copied nowhere."""
+    """An Arrow IPC file, memory-mapped: its columns are the file's pages, copied nowhere
+    (read whole when it is on an object store)."""
+    if fs.is_remote(path):
+        with fs.open_file(path, "rb") as source:
+            return pa.ipc.open_file(source).read_all()
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_file(source).read_all()
+
+
+def _clear_table_dir(directory: str | os.PathLike) -> Path | fs.ObjectPath:
+    """Empty a table folder of its parts and manifest (the manifest first: a reader never trusts
+    a folder whose parts are going)."""
+    directory = fs.path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    for old in fs.glob(directory, "part-*.parquet"):
+        old.unlink(missing_ok=True)
+    return directory
 
 
 def write_table_dir(
@@ -115,10 +138,7 @@ def write_table_dir(
     Parts are cast to `schema` and re-chunked into files of at most `rows_per_file` rows.
     The manifest is written last, so a folder without one is an unfinished write.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in list(directory.glob("part-*.parquet")) + [directory / MANIFEST]:
-        old.unlink(missing_ok=True)
+    directory = _clear_table_dir(directory)
     files, total = [], 0
     pending: list[pa.Table] = []
     pending_rows = 0
@@ -154,6 +174,7 @@ def write_table_dir(
         **(meta or {}),
     }
     write_json_atomic(directory / MANIFEST, manifest)
+    fs.sweep(directory)  # temporaries a crashed earlier write left: a finished folder holds none
     return manifest
 
 
@@ -170,14 +191,11 @@ def publish_table_dir(
     the same file system, each already in `schema`. The manifest is written last, as in
     write_table_dir, so a folder without one is an unfinished write.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in list(directory.glob("part-*.parquet")) + [directory / MANIFEST]:
-        old.unlink(missing_ok=True)
+    directory = _clear_table_dir(directory)
     listed = []
     for number, (path, rows) in enumerate(files):
         name = f"part-{number:05d}.parquet"
-        os.replace(path, directory / name)
+        fs.move(path, directory / name)
         listed.append({"file": name, "rows": rows})
     if not listed:  # an empty table still gets one file, so readers see the schema
         write_parquet_atomic(schema.empty_table(), directory / "part-00000.parquet")
@@ -190,28 +208,39 @@ def publish_table_dir(
         **(meta or {}),
     }
     write_json_atomic(directory / MANIFEST, manifest)
+    fs.sweep(directory)  # temporaries a crashed earlier write left: a finished folder holds none
     return manifest
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of a table folder, or None if the folder was never finished."""
-    path = Path(directory) / MANIFEST
-    if not path.exists():
+    path = fs.path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def read_table_dir(directory: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
     """Read the part files a manifest lists (never stray temp files)."""
     from ..errors import InputError
 
-    directory = Path(directory)
+    directory = fs.path(directory)
     manifest = read_manifest(directory)
     if manifest is None:
         raise InputError("no manifest: this table was never finished; rebuild it", path=str(directory))
     # ParquetFile, not pq.read_table: the same table without pyarrow.dataset's import (~0.4 s of
-    # start-up in every build worker); imported here: pyarrow.parquet pulls in ssl, which scoring never needs
-    import pyarrow.parquet as pq
-
-    tables = [pq.ParquetFile(directory / f["file"]).read(columns=columns) for f in manifest["files"]]
+    # start-up in every build worker)
+    tables = [read_parquet(directory / f["file"], columns) for f in manifest["files"]]
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def read_parquet(path: str | os.PathLike | fs.ObjectPath, columns: list[str] | None = None) -> pa.Table:
+    """One parquet file, local or on an object store."""
+    import pyarrow.parquet as pq  # here: it pulls in ssl, which scoring never needs
+
+    path = fs.path(path)
+    if isinstance(path, Path):
+        return pq.ParquetFile(path).read(columns=columns)
+    with fs.open_file(path, "rb") as source:
+        return pq.ParquetFile(source).read(columns=columns)
