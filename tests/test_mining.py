@@ -77,3 +77,24 @@ def test_bad_settings_are_one_clear_error():
     with pytest.raises(ConfigError, match="false_negative_ratio"):
         MineConfig(data="d", out="o", model="m", false_negative_ratio=1.5)
     assert pa.types.is_list(HARD_NEGATIVES.field("image_ids").type)
+
+
+@pytest.mark.slow
+def test_training_reads_the_mined_file(world, encoder):
+    from wit_retrieval.models.train import train
+    from wit_retrieval.models.train_config import config_from_dict
+    from wit_retrieval.models.train_shards import read_hard_negatives
+
+    _, table = _mine(world, encoder, "hn-train.parquet")
+    mined = read_hard_negatives(world / "hn-train.parquet")
+    assert mined == dict(zip(table["query_id"].to_pylist(), table["image_ids"].to_pylist()))
+    config = config_from_dict({
+        "model": {"base": "open_clip:wit-tiny-vit:random", "fusion": "inject"},
+        "data": {"root": str(world / "data")},
+        "optim": {"steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1},
+        "loss": {"hard_negatives": str(world / "hn-train.parquet"), "hard_negatives_per_query": 2},
+        "run": {"out": str(world / "train-out"), "checkpoint_every": 0, "eval_every": 0, "log_every": 1,
+                "threads": 1}})
+    train(config)
+    log = (world / "train-out" / "train_log.jsonl").read_text().splitlines()
+    assert len([line for line in log if '"loss"' in line]) == 2
