@@ -42,8 +42,13 @@ def main() -> None:
             timings[name] = args.queries / (time.perf_counter() - started)
     (s1, i1), (s2, i2) = results.values()
     same_ids = sum(a == b for a, b in zip(i1, i2))
+    # where the ids differ, the two score lists must still agree: neighbours whose scores differ by less
+    # than fp32 rounding of a 512-term dot product (the two kernels sum in different orders) swap places
+    differing = [n for n, (a, b) in enumerate(zip(i1, i2)) if a != b]
+    near_ties = all(np.allclose(s1[n], s2[n], atol=1e-5) for n in differing)
     print(json.dumps({"vectors": args.vectors, "dim": args.dim, "queries": args.queries, "k": args.k,
-                      "queries_with_identical_ids": same_ids, "max_abs_score_diff": float(np.abs(s1 - s2).max()),
+                      "queries_with_identical_ids": same_ids, "differences_are_near_ties_within_1e-5": near_ties,
+                      "tie_group_query_identical": i1[0] == i2[0], "max_abs_score_diff": float(np.abs(s1 - s2).max()),
                       "queries_per_s": {k: round(v, 1) for k, v in timings.items()}}))
 
 

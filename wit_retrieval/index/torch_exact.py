@@ -4,7 +4,8 @@ faiss-cpu's exact search is BLAS on the CPU; on a GPU the same search is a matri
 block of the corpus and a running top-k. Scores are computed in full fp32 (TF32 off: it rounds
 inputs to 10 bits of mantissa and would reorder near-ties), and `exact_topk` (index/topk.py)
 puts tied scores in trec_eval's order exactly as it does for faiss, so a run is the same
-whichever device searched. `faiss-gpu` is the other way to search on a GPU; it installs the
+whichever device searched, up to neighbours whose scores differ by less than fp32 rounding (the
+two kernels sum a dot product in different orders). `faiss-gpu` is the other way to search on a GPU; it installs the
 same `faiss` module as `faiss-cpu`, so it is a swap a user makes by hand (docs/embedding.md),
 not an extra.
 """
