@@ -275,3 +275,18 @@ def test_inject_learns_under_torchrun(tmp_path):
     oracle = text_oracle_recall(read_queries(world.root.root, "test"), 10)
     assert recall["run"] > 3 * 10 / 200 and recall["run"] > recall["zero"] + 0.1, recall
     assert recall["run"] > oracle + 0.05, (recall, oracle)  # and beyond what any text-only model can do
+
+
+def test_quantization_aware_training_under_torchrun(setup, tmp_path):
+    """[quant] under torchrun: both ranks fake-quantize from start_step, rank 0 writes the int4 export."""
+    base, config = setup
+    out = tmp_path / "qat"
+    [result] = _run_all([_torchrun_two(config, out, "--set", "quant.bits=4", "--set", "quant.start_step=2")],
+                        [_env()])
+    assert result.returncode == 0, result.stderr[-3000:]
+    spec = json.loads((out / "model" / "retriever.json").read_text())
+    assert spec["quant"]["scheme"] == "int4" and spec["quant"]["active"]
+    export = load_file(str(out / "model" / spec["quant"]["export"]))
+    packed = [t for name, t in export.items() if t.dtype == torch.uint8]
+    assert packed and all(t.shape[-1] >= 1 for t in packed)
+    assert [r["step"] for r in _log(out)] == list(range(1, STEPS + 1))

@@ -255,6 +255,9 @@ class OpenClipEncoder:
 
     def encode_pixels(self, pixels) -> np.ndarray:
         """Embeddings of a preprocessed batch."""
+        if self.device.startswith("cuda") and not pixels.is_cuda:
+            # pinned host memory: the copy runs asynchronously and the next batch decodes meanwhile
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         with self._context():
             return self.model.image_features(pixels.to(self.device)).float().cpu().numpy()
 
