@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,9 +36,13 @@ def ray_cluster(tmp_path_factory):
     pytest.importorskip("ray", reason="the 2-node cluster tests need Ray: pip install 'wit-retrieval[ray]'")
     from tests.ray_cluster import RayCluster
 
-    cluster = RayCluster(tmp_path_factory.mktemp("ray"))
+    # a short folder of its own: Ray's socket paths (TEMP/session_.../sockets/plasma_store) must fit in
+    # 107 bytes, which pytest's folders under xdist (.../pytest-N/popen-gwN/ray0/node0/...) exceed
+    root = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))
+    cluster = RayCluster(root)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -182,7 +182,7 @@ def test_slurm_variables_match_one(setup, single, tmp_path):
     _assert_same(single[0], out)
     # only rank 0 printed the summary; rank 1's warnings carry its rank
     assert json.loads(results[0].stdout)["world_size"] == 2 and results[1].stdout.strip() == ""
-    warned = [line for line in results[1].stderr.splitlines() if "No pretrained weights" in line]
+    warned = [line for line in results[1].stderr.splitlines() if "random weights" in line]
     assert warned and all(line.startswith("[rank 1] ") for line in warned), results[1].stderr[-2000:]
     assert "samples/s" not in results[1].stderr  # the progress bar is rank 0's alone
 

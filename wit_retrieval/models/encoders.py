@@ -130,12 +130,24 @@ _NOTED: set[str] = set()
 
 
 def note_weights(message: str) -> None:
-    """Say once per process where a model's weights came from (on stderr, beside the progress bars)."""
+    """Say once per process where a model's weights came from (on stderr, beside the progress bars).
+
+    Under torchrun or srun a rank other than 0 says so, as its warnings do ("[rank N] ...").
+    """
     import sys
 
-    if message not in _NOTED:
-        _NOTED.add(message)
-        print(message, file=sys.stderr)
+    from ..distributed import world_from_env
+    from ..errors import ConfigError
+
+    if message in _NOTED:
+        return
+    _NOTED.add(message)
+    try:
+        world = world_from_env()
+    except ConfigError:  # a half-set launcher environment: the launcher will say so itself
+        world = None
+    prefix = f"[rank {world.rank}] " if world is not None and world.distributed and not world.is_main else ""
+    print(prefix + message, file=sys.stderr)
 
 
 def create_open_clip(arch: str, tag: str, *, seed: int = 0):
