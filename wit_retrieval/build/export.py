@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from ..io.shards import atomic_path, read_manifest, read_table_dir
+from ..io.shards import atomic_path, parquet_file, read_manifest, read_table_dir
 from ..layout import DataRoot
 
 try:
@@ -128,21 +127,13 @@ def _mmir_batches(pieces: list[_Piece], names: pa.RecordBatch | None) -> Iterato
     """The export's columns, batch by batch, of the queries in `pieces` (in order)."""
     for piece in pieces:
         offset = 0
-        for batch in _parquet(piece.path).iter_batches(batch_size=_BATCH_ROWS, columns=_READ):
+        for batch in parquet_file(piece.path).iter_batches(batch_size=_BATCH_ROWS, columns=_READ):
             lo, hi = max(piece.start - offset, 0), min(piece.stop - offset, batch.num_rows)
             offset += batch.num_rows
             if lo < hi:
                 yield _mmir_columns(batch.slice(lo, hi - lo), names)
             if offset >= piece.stop:
                 break
-
-
-def _parquet(path) -> pq.ParquetFile:
-    """A part file, local or on an object store (io.fs: opened through the store's own filesystem)."""
-    from ..io import fs
-
-    target = fs.path(path)
-    return pq.ParquetFile(target if isinstance(target, Path) else fs.open_file(target, "rb"))
 
 
 def _mmir_columns(batch: pa.RecordBatch, names: pa.RecordBatch | None) -> list[pa.Array]:

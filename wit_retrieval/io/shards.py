@@ -235,12 +235,18 @@ def read_table_dir(directory: str | os.PathLike, columns: list[str] | None = Non
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
-def read_parquet(path: str | os.PathLike | fs.ObjectPath, columns: list[str] | None = None) -> pa.Table:
-    """One parquet file, local or on an object store."""
+def parquet_file(path: str | os.PathLike | fs.ObjectPath):
+    """A pyarrow ParquetFile, local or on an object store (opened through the store's filesystem)."""
     import pyarrow.parquet as pq  # here: it pulls in ssl, which scoring never needs
 
     path = fs.path(path)
-    if isinstance(path, Path):
-        return pq.ParquetFile(path).read(columns=columns)
-    with fs.open_file(path, "rb") as source:
-        return pq.ParquetFile(source).read(columns=columns)
+    return pq.ParquetFile(path if isinstance(path, Path) else fs.open_file(path, "rb"))
+
+
+def read_parquet(path: str | os.PathLike | fs.ObjectPath, columns: list[str] | None = None) -> pa.Table:
+    """One parquet file, local or on an object store."""
+    source = parquet_file(path)
+    try:
+        return source.read(columns=columns)
+    finally:
+        source.close(force=True)  # a store's stream too, not only a file pyarrow opened itself

@@ -119,8 +119,9 @@ def finish(out: Path, plan: list[Part], key: dict[str, Any]) -> dict[str, Any]:
                          "early; re-run the same command to embed only those", path=str(out))
     listed, failures = [], []
     for part in plan:
-        meta = json.loads((pq.read_schema(out / part.file).metadata or {}).get(META_KEY, b"{}"))
-        rows = pq.ParquetFile(out / part.file).metadata.num_rows
+        footer = pq.ParquetFile(out / part.file)  # one footer read: the schema's metadata and the row count
+        meta = json.loads((footer.schema_arrow.metadata or {}).get(META_KEY, b"{}"))
+        rows = footer.metadata.num_rows
         listed.append({"file": part.file, "rows": rows, "failed": len(meta.get("failures", []))})
         failures.extend(meta.get("failures", []))
     write_text_atomic(out / FAILURES, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures))
