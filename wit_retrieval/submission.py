@@ -92,7 +92,6 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
     unique_q = pc.unique(heads)
     report.num_queries = len(unique_q)
     head_q = to_numpy(pc.index_in(heads, value_set=unique_q)).astype(np.int64)
-    row_q = np.repeat(head_q, lengths)
     per_query = np.bincount(head_q, weights=lengths, minlength=len(unique_q)).astype(np.int64)
     first_row = np.full(len(unique_q), -1)
     first_row[head_q[::-1]] = starts[::-1]  # earliest start wins
@@ -106,9 +105,10 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
         doc, exact = _corpus_codes(image_id, truth.image_ids, lines, report), True
     else:
         doc, exact = fingerprint(image_id), False
-    _check_duplicates(row_q, doc, exact, starts, lengths, lines, query_id, image_id, report)
+    groups = _Groups(starts, lengths, head_q)
+    _check_duplicates(groups, doc, exact, lines, query_id, image_id, report)
     if "rank" in table.column_names:
-        _check_rank_order(row_q, to_numpy(table["rank"]), score, lines, report)
+        _check_rank_order(groups, to_numpy(table["rank"]), score, lines, report)
 
 
 def _values(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> list:
@@ -137,14 +137,34 @@ def _corpus_codes(image_id: pa.ChunkedArray, corpus: pa.Array, lines: np.ndarray
     return code
 
 
-def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, exact: bool, starts: np.ndarray, lengths: np.ndarray,
-                      lines: np.ndarray, query_id, image_id, report: ValidationReport) -> None:
+@dataclass(frozen=True)
+class _Groups:
+    """The runs of equal consecutive query ids: starts, lengths and each run's query number."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    head_q: np.ndarray
+
+    def row_q(self) -> np.ndarray:
+        """Each row's query number (a full-length array: only the rare unsorted paths need it)."""
+        return np.repeat(self.head_q, self.lengths)
+
+    def same_as_previous(self) -> np.ndarray:
+        """Whether row i + 1 is in the same run as row i (runs are maximal, so: not a run start)."""
+        same = np.ones(max(int(self.lengths.sum()) - 1, 0), bool)
+        same[self.starts[1:] - 1] = False
+        return same
+
+
+def _check_duplicates(groups: _Groups, doc: np.ndarray, exact: bool, lines: np.ndarray, query_id, image_id,
+                      report: ValidationReport) -> None:
     """Duplicate (query, image) pairs: sort the image codes of each query and compare neighbours.
 
     `doc` are corpus codes (exact; -1 unknown, never a duplicate) or fingerprints, whose equal
     neighbours are confirmed by comparing the strings.
     """
-    if len(lengths) and lengths.min() == lengths.max() and is_one_block_per_query(row_q[starts]):
+    starts, lengths = groups.starts, groups.lengths
+    if len(lengths) and lengths.min() == lengths.max() and is_one_block_per_query(groups.head_q):
         # One block per query, all of the same depth: sort row-wise (much cheaper than one big sort),
         # and find the rows of the few queries that have a repeat before locating it.
         codes = doc.reshape(len(starts), -1)
@@ -157,6 +177,7 @@ def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, exact: bool, starts: n
         rows, firsts = starts[groups[g]] + order[g, j + 1], starts[groups[g]] + order[g, j]
     else:
         valid = np.flatnonzero(doc >= 0) if exact else np.arange(len(doc))
+        row_q = groups.row_q()
         order = np.lexsort((doc[valid], row_q[valid]))
         q, d = row_q[valid][order], doc[valid][order]
         dup = np.flatnonzero((q[1:] == q[:-1]) & (d[1:] == d[:-1])) + 1
@@ -171,18 +192,20 @@ def _check_duplicates(row_q: np.ndarray, doc: np.ndarray, exact: bool, starts: n
         for d, q, f in zip(_values(image_id, rows[i]), _values(query_id, rows[i]), lines[firsts[i]].tolist())])
 
 
-def _check_rank_order(row_q: np.ndarray, rank: np.ndarray, score: np.ndarray, lines: np.ndarray,
+def _check_rank_order(groups: _Groups, rank: np.ndarray, score: np.ndarray, lines: np.ndarray,
                       report: ValidationReport) -> None:
     """Within a query in rank order, a later rank must not have a higher score."""
-    same = row_q[1:] == row_q[:-1]
+    same = groups.same_as_previous()
     if np.all(~same | (rank[1:] >= rank[:-1])):
-        order = np.arange(len(rank))  # already in rank order within each query: skip the sort (and the copies)
-        q, s = row_q, score
+        # Already in rank order within each query (the usual file): no sort, no full-length copies.
+        rows = np.flatnonzero(same & (score[1:] > score[:-1])) + 1
+        prev = rows - 1
     else:
+        row_q = groups.row_q()
         order = np.lexsort((rank, row_q))
         q, s = row_q[order], score[order]
-    bad = np.flatnonzero((q[1:] == q[:-1]) & (s[1:] > s[:-1])) + 1
-    rows, prev = order[bad], order[bad - 1]
+        bad = np.flatnonzero((q[1:] == q[:-1]) & (s[1:] > s[:-1])) + 1
+        rows, prev = order[bad], order[bad - 1]
     report.add_rows("rank_order", lines[rows], lambda i: [
         f"rank {a} has a higher score ({x}) than rank {b} ({y}); scores decide the order, as in trec_eval"
         for a, x, b, y in zip(rank[rows[i]].tolist(), score[rows[i]].tolist(), rank[prev[i]].tolist(),
