@@ -27,8 +27,7 @@ def bootstrap_means(values: np.ndarray, samples: int = 1000, seed: int = 0) -> n
         # Measures take few distinct values (most queries score all zeros, or all ones): resampling
         # n queries is then drawing how often each distinct row is drawn, a multinomial over the
         # distinct rows -- the same distribution, for a fraction of the random numbers.
-        rows = values.reshape(n, -1)
-        distinct, counts = np.unique(rows, axis=0, return_counts=True)
+        distinct, counts = _distinct_rows(values.reshape(n, -1))
         if 4 * len(distinct) <= n:
             drawn = rng.multinomial(n, counts / n, size=samples)
             return (drawn @ distinct / n).reshape((samples,) + values.shape[1:])
@@ -39,6 +38,23 @@ def bootstrap_means(values: np.ndarray, samples: int = 1000, seed: int = 0) -> n
         counts = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
         out.append(counts @ values / n)
     return np.concatenate(out) if out else np.empty((0,) + values.shape[1:])
+
+
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(rows, axis=0, return_counts=True), in the same (lexicographic) order.
+
+    Each column is factorised on its own (a 1-d sort) and the codes are combined into one
+    integer key, column 0 most significant: ~10x faster than sorting whole rows.
+    """
+    key, radix = np.zeros(len(rows), np.int64), 1
+    for column in rows.T[::-1]:
+        levels, codes = np.unique(column, return_inverse=True)
+        if radix * len(levels) >= 2**62:  # too many combinations for one integer key
+            return np.unique(rows, axis=0, return_counts=True)
+        key += codes.reshape(-1).astype(np.int64) * radix
+        radix *= len(levels)
+    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    return rows[first], counts
 
 
 def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0,
