@@ -207,14 +207,27 @@ def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -
         first = next(_query_batches(inputs))
         check_free_space(out, estimate_bytes(store, total, [r["target_image_id"] for r in first])
                          * len(todo) // shards)
-        hard = read_hard_negatives(inputs.hard_negatives) if inputs.hard_negatives else None
+        hard = _hard_negatives(inputs, out)
         pending = set(todo)
         with progress_task("preparing training shards", len(todo)) if progress else _no_progress() as advance:
             for n, rows in enumerate(_chunks(inputs, size)):
                 if n in pending:
                     _write_shard(out, n, rows, store, hard, inputs.hard_per_query)
                     advance()
-    return _finish(out, inputs, store, shards)
+    manifest = _finish(out, inputs, store, shards)
+    from .hard_store import drop_hard_negatives
+
+    drop_hard_negatives(out)  # every shard holds its own now
+    return manifest
+
+
+def _hard_negatives(inputs: PrepareInputs, out: Path):
+    """The hard negatives as a store looked up per query (hard_store.py), never a dict of every query."""
+    if not inputs.hard_negatives:
+        return None
+    from .hard_store import open_hard_negatives
+
+    return open_hard_negatives(inputs.hard_negatives, out)
 
 
 @contextmanager
