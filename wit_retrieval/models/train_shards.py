@@ -313,13 +313,16 @@ class EntityImages:
     def __init__(self, out: Path):
         self.out = Path(out)
         self.index = np.load(self.out / "images.idx.npy", mmap_mode="r")
-        self._handle = None
+        self._handle = self._sample = None
 
     def get(self, image_id: str) -> bytes | None:
         """The stored bytes, or None when the id is not in the store."""
-        key = np.uint64(id_hash(image_id))
-        row = int(np.searchsorted(self.index["hash"], key))
-        if row >= len(self.index) or self.index["hash"][row] != key:
+        from .id_store import block_find, sample_of
+
+        if self._sample is None:  # searchsorted on the strided hash field would copy it whole per call
+            self._sample = sample_of(self.index["hash"])
+        row = block_find(self.index["hash"], self._sample, np.uint64(id_hash(image_id)))
+        if row < 0:
             return None
         if self._handle is None:  # opened lazily: each loader worker gets its own handle
             self._handle = open(self.out / "images.bin", "rb")  # noqa: SIM115
