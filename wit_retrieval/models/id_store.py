@@ -111,11 +111,14 @@ def sorted_rows(hashes: np.ndarray, seqs: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def building(folder: Path) -> Iterator[Path]:
-    """A temporary sibling folder renamed to `folder` when the build succeeds (atomic for readers)."""
+    """A temporary sibling folder renamed to `folder` when the build succeeds (atomic for readers).
+
+    The caller holds the lock of the folder it builds in (the teacher's, or the prepared folder's).
+    """
     folder = Path(folder)
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # an interrupted build's (its builder holds no lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -177,6 +180,13 @@ class SortedHashes:
         if not self.rows or not len(hashes):
             return out
         blocks = np.searchsorted(self.sample, hashes, side="right") - 1
+        if len(hashes) == 1:  # one id (a query's hard negatives): no grouping by block
+            if blocks[0] >= 0:
+                start = int(blocks[0]) * self.STRIDE
+                values = self._read(start, min(self.STRIDE, self.rows - start))
+                at = int(values.searchsorted(hashes[0]))
+                out[0] = start + at if at < len(values) and values[at] == hashes[0] else -1
+            return out
         for block in np.unique(blocks[blocks >= 0]):
             start = int(block) * self.STRIDE
             values = self._read(start, min(self.STRIDE, self.rows - start))
@@ -185,3 +195,23 @@ class SortedHashes:
             hit = values[at] == hashes[mine]
             out[mine[hit]] = start + at[hit]
         return out
+
+
+def sample_of(column: np.ndarray, stride: int = SortedHashes.STRIDE) -> np.ndarray:
+    """Every `stride`-th value of a sorted column, contiguous in memory (8 bytes per `stride` rows)."""
+    return np.ascontiguousarray(column[::stride])
+
+
+def block_find(column: np.ndarray, sample: np.ndarray, key: np.uint64, stride: int = SortedHashes.STRIDE) -> int:
+    """Row of `key` in a sorted column (a memory-mapped field of a record array: strided), -1 if absent.
+
+    numpy's searchsorted copies a strided array whole before searching (a 56 MB copy per lookup for
+    7M records); through the sample only one block of `stride` values is read and copied.
+    """
+    block = int(np.searchsorted(sample, key, side="right")) - 1
+    if block < 0:
+        return -1
+    start = block * stride
+    values = np.ascontiguousarray(column[start:start + stride])
+    at = int(values.searchsorted(key))
+    return start + at if at < len(values) and values[at] == key else -1
