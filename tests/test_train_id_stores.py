@@ -243,3 +243,30 @@ def test_block_find_in_a_strided_memory_mapped_index(tmp_path):
     absent = [np.uint64(0), hashes[0] - np.uint64(1), hashes[-1] + np.uint64(1), hashes[7] + np.uint64(1)]
     assert [block_find(column, sample, k, 64) for k in absent] == [-1] * 4
     assert block_find(column[:0], sample_of(column[:0]), np.uint64(5)) == -1
+
+
+def test_concurrent_trainers_convert_the_teacher_once(tmp_path, small_buckets):
+    import threading
+
+    from wit_retrieval.models.distill import DistillConfig
+    from wit_retrieval.models.teacher_store import open_teacher_store
+
+    world = make_world(tmp_path / "root", entities=4, scenes={"train": 10}, size=16)
+    folder = ensure_prepared(PrepareInputs(str(world.root.root), "train"), world.store, progress=False)
+    targets = sorted(world.store.ids())
+    write_embeddings(tmp_path / "teacher.parquet", targets, np.random.default_rng(7).standard_normal((len(targets), 6),
+                                                                                                    np.float32))
+    config = DistillConfig(teacher_embeddings=str(tmp_path / "teacher.parquet"))
+    stores = []
+    threads = [threading.Thread(target=lambda: stores.append(open_teacher_store(config, folder, progress=False)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(stores) == 3 and len({s.folder for s in stores}) == 1
+    assert [p.name for p in folder.iterdir() if "teacher" in p.name and p.is_dir()] == [stores[0].folder.name]
+    assert _same(stores[0].lookup(targets), TeacherCache(tmp_path / "teacher.parquet").lookup(targets))
+    built = (stores[0].folder / "store.json").stat().st_mtime_ns
+    assert open_teacher_store(config, folder, progress=False).folder == stores[0].folder   # reused, not rebuilt
+    assert (stores[0].folder / "store.json").stat().st_mtime_ns == built

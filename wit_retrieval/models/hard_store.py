@@ -117,16 +117,21 @@ def hard_folder(path: str | Path, prepared: Path) -> Path:
     return Path(prepared) / f"hard-negatives-{ids.store_key('hard-negatives', VERSION, [Path(path)])}"
 
 
-def build_hard_store(path: str | Path, folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+def build_hard_store(path: str | Path, folder: Path, *, chunk_bytes: int = CHUNK_BYTES, progress: bool = False) -> None:
     """Convert a hard-negatives file into the store at `folder` (memory: one block and one bucket)."""
+    from ..progress import progress_task
+    from .train_shards import _no_progress
+
     path = Path(path)
     if not path.exists():
         raise InputError("hard negatives file not found", path=str(path))
     lists = is_list_file(path)
     with ids.building(folder) as tmp:
         spill = ids.BucketSpill(tmp / "spill", ids.bucket_bits(8 * path.stat().st_size))  # decoded text outgrows the file
-        for qids, payloads in (_list_blocks(path) if lists else _run_blocks(path, tmp, chunk_bytes)):
-            spill.add(ids.hashes_of(qids), payloads)
+        with progress_task("reading the hard negatives (rows)", None) if progress else _no_progress() as advance:
+            for qids, payloads in (_list_blocks(path) if lists else _run_blocks(path, tmp, chunk_bytes)):
+                spill.add(ids.hashes_of(qids), payloads)
+                advance(len(qids))
         rows = _write_lists(spill, tmp, merge=not lists)
         shutil.rmtree(spill.folder)
         meta = {"format": "wit-retrieval/hard-negatives-store", "version": VERSION, "queries": rows,
@@ -191,13 +196,13 @@ class HardNegativeStore:
         return data.decode("utf-8").split("\n") if data else []
 
 
-def open_hard_negatives(path: str | Path, prepared: Path) -> HardNegativeStore:
+def open_hard_negatives(path: str | Path, prepared: Path, *, progress: bool = False) -> HardNegativeStore:
     """The store of `path` inside the prepared folder, converted unless an earlier run finished it."""
     if not Path(path).exists():
         raise InputError("hard negatives file not found", path=str(path))
     folder = hard_folder(path, prepared)
     if not ids.is_built(folder):
-        build_hard_store(path, folder)
+        build_hard_store(path, folder, progress=progress)
     return HardNegativeStore(folder)
 
 

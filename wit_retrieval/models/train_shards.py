@@ -207,7 +207,7 @@ def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -
         first = next(_query_batches(inputs))
         check_free_space(out, estimate_bytes(store, total, [r["target_image_id"] for r in first])
                          * len(todo) // shards)
-        hard = _hard_negatives(inputs, out)
+        hard = _hard_negatives(inputs, out, progress)
         pending = set(todo)
         with progress_task("preparing training shards", len(todo)) if progress else _no_progress() as advance:
             for n, rows in enumerate(_chunks(inputs, size)):
@@ -221,13 +221,13 @@ def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -
     return manifest
 
 
-def _hard_negatives(inputs: PrepareInputs, out: Path):
+def _hard_negatives(inputs: PrepareInputs, out: Path, progress: bool):
     """The hard negatives as a store looked up per query (hard_store.py), never a dict of every query."""
     if not inputs.hard_negatives:
         return None
     from .hard_store import open_hard_negatives
 
-    return open_hard_negatives(inputs.hard_negatives, out)
+    return open_hard_negatives(inputs.hard_negatives, out, progress=progress)
 
 
 @contextmanager
