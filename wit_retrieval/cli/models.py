@@ -75,13 +75,14 @@ def prepare(
     out: str = typer.Option("", "--out", help="Output folder (default: DATA/train_shards/<key>)."),
     sets: list[str] = SETS_OPT,
 ):
-    """Write the streamed training layout (sample shards + entity image store); resumable.
+    """Write the streamed training layout (sample shards, entity image store, [distill] teacher store); resumable.
 
     `train` does this itself on first use; run it ahead to prepare once for many runs.
     Example: wit-retrieval prepare baselines/inject-mini.toml --data mini/root
     """
     from ..images import open_store
     from ..layout import DataRoot
+    from ..models.teacher_store import open_teacher_store
     from ..models.train_config import load_train_config
     from ..models.train_shards import PrepareInputs, disk_cost_note, ensure_prepared, read_prepared
 
@@ -99,8 +100,10 @@ def prepare(
                            cfg.loss.hard_negatives_per_query)
     folder = ensure_prepared(inputs, store, Path(out or cfg.data.prepared) if (out or cfg.data.prepared) else None)
     manifest = read_prepared(folder)
+    teacher = open_teacher_store(cfg.distill, folder)  # [distill]: the teacher's id-keyed store too
     typer.echo(json.dumps({"out": str(folder), "summary": disk_cost_note(manifest), **manifest["counts"],
-                           "bytes": manifest["bytes"]}, indent=2))
+                           "bytes": manifest["bytes"], **({"teacher": str(teacher.folder)} if teacher else {})},
+                          indent=2))
 
 
 def evaluate(

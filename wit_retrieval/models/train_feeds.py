@@ -47,7 +47,7 @@ def _memory_feed(config: TrainConfig, store, built: Built, world: dist.World, de
 def _stream_feed(config: TrainConfig, store, built: Built, world: dist.World, device: str):
     """Batches streamed from prepared shards (prepared here on first use, one preparer at a time)."""
     from ..layout import DataRoot
-    from .distill import TeacherCache
+    from .teacher_store import open_teacher_store
     from .train_shards import PrepareInputs, ensure_prepared, read_prepared
     from .train_stream import StreamFeed, StreamPlan
 
@@ -64,8 +64,8 @@ def _stream_feed(config: TrainConfig, store, built: Built, world: dist.World, de
     feed = StreamFeed(folder, plan, built.preprocess,
                       config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0,
                       workers=config.data.workers, pin=device.startswith("cuda"))
-    # streamed runs read the teacher file whole (not yet by id per shard)
-    teacher = TeacherCache(config.distill.teacher_embeddings) if config.distill.enabled else None
+    # the teacher is converted once into an id-keyed store beside the shards and read by memory map
+    teacher = open_teacher_store(config.distill, folder, progress=world.is_main)
     counts = {**manifest["counts"], "prepared": str(folder)}
     return feed, counts, teacher
 

@@ -207,14 +207,27 @@ def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -
         first = next(_query_batches(inputs))
         check_free_space(out, estimate_bytes(store, total, [r["target_image_id"] for r in first])
                          * len(todo) // shards)
-        hard = read_hard_negatives(inputs.hard_negatives) if inputs.hard_negatives else None
+        hard = _hard_negatives(inputs, out, progress)
         pending = set(todo)
         with progress_task("preparing training shards", len(todo)) if progress else _no_progress() as advance:
             for n, rows in enumerate(_chunks(inputs, size)):
                 if n in pending:
                     _write_shard(out, n, rows, store, hard, inputs.hard_per_query)
                     advance()
-    return _finish(out, inputs, store, shards)
+    manifest = _finish(out, inputs, store, shards)
+    from .hard_store import drop_hard_negatives
+
+    drop_hard_negatives(out)  # every shard holds its own now
+    return manifest
+
+
+def _hard_negatives(inputs: PrepareInputs, out: Path, progress: bool):
+    """The hard negatives as a store looked up per query (hard_store.py), never a dict of every query."""
+    if not inputs.hard_negatives:
+        return None
+    from .hard_store import open_hard_negatives
+
+    return open_hard_negatives(inputs.hard_negatives, out, progress=progress)
 
 
 @contextmanager
@@ -300,13 +313,16 @@ class EntityImages:
     def __init__(self, out: Path):
         self.out = Path(out)
         self.index = np.load(self.out / "images.idx.npy", mmap_mode="r")
-        self._handle = None
+        self._handle = self._sample = None
 
     def get(self, image_id: str) -> bytes | None:
         """The stored bytes, or None when the id is not in the store."""
-        key = np.uint64(id_hash(image_id))
-        row = int(np.searchsorted(self.index["hash"], key))
-        if row >= len(self.index) or self.index["hash"][row] != key:
+        from .id_store import block_find, sample_of
+
+        if self._sample is None:  # searchsorted on the strided hash field would copy it whole per call
+            self._sample = sample_of(self.index["hash"])
+        row = block_find(self.index["hash"], self._sample, np.uint64(id_hash(image_id)))
+        if row < 0:
             return None
         if self._handle is None:  # opened lazily: each loader worker gets its own handle
             self._handle = open(self.out / "images.bin", "rb")  # noqa: SIM115
