@@ -1,9 +1,12 @@
-"""Image shards on disk: webdataset-compatible tar files plus a parquet manifest per shard.
+"""Image shards: webdataset-compatible tar files plus a parquet manifest per shard.
 
-A store folder holds, per shard `{n:05d}`: `.tar` (members `{image_id}.{ext}` and
-`{image_id}.json`), `.parquet` (schema.IMAGES_MANIFEST: one row per input URL, ok or failed)
-and `.done` (JSON summary). Each is written to a temporary name and renamed; the done-marker
-comes last, so a shard without one is unfinished and readers ignore it.
+A store folder (a local path, or an s3:// / gs:// prefix through io.fs) holds, per shard
+`{n:05d}`: `.tar` (members `{image_id}.{ext}` and `{image_id}.json`), `.parquet`
+(schema.IMAGES_MANIFEST: one row per input URL, ok or failed) and `.done` (JSON summary). Each
+is written to a temporary name and renamed (on an object store: the tar is written in local
+scratch, uploaded to a temporary key and copied onto its name); the done-marker comes last, so
+a shard without one is unfinished and readers ignore it. Readers of a remote store read the
+manifests whole and images by ranged reads of the tars.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import threading
@@ -21,10 +25,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..io.shards import write_json_atomic, write_parquet_atomic
+from ..io import fs
+from ..io.shards import read_parquet, write_json_atomic, write_parquet_atomic
 from ..schema import IMAGES_MANIFEST
 from .decode import StoredImage
 
@@ -36,23 +40,25 @@ def shard_name(shard: int) -> str:
     return f"{shard:05d}"
 
 
-def shard_paths(directory: Path, shard: int) -> tuple[Path, Path, Path]:
-    """(tar, manifest, done-marker) paths of one shard."""
-    base = Path(directory) / shard_name(shard)
-    return base.with_suffix(".tar"), base.with_suffix(".parquet"), base.with_suffix(".done")
+def shard_paths(directory: Any, shard: int) -> tuple[Any, Any, Any]:
+    """(tar, manifest, done-marker) paths of one shard: Paths, or io.fs.ObjectPaths on a store."""
+    folder, name = fs.path(directory), shard_name(shard)
+    return folder / f"{name}.tar", folder / f"{name}.parquet", folder / f"{name}.done"
 
 
-def done_shards(directory: Path) -> list[int]:
-    """Numbers of the finished shards in a store folder, ascending."""
-    return sorted(int(p.stem) for p in Path(directory).glob("[0-9]*.done") if p.stem.isdigit())
+def done_shards(directory: Any) -> list[int]:
+    """Numbers of the finished shards in a store folder, ascending (one listing on an object store)."""
+    stems = (p.name[: -len(".done")] for p in fs.glob(directory, "[0-9]*.done"))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
-def read_done(directory: Path, shard: int) -> dict[str, Any] | None:
+def read_done(directory: Any, shard: int) -> dict[str, Any] | None:
     """The done-marker of a shard, or None when the shard is unfinished."""
-    path = shard_paths(directory, shard)[2]
-    if not path.exists():
+    try:
+        text = shard_paths(directory, shard)[2].read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(text)
 
 
 def manifest_row(image_id: str, url: str, shard: int, **fields: Any) -> dict[str, Any]:
@@ -63,15 +69,20 @@ def manifest_row(image_id: str, url: str, shard: int, **fields: Any) -> dict[str
 
 
 class ShardWriter:
-    """Writes one shard: tar members as images arrive, then manifest and done-marker on commit."""
+    """Writes one shard: tar members as images arrive, then manifest and done-marker on commit.
 
-    def __init__(self, directory: Path, shard: int):
-        self.directory = Path(directory)
+    The tar grows in a temporary file beside its target, or in local scratch (the temp folder)
+    when the store is on an object store, which has no append and no rename."""
+
+    def __init__(self, directory: Any, shard: int):
+        self.directory = fs.path(directory)
         self.shard = shard
+        self.remote = fs.is_remote(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(f".tmp-{shard_name(shard)}.*"):
-            stale.unlink(missing_ok=True)  # left by an interrupted run of this shard
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{shard_name(shard)}.tar.", dir=self.directory)
+        for stale in fs.glob(self.directory, f".tmp-{shard_name(shard)}.*"):
+            stale.unlink(missing_ok=True)  # left by an interrupted run of this shard (temporary keys too)
+        scratch = None if self.remote else self.directory
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{shard_name(shard)}.tar.", dir=scratch)
         self._file = os.fdopen(fd, "wb")
         self._tmp = Path(tmp)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
@@ -122,7 +133,11 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         done_path.unlink(missing_ok=True)  # from here until the new marker the shard reads as unfinished
-        os.replace(self._tmp, tar_path)
+        if self.remote:
+            fs.commit_local_file(self._tmp, tar_path)  # a temporary key, copied onto the name
+            self._tmp.unlink()
+        else:
+            os.replace(self._tmp, tar_path)
         rows = sorted(self.rows, key=lambda r: r["image_id"])
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=IMAGES_MANIFEST), manifest_path)
         write_json_atomic(done_path, summary)
@@ -147,12 +162,11 @@ def read_member_at(handle, offset: int) -> tuple[str, bytes]:
 class ImageStore:
     """Random access by image_id (shard + offset) and iteration over a folder of image shards."""
 
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise InputError("no such image store folder", path=str(self.directory))
+    def __init__(self, directory: Any):
+        self.directory = fs.path(directory)
+        _check_store_location(directory, self.directory)
         self.shards = done_shards(self.directory)
-        tables = [pq.read_table(shard_paths(self.directory, s)[1]) for s in self.shards]
+        tables = [read_parquet(shard_paths(self.directory, s)[1]) for s in self.shards]
         self._manifest = pa.concat_tables(tables) if tables else IMAGES_MANIFEST.empty_table()
         ok = self._manifest.filter(pc.equal(self._manifest["status"], "ok"))
         self._where = dict(zip(ok["image_id"].to_pylist(),
@@ -189,8 +203,8 @@ class ImageStore:
         shard, offset = self._where[image_id]
         with self._lock:
             handle = self._handles.get(shard)
-            if handle is None:
-                handle = self._handles[shard] = open(self.directory / f"{shard}.tar", "rb")  # noqa: SIM115
+            if handle is None:  # on an object store: a random-access file, each read a ranged GET
+                handle = self._handles[shard] = fs.open_file(self.directory / f"{shard}.tar", "rb")
             return read_member_at(handle, offset)[1]
 
     def open(self, image_id: str):
@@ -202,7 +216,8 @@ class ImageStore:
     def iter_items(self) -> Iterator[tuple[str, bytes]]:
         """(image_id, bytes) of every stored image, shard by shard, reading each tar sequentially."""
         for shard in self.shards:
-            with tarfile.open(shard_paths(self.directory, shard)[0], "r") as tar:
+            with _sequential(shard_paths(self.directory, shard)[0]) as handle, \
+                    tarfile.open(fileobj=handle, mode="r|") as tar:
                 for member in tar:
                     key, _, ext = member.name.partition(".")
                     if ext != "json" and key in self._where:
@@ -215,7 +230,7 @@ class ImageStore:
         features = datasets.Features({"image_id": datasets.Value("string"), "url": datasets.Value("string"),
                                       "image": datasets.Image()})
         # the state makes datasets' cache key change when shards are rewritten (resume, retry-failed)
-        state = hashlib.sha256("".join(f"{s}:{shard_paths(self.directory, s)[2].stat().st_mtime_ns};"
+        state = hashlib.sha256("".join(f"{s}:{_mtime_ns(shard_paths(self.directory, s)[2])};"
                                        for s in self.shards).encode()).hexdigest()
         return datasets.Dataset.from_generator(
             _hf_rows, features=features, gen_kwargs={"directory": str(self.directory), "state": state},
@@ -235,6 +250,30 @@ class ImageStore:
         self.close()
 
 
+def _check_store_location(given: Any, directory: Any) -> None:
+    """One line for a store that is not there, and for a URI a Path-typed option has mangled."""
+    text = str(given)
+    if re.match(r"^(s3|gs|gcs|file):/[^/]", text):
+        raise InputError("an object-store URI lost a slash (it went through a local-path option); "
+                         "pass it as s3://BUCKET/PREFIX to a command that takes URIs", path=text)
+    if not directory.is_dir():
+        raise InputError("no such image store folder (a local folder or an s3:// / gs:// prefix "
+                         "holding NNNNN.tar/.parquet/.done shards)", path=fs.redact(directory))
+
+
+def _sequential(target: Any):
+    """A file read front to back: the file itself, or one streaming GET with a large buffer."""
+    if not fs.is_remote(target):
+        return open(target, "rb")  # noqa: SIM115 (returned open)
+    filesystem, key = fs.resolve(target)
+    return filesystem.open_input_stream(key, compression=None, buffer_size=1 << 22)
+
+
+def _mtime_ns(target: Any) -> int:
+    filesystem, key = fs.resolve(target)
+    return filesystem.get_file_info(key).mtime_ns or 0
+
+
 def _hf_rows(directory: str, state: str = "") -> Iterator[dict[str, Any]]:
     store = ImageStore(directory)
     urls = dict(zip(store.manifest()["image_id"].to_pylist(), store.manifest()["url"].to_pylist()))
@@ -242,6 +281,6 @@ def _hf_rows(directory: str, state: str = "") -> Iterator[dict[str, Any]]:
         yield {"image_id": image_id, "url": urls[image_id], "image": {"bytes": data, "path": None}}
 
 
-def open_store(directory: str | os.PathLike) -> ImageStore:
-    """Open a folder of image shards for reading."""
+def open_store(directory: Any) -> ImageStore:
+    """Open a folder (or s3:// / gs:// prefix) of image shards for reading."""
     return ImageStore(directory)
