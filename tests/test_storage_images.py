@@ -63,10 +63,10 @@ def _url_file(folder: Path, urls: list[str]) -> Path:
     return path
 
 
-def _args(server, urls: str, out: str, *more: str) -> list[str]:
+def _args(server, urls: str, out: str, *more: str, rate: str = "0") -> list[str]:
     return ["images", "fetch", "--urls", urls, "--out", out, "--user-agent", AGENT, "--allow-host", "127.0.0.1",
             "--host-alias", f"upload.wikimedia.org={server.url}", "--timeout", "5", "--shard-size", SHARD_SIZE,
-            "--no-progress", *more]
+            "--rate", rate, "--no-progress", *more]
 
 
 def _snapshot(store_location: str) -> tuple[list[dict], dict[str, str]]:
@@ -116,9 +116,9 @@ def test_fetch_into_s3_equals_local_and_a_killed_fetch_resumes(world, tmp_path, 
 
         # SIGKILLed after some shards (the CLI and its 2 workers), then run again: only the rest is fetched
         killed = f"{s3_bucket}/killed"
-        args = _args(server, str(url_file), killed, "--rate", "40")
-        proc = subprocess.Popen(CLI + args + ["--workers", "2"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        args = _args(server, str(url_file), killed, rate="25")
+        proc = subprocess.Popen(CLI + args + ["--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "TMPDIR": str(tmp_path)})
         deadline = time.monotonic() + 60
         while len(done_shards(killed)) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -161,6 +161,29 @@ def test_credentials_in_a_store_uri_stay_out_of_what_is_written(world, tmp_path,
     assert json.loads(config)["out"] == f"{s3_bucket}/store"
     assert not [s for s in _secrets() if s in result.output + status.output + config]
     assert len(open_store(keyed)) == 10
+
+
+def test_fetch_a_build_on_s3_into_its_images_prefix(world, s3_bucket):  # noqa: F811
+    import pyarrow as pa
+
+    from wit_retrieval.io.shards import write_table_dir
+    from wit_retrieval.layout import DataRoot
+    from wit_retrieval.schema import ENTITIES, QUERIES
+
+    folder, urls = world
+    root = DataRoot(f"{s3_bucket}/root")
+    query = {name: None for name in QUERIES.names}
+    query.update(query_id="q", split="test", target_image_url=urls[0], entity_image_urls=urls[1:3])
+    write_table_dir(root.table_split("queries", "test"), [pa.Table.from_pylist([query], schema=QUERIES)], QUERIES)
+    entities = [{**{name: None for name in ENTITIES.names}, "entity_id": f"Q{i}", "image_url": u}
+                for i, u in enumerate(urls[2:6])]
+    write_table_dir(root.table("entities"), [pa.Table.from_pylist(entities, schema=ENTITIES)], ENTITIES)
+    with serve_directory(folder) as server:
+        args = _args(server, "-", "-")[6:]  # everything after --urls FILE --out DIR
+        result = CliRunner().invoke(app, ["images", "fetch", "--data", str(root.root), *args])
+        assert result.exit_code == 0, result.output
+    assert len(open_store(f"{s3_bucket}/root/images")) == 6
+    _assert_only_committed(f"{s3_bucket}/root/images")
 
 
 def test_fetch_and_retry_failed_on_gcs(world, tmp_path, gcs_bucket):  # noqa: F811
