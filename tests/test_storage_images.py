@@ -236,3 +236,25 @@ def test_ray_engine_fetches_into_s3_as_the_local_engine(world, tmp_path, s3_buck
     assert _snapshot(remote) == _snapshot(local)
     _assert_only_committed(remote)
     assert not [s for s in _secrets() if s in done.stdout + done.stderr]
+
+
+@pytest.mark.slow
+def test_embedding_reads_an_image_store_in_a_bucket(world, tmp_path, s3_bucket):  # noqa: F811
+    """What `embed`, `evaluate` and `prepare` do with `--images s3://...`: open_store, then images in disk order."""
+    pytest.importorskip("open_clip")
+    from wit_retrieval.models import load_encoder
+    from wit_retrieval.models.embed import EmbedConfig, embed_images
+
+    folder, urls = world
+    url_file = _url_file(tmp_path, urls[:12])
+    stores = {"local": str(tmp_path / "images"), "s3": f"{s3_bucket}/images"}
+    with serve_directory(folder) as server:
+        for store in stores.values():
+            assert CliRunner().invoke(app, _args(server, str(url_file), store)).exit_code == 0
+    encoder = load_encoder("open_clip:wit-tiny-vit:random", device="cpu")
+    embedded = {}
+    for name, location in stores.items():
+        with open_store(location) as store:
+            embedded[name] = embed_images(encoder, store, store.ids(), EmbedConfig(batch_size=4, workers=0))
+    assert embedded["s3"][0] == embedded["local"][0] and len(embedded["s3"][0]) == 12
+    assert (embedded["s3"][1] == embedded["local"][1]).all() and embedded["s3"][2] == []
