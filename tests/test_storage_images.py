@@ -150,17 +150,28 @@ def test_fetch_into_s3_equals_local_and_a_killed_fetch_resumes(world, tmp_path, 
 
 
 def test_credentials_in_a_store_uri_stay_out_of_what_is_written(world, tmp_path, s3_bucket):  # noqa: F811
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     folder, urls = world
     bucket = s3_bucket.split("://")[1]
     keyed = f"s3://{S3_ENV['AWS_ACCESS_KEY_ID']}:{S3_ENV['AWS_SECRET_ACCESS_KEY']}@{bucket}/store"
+    # a parquet mirror holding the first four images: its index is kept in the store's _mirrors/
+    mirror = tmp_path / "mirror.parquet"
+    data = [(folder / urlsplit(u).path.lstrip("/")).read_bytes() for u in urls[:4]]
+    pq.write_table(pa.table({"image_url": urls[:4], "image": data}), mirror)
     with serve_directory(folder) as server:
-        result = CliRunner().invoke(app, _args(server, str(_url_file(tmp_path, urls[:10])), keyed))
-    assert result.exit_code == 0, result.output
+        args = _args(server, str(_url_file(tmp_path, urls[:10])), keyed, "--mirror", f"parquet:{mirror}")
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert server.stats()["requests"] == 6
     status = CliRunner().invoke(app, ["images", "status", keyed])
     config = fs.path(f"{s3_bucket}/store/_fetch.json").read_text()
     assert json.loads(config)["out"] == f"{s3_bucket}/store"
+    assert json.loads(config)["mirrors"][0]["index"].startswith(f"{s3_bucket}/store/_mirrors/mirror-")
     assert not [s for s in _secrets() if s in result.output + status.output + config]
     assert len(open_store(keyed)) == 10
+    _assert_only_committed(f"{s3_bucket}/store")
 
 
 def test_fetch_a_build_on_s3_into_its_images_prefix(world, s3_bucket):  # noqa: F811

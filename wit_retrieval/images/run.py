@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -26,23 +25,15 @@ from .fetch import FetchConfig, ShardTask, close_worker_sources, fetch_shard
 from .http import HttpConfig, check_politeness
 from .mirrors import MirrorSpec, prepare_specs
 from .sources import PLAN_FILE, make_plan, plan_hosts, read_plan
-from .store import done_shards, read_done
+from .store import done_shards, read_done, read_each
 
 CONFIG_FILE = "_fetch.json"
 
 
 def resolve_config(config: FetchConfig) -> FetchConfig:
     """Do the once-per-fetch preparation (mirror indexes) and return the config workers use."""
-    mirrors = prepare_specs(config.mirrors, _mirror_cache(config.out)) if config.mirrors else ()
+    mirrors = prepare_specs(config.mirrors, fs.join(config.out, "_mirrors")) if config.mirrors else ()
     return FetchConfig(config.out, config.http, config.decode, mirrors, config.shard_size, config.engine)
-
-
-def _mirror_cache(out: str) -> Path:
-    """Where parquet mirrors' indexes go: beside the shards locally; in this machine's temp folder
-    for a store on an object store (mirrors are local paths, read where the workers run)."""
-    if not fs.is_remote(out):
-        return Path(out) / "_mirrors"
-    return Path(tempfile.gettempdir()) / "wit-retrieval-mirrors"
 
 
 def _read_config(out: Any) -> dict[str, Any] | None:
@@ -65,8 +56,11 @@ def write_config(config: FetchConfig) -> None:
     """Record the resolved fetch config next to the shards."""
     from ..io.shards import write_json_atomic
 
-    # the URI without user:secret@ (User-Agents hold URLs too: only `out` is a location)
-    write_json_atomic(fs.join(config.out, CONFIG_FILE), {**asdict(config), "out": fs.redact(config.out)})
+    # the store's URI without user:secret@ (User-Agents hold URLs too: only locations are redacted)
+    raw = asdict(config)
+    raw["out"] = fs.redact(config.out)
+    raw["mirrors"] = [{**m, "index": m["index"] and fs.redact(m["index"])} for m in raw["mirrors"]]
+    write_json_atomic(fs.join(config.out, CONFIG_FILE), raw)
 
 
 def fetch_images(config: FetchConfig, urls: Iterable[str], *, show_progress: bool = False) -> dict[str, Any]:
@@ -104,8 +98,7 @@ def retry_failed(config: FetchConfig, *, show_progress: bool = False) -> dict[st
     check_politeness(config.http, plan_hosts(out))
     config = resolve_config(config)
     shards, total = [], 0
-    for shard in range(plan.shards):
-        done = read_done(out, shard)
+    for shard, done in enumerate(read_each(out, read_done, list(range(plan.shards)))):
         if done is None:
             shards.append(shard)
             total += min(plan.shard_size, plan.items - shard * plan.shard_size)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..io import fs
 from .sources import read_plan
-from .store import done_shards, read_done
+from .store import done_shards, read_done, read_each
 
 
 def store_status(out: str | Path) -> dict[str, Any]:
@@ -28,8 +28,8 @@ def store_status(out: str | Path) -> dict[str, Any]:
     sources: Counter = Counter()
     samples: dict[str, list] = {}
     spans, busy, fetched = [], 0.0, 0
-    for shard in done_shards(out):
-        done = read_done(out, shard) or {}
+    for done in read_each(out, read_done, done_shards(out)):
+        done = done or {}
         for key in ("items", "ok", "failed", "retryable"):
             totals[key] += done.get(key, 0)
         errors.update(done.get("errors", {}))

@@ -19,7 +19,7 @@ import re
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,22 @@ def read_done(directory: Any, shard: int) -> dict[str, Any] | None:
     return json.loads(text)
 
 
+def read_each(directory: Any, fn: Callable[[Any, int], Any], shards: list[int]) -> list[Any]:
+    """`fn(directory, shard)` for each shard, in order; on an object store 16 at a time, since each
+    is a round trip (done-markers and manifests of thousands of shards)."""
+    if not fs.is_remote(directory) or len(shards) < 2:
+        return [fn(directory, s) for s in shards]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16, thread_name_prefix="store-read") as pool:
+        return list(pool.map(lambda s: fn(directory, s), shards))
+
+
+def read_manifest(directory: Any, shard: int) -> pa.Table:
+    """The manifest rows of one shard."""
+    return read_parquet(shard_paths(directory, shard)[1])
+
+
 def manifest_row(image_id: str, url: str, shard: int, **fields: Any) -> dict[str, Any]:
     """One manifest row with every column of schema.IMAGES_MANIFEST."""
     row = {name: None for name in IMAGES_MANIFEST.names}
@@ -79,8 +95,9 @@ class ShardWriter:
         self.shard = shard
         self.remote = fs.is_remote(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in fs.glob(self.directory, f".tmp-{shard_name(shard)}.*"):
-            stale.unlink(missing_ok=True)  # left by an interrupted run of this shard (temporary keys too)
+        if not self.remote:  # on a store, a listing per shard would cost more: the run's end sweeps them
+            for stale in self.directory.glob(f".tmp-{shard_name(shard)}.*"):
+                stale.unlink(missing_ok=True)  # left by an interrupted run of this shard
         scratch = None if self.remote else self.directory
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{shard_name(shard)}.tar.", dir=scratch)
         self._file = os.fdopen(fd, "wb")
@@ -166,7 +183,7 @@ class ImageStore:
         self.directory = fs.path(directory)
         _check_store_location(directory, self.directory)
         self.shards = done_shards(self.directory)
-        tables = [read_parquet(shard_paths(self.directory, s)[1]) for s in self.shards]
+        tables = read_each(self.directory, read_manifest, self.shards)
         self._manifest = pa.concat_tables(tables) if tables else IMAGES_MANIFEST.empty_table()
         ok = self._manifest.filter(pc.equal(self._manifest["status"], "ok"))
         self._where = dict(zip(ok["image_id"].to_pylist(),
