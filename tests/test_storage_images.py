@@ -174,6 +174,27 @@ def test_credentials_in_a_store_uri_stay_out_of_what_is_written(world, tmp_path,
     _assert_only_committed(f"{s3_bucket}/store")
 
 
+def test_ranged_reads_of_a_bucket_store_in_any_order(world, tmp_path, s3_bucket, monkeypatch):  # noqa: F811
+    """Windows smaller than an image, reads out of disk order, more shards than windows kept."""
+    import random
+
+    from wit_retrieval.images import store as store_module
+
+    folder, urls = world
+    with serve_directory(folder) as server:
+        args = _args(server, str(_url_file(tmp_path, urls[:18])), f"{s3_bucket}/store")
+        assert CliRunner().invoke(app, [*args, "--shard-size", "3"]).exit_code == 0
+    for window, kept in ((600, 8), (1 << 20, 2)):  # 600: every image overflows its window
+        monkeypatch.setattr(store_module, "_WINDOW", window)
+        monkeypatch.setattr(store_module, "_WINDOWS_KEPT", kept)
+        with open_store(f"{s3_bucket}/store") as store:
+            rows = {r["image_id"]: r["sha256"] for r in store.manifest().to_pylist()}
+            order = store.ids() * 2
+            random.Random(window).shuffle(order)
+            assert {i: hashlib.sha256(store.get(i)).hexdigest() for i in order} == rows
+            assert len(store._windows) <= kept
+
+
 def test_fetch_a_build_on_s3_into_its_images_prefix(world, s3_bucket):  # noqa: F811
     import pyarrow as pa
 

@@ -33,6 +33,8 @@ from ..schema import IMAGES_MANIFEST
 from .decode import StoredImage
 
 _TAR_BLOCK = 512
+_WINDOW = 1 << 20  # bytes per ranged read of a remote tar: a few thumbnails, one round trip
+_WINDOWS_KEPT = 8
 
 
 def shard_name(shard: int) -> str:
@@ -189,6 +191,8 @@ class ImageStore:
         self._where = dict(zip(ok["image_id"].to_pylist(),
                                zip(ok["shard"].to_pylist(), ok["offset"].to_pylist())))
         self._handles: dict[str, Any] = {}
+        # per shard (start, bytes) of the last ranged read, on an object store only (insertion order: LRU)
+        self._windows: dict[str, tuple[int, bytes]] | None = {} if fs.is_remote(self.directory) else None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -222,7 +226,27 @@ class ImageStore:
             handle = self._handles.get(shard)
             if handle is None:  # on an object store: a random-access file, each read a ranged GET
                 handle = self._handles[shard] = fs.open_file(self.directory / f"{shard}.tar", "rb")
-            return read_member_at(handle, offset)[1]
+            if self._windows is None:
+                return read_member_at(handle, offset)[1]
+            return self._windowed(shard, handle, offset)
+
+    def _windowed(self, shard: str, handle, offset: int) -> bytes:
+        """A member read from a store on an object store: one ranged GET of a window (header, image
+        and whatever follows), kept for the next reads, so images read in disk order cost one GET
+        per window rather than two per image."""
+        start, block = self._windows.pop(shard, (0, b""))
+        if not start <= offset <= start + len(block) - _TAR_BLOCK:
+            handle.seek(offset)
+            start, block = offset, handle.read(_WINDOW)
+        at = offset - start
+        size = tarfile.TarInfo.frombuf(block[at:at + _TAR_BLOCK], "utf-8", "surrogateescape").size
+        if at + _TAR_BLOCK + size > len(block):  # larger than what the window holds
+            handle.seek(offset)
+            start, block, at = offset, handle.read(max(_WINDOW, _TAR_BLOCK + size)), 0
+        self._windows[shard] = (start, block)
+        while len(self._windows) > _WINDOWS_KEPT:  # bounded memory: the shards read last
+            self._windows.pop(next(iter(self._windows)))
+        return block[at + _TAR_BLOCK:at + _TAR_BLOCK + size]
 
     def open(self, image_id: str):
         """The stored image as an RGB PIL image."""
@@ -259,6 +283,8 @@ class ImageStore:
             for handle in self._handles.values():
                 handle.close()
             self._handles.clear()
+            if self._windows is not None:
+                self._windows.clear()
 
     def __enter__(self) -> ImageStore:
         return self
