@@ -170,6 +170,20 @@ class ShardWriter:
             self._tmp.unlink(missing_ok=True)
 
 
+def _windowed(handle, offset: int, window: tuple[int, bytes] | None) -> tuple[bytes, tuple[int, bytes]]:
+    """(member bytes, window) of the member at `offset` of a tar on an object store: one ranged GET
+    of a window (header, image and whatever follows) unless the last window holds it, so images
+    read in disk order cost one GET per window rather than two per image."""
+    start, block = window or (0, b"")
+    if not start <= offset <= start + len(block) - _TAR_BLOCK:
+        start, block = offset, handle.read_at(_WINDOW, offset)
+    at = offset - start
+    size = tarfile.TarInfo.frombuf(block[at:at + _TAR_BLOCK], "utf-8", "surrogateescape").size
+    if at + _TAR_BLOCK + size > len(block):  # larger than what the window holds
+        start, block, at = offset, handle.read_at(max(_WINDOW, _TAR_BLOCK + size), offset), 0
+    return block[at + _TAR_BLOCK:at + _TAR_BLOCK + size], (start, block)
+
+
 def read_member_at(handle, offset: int) -> tuple[str, bytes]:
     """(name, bytes) of the tar member whose header starts at `offset` in an open tar file."""
     handle.seek(offset)
@@ -228,25 +242,15 @@ class ImageStore:
                 handle = self._handles[shard] = fs.open_file(self.directory / f"{shard}.tar", "rb")
             if self._windows is None:
                 return read_member_at(handle, offset)[1]
-            return self._windowed(shard, handle, offset)
-
-    def _windowed(self, shard: str, handle, offset: int) -> bytes:
-        """A member read from a store on an object store: one ranged GET of a window (header, image
-        and whatever follows), kept for the next reads, so images read in disk order cost one GET
-        per window rather than two per image."""
-        start, block = self._windows.pop(shard, (0, b""))
-        if not start <= offset <= start + len(block) - _TAR_BLOCK:
-            handle.seek(offset)
-            start, block = offset, handle.read(_WINDOW)
-        at = offset - start
-        size = tarfile.TarInfo.frombuf(block[at:at + _TAR_BLOCK], "utf-8", "surrogateescape").size
-        if at + _TAR_BLOCK + size > len(block):  # larger than what the window holds
-            handle.seek(offset)
-            start, block, at = offset, handle.read(max(_WINDOW, _TAR_BLOCK + size)), 0
-        self._windows[shard] = (start, block)
-        while len(self._windows) > _WINDOWS_KEPT:  # bounded memory: the shards read last
-            self._windows.pop(next(iter(self._windows)))
-        return block[at + _TAR_BLOCK:at + _TAR_BLOCK + size]
+            window = self._windows.get(shard)
+        # outside the lock: threads read other images meanwhile (read_at is positional, thread-safe)
+        data, window = _windowed(handle, offset, window)
+        with self._lock:
+            self._windows.pop(shard, None)
+            self._windows[shard] = window
+            while len(self._windows) > _WINDOWS_KEPT:  # bounded memory: the shards read last
+                self._windows.pop(next(iter(self._windows)))
+        return data
 
     def open(self, image_id: str):
         """The stored image as an RGB PIL image."""
