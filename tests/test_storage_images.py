@@ -243,6 +243,15 @@ def test_fetch_and_retry_failed_on_gcs(world, tmp_path, gcs_bucket):  # noqa: F8
     _assert_only_committed(remote)
 
 
+def test_a_file_uri_is_a_local_store(world, tmp_path):
+    folder, urls = world
+    with serve_directory(folder) as server:
+        result = CliRunner().invoke(app, _args(server, f"file://{_url_file(tmp_path, urls[:3])}",
+                                               f"file://{tmp_path}/store"))
+    assert result.exit_code == 0, result.output
+    assert len(open_store(tmp_path / "store")) == 3 and len(done_shards(tmp_path / "store")) == 1
+
+
 def test_missing_or_mangled_store_uri_is_one_line(tmp_path, s3_bucket):  # noqa: F811
     from wit_retrieval.errors import InputError
 
