@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from ..engine import RAY_ADDRESS_HELP
@@ -43,10 +41,13 @@ def _print_result(status: dict) -> None:
 
 @images_app.command("fetch")
 def fetch(
-    data: Path | None = typer.Option(None, "--data", help="A build's data root: fetch every target and entity image."),
-    urls: Path | None = typer.Option(None, "--urls", help="A TSV, CSV (optionally .gz) or parquet file of URLs."),
+    data: str | None = typer.Option(None, "--data", help="A build's data root (path or s3:// / gs:// URI): fetch "
+                                    "every target and entity image."),
+    urls: str | None = typer.Option(None, "--urls", help="A TSV, CSV (optionally .gz) or parquet file of URLs "
+                                    "(path or URI)."),
     url_column: str = typer.Option("image_url", "--url-column", help="Column of --urls holding the URLs."),
-    out: Path | None = typer.Option(None, "--out", help="Store folder (default with --data: ROOT/images)."),
+    out: str | None = typer.Option(None, "--out", help="Store folder or s3:// / gs:// / file:// prefix "
+                                   "(default with --data: ROOT/images)."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard (shards are cut from the sorted image_ids)."),
     user_agent: str = typer.Option("", "--user-agent", help="Your agent with a contact (email or URL); required for Wikimedia hosts."),
     rate: float = typer.Option(10.0, "--rate", help=_RATE_HELP),
@@ -103,7 +104,7 @@ def fetch(
 
 @images_app.command("retry-failed")
 def retry_failed(
-    out: Path = typer.Argument(..., help="Store folder of an earlier `images fetch`."),
+    out: str = typer.Argument(..., help="Store folder or URI of an earlier `images fetch`."),
     user_agent: str | None = typer.Option(None, "--user-agent", help="Override the stored User-Agent."),
     rate: float | None = typer.Option(None, "--rate", help=_RATE_HELP + " Default: as fetched."),
     concurrency: int | None = typer.Option(None, "--concurrency", help="Requests in flight per host per worker."),
@@ -132,7 +133,7 @@ def retry_failed(
 
 @images_app.command("status")
 def status(
-    out: Path = typer.Argument(..., help="Store folder of an `images fetch`."),
+    out: str = typer.Argument(..., help="Store folder or URI of an `images fetch`."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Counts per status and error class, throughput and the estimated time left at the configured rate.
@@ -143,9 +144,10 @@ def status(
 
     from ..errors import InputError
     from ..images.status import store_status
+    from ..io import fs
 
-    if not out.is_dir():
-        raise InputError("no such store folder", path=str(out))
+    if not fs.path(out).is_dir():
+        raise InputError("no such store folder", path=fs.redact(out))
     result = store_status(out)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -9,6 +9,8 @@ manifest row; a shard is written whole or not at all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from ..engine import EngineConfig
+from ..io import fs
+from ..io.shards import read_parquet
 from .decode import DecodeConfig, ImageRejected, StoredImage, process_image
 from .http import RETRYABLE_ERRORS, HttpConfig, HttpFetcher, thumbnail_url
 from .mirrors import MirrorSpec, open_mirror
@@ -142,15 +144,26 @@ def _take(iterator: Iterator, n: int) -> list:
     return [x for _, x in zip(range(n), iterator)]
 
 
+def _lock_path(out: Any, shard: int) -> Path:
+    """Beside the shards locally; for a store on an object store, in this machine's temp folder
+    (keyed by the store's URI): object stores have no locks, and the orphans this guards against
+    are the worker processes of a run killed on this machine."""
+    if not fs.is_remote(out):
+        return Path(out) / f".lock-{shard:05d}"
+    folder = Path(tempfile.gettempdir()) / "wit-retrieval-locks"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{hashlib.sha256(str(out).encode()).hexdigest()[:16]}-{shard:05d}.lock"
+
+
 @contextlib.contextmanager
-def _shard_lock(out: Path, shard: int) -> Iterator[None]:
+def _shard_lock(out: Any, shard: int) -> Iterator[None]:
     """Hold an exclusive lock on a shard: an orphaned worker of a killed run finishes before we redo it."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no orphan protection
         yield
         return
-    with open(Path(out) / f".lock-{shard:05d}", "a+b") as handle:
+    with open(_lock_path(out, shard), "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -160,7 +173,7 @@ def _shard_lock(out: Path, shard: int) -> Iterator[None]:
 
 def fetch_shard(task: ShardTask) -> dict[str, Any]:
     """Fetch (or, with task.retry, re-fetch the retryable failures of) one shard; returns its summary."""
-    out = Path(task.config.out)
+    out = fs.path(task.config.out)
     with _shard_lock(out, task.shard):
         done = read_done(out, task.shard)
         if done is not None and not task.retry:
@@ -180,12 +193,12 @@ def fetch_shard(task: ShardTask) -> dict[str, Any]:
     return summary
 
 
-def _retry_items(writer: ShardWriter, out: Path, shard: int) -> list[tuple[str, str]]:
+def _retry_items(writer: ShardWriter, out: Any, shard: int) -> list[tuple[str, str]]:
     """Copy what a shard keeps into the new writer; return the retryable failures to fetch again."""
     tar_path, manifest_path, _ = shard_paths(out, shard)
-    rows = pq.read_table(manifest_path).to_pylist()
+    rows = read_parquet(manifest_path).to_pylist()
     retry = [(r["image_id"], r["url"]) for r in rows if r["status"] == "failed" and r["retryable"]]
-    with open(tar_path, "rb") as handle:
+    with fs.open_file(tar_path, "rb") as handle:
         for row in rows:
             if row["status"] == "ok":
                 writer.copy_ok(row, handle)

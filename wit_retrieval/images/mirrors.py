@@ -13,9 +13,9 @@ Spell a kind explicitly as `KIND:PATH`; otherwise it is detected from the path.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, InputError
 from ..ids import image_id as url_image_id
+from ..io import fs
 
 MIRROR_KINDS = ("folder", "parquet", "shards")
 _URL_COLUMNS = ("image_url", "url")
@@ -87,13 +88,15 @@ def _parquet_columns(path: Path) -> tuple[str, str]:
     return url, data
 
 
-def build_parquet_index(spec: MirrorSpec, cache_dir: Path) -> MirrorSpec:
-    """Index a parquet mirror by image_id (cached by file names, sizes and times); returns the spec with it."""
+def build_parquet_index(spec: MirrorSpec, cache_dir: Any) -> MirrorSpec:
+    """Index a parquet mirror by image_id (cached by file names, sizes and times); returns the spec with it.
+
+    `cache_dir` is the store's `_mirrors/` folder, on an object store too: every worker reads it."""
     files = _parquet_files(Path(spec.path))
     if not files:
         raise ConfigError(f"mirror {spec.path}: no parquet files")
     key = "\n".join(f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files)
-    index_path = Path(cache_dir) / f"mirror-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+    index_path = fs.path(cache_dir) / f"mirror-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
     if not index_path.exists():
         ids, file_nos, groups, rows = [], [], [], []
         for file_no, path in enumerate(files):
@@ -161,7 +164,8 @@ class ParquetMirror:
         if not wanted:
             return
         lo, hi = min(wanted), max(wanted)
-        index = pq.read_table(self.spec.index, filters=[("image_id", ">=", lo), ("image_id", "<=", hi)])
+        filesystem, key = fs.resolve(self.spec.index)
+        index = pq.read_table(key, filesystem=filesystem, filters=[("image_id", ">=", lo), ("image_id", "<=", hi)])
         index = index.filter(pc.is_in(index["image_id"], pa.array(wanted)))
         by_group: dict[tuple[int, int], list[tuple[int, str]]] = {}
         for iid, f, g, r in zip(*(index[c].to_pylist() for c in ("image_id", "file", "group", "row"))):
@@ -201,7 +205,7 @@ def open_mirror(spec: MirrorSpec):
     return kinds[spec.kind](spec)
 
 
-def prepare_specs(specs: tuple[MirrorSpec, ...], cache_dir: Path) -> tuple[MirrorSpec, ...]:
+def prepare_specs(specs: tuple[MirrorSpec, ...], cache_dir: Any) -> tuple[MirrorSpec, ...]:
     """Do the once-per-fetch work for each mirror (index parquet mirrors)."""
-    os.makedirs(cache_dir, exist_ok=True)
+    fs.makedirs(cache_dir)
     return tuple(build_parquet_index(s, cache_dir) if s.kind == "parquet" else s for s in specs)

@@ -19,31 +19,36 @@ from typing import Any
 
 from ..engine import EngineConfig, run_shards
 from ..errors import ConfigError, InputError
+from ..io import fs
 from .decode import DecodeConfig
 from .fetch import FetchConfig, ShardTask, close_worker_sources, fetch_shard
 from .http import HttpConfig, check_politeness
 from .mirrors import MirrorSpec, prepare_specs
-from .sources import make_plan, plan_hosts, read_plan
-from .store import read_done
+from .sources import PLAN_FILE, make_plan, plan_hosts, read_plan
+from .store import done_shards, read_done, read_each
 
 CONFIG_FILE = "_fetch.json"
 
 
 def resolve_config(config: FetchConfig) -> FetchConfig:
     """Do the once-per-fetch preparation (mirror indexes) and return the config workers use."""
-    mirrors = prepare_specs(config.mirrors, Path(config.out) / "_mirrors") if config.mirrors else ()
+    mirrors = prepare_specs(config.mirrors, fs.join(config.out, "_mirrors")) if config.mirrors else ()
     return FetchConfig(config.out, config.http, config.decode, mirrors, config.shard_size, config.engine)
+
+
+def _read_config(out: Any) -> dict[str, Any] | None:
+    try:
+        return json.loads(fs.join(out, CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
 
 
 def _check_same_decode(config: FetchConfig) -> None:
     """Resuming with other resize/encode settings would mix two kinds of images in one store."""
-    path = Path(config.out) / CONFIG_FILE
-    if not path.exists():
-        return
-    before = json.loads(path.read_text(encoding="utf-8")).get("decode", {})
+    before = (_read_config(config.out) or {}).get("decode", {})
     if before and DecodeConfig(**before) != config.decode:
         changed = ", ".join(k for k, v in asdict(config.decode).items() if before.get(k) != v)
-        raise ConfigError(f"{config.out} was fetched with other image settings ({changed}); "
+        raise ConfigError(f"{fs.redact(config.out)} was fetched with other image settings ({changed}); "
                           "resume with the same --resize/--image-size/--encode/--quality or use another --out")
 
 
@@ -51,37 +56,49 @@ def write_config(config: FetchConfig) -> None:
     """Record the resolved fetch config next to the shards."""
     from ..io.shards import write_json_atomic
 
-    write_json_atomic(Path(config.out) / CONFIG_FILE, asdict(config))
+    # the store's URI without user:secret@ (User-Agents hold URLs too: only locations are redacted)
+    raw = asdict(config)
+    raw["out"] = fs.redact(config.out)
+    raw["mirrors"] = [{**m, "index": m["index"] and fs.redact(m["index"])} for m in raw["mirrors"]]
+    write_json_atomic(fs.join(config.out, CONFIG_FILE), raw)
 
 
 def fetch_images(config: FetchConfig, urls: Iterable[str], *, show_progress: bool = False) -> dict[str, Any]:
     """Plan, then fetch every shard not finished yet; returns totals over the whole store."""
-    out = Path(config.out)
+    out = fs.path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     plan = make_plan(urls, out, config.shard_size)
     check_politeness(config.http, plan_hosts(out))  # before any request
     _check_same_decode(config)
     config = resolve_config(config)
     write_config(config)
-    pending = [s for s in range(plan.shards) if read_done(out, s) is None]
+    finished = set(done_shards(out))  # one listing, not a request per shard, on an object store
+    pending = [s for s in range(plan.shards) if s not in finished]
     total = sum(min(plan.shard_size, plan.items - s * plan.shard_size) for s in pending)
     _run(config, pending, retry=False, show_progress=show_progress, total=total)
+    return _finish(out)
+
+
+def _finish(out: Any) -> dict[str, Any]:
+    """The store's status; on an object store, first delete temporary keys a crashed write left."""
     from .status import store_status
 
+    if fs.is_remote(out):
+        fs.sweep(out)
+        fs.sweep(fs.join(out, PLAN_FILE).parent)
     return store_status(out)
 
 
 def retry_failed(config: FetchConfig, *, show_progress: bool = False) -> dict[str, Any]:
     """Fetch again the retryable failures of finished shards (rewriting them atomically) and any unfinished shard."""
-    out = Path(config.out)
+    out = fs.path(config.out)
     plan = read_plan(out)
     if plan is None:
-        raise InputError("no fetch here (no _plan/plan.parquet); run `images fetch` first", path=str(out))
+        raise InputError("no fetch here (no _plan/plan.parquet); run `images fetch` first", path=fs.redact(out))
     check_politeness(config.http, plan_hosts(out))
     config = resolve_config(config)
     shards, total = [], 0
-    for shard in range(plan.shards):
-        done = read_done(out, shard)
+    for shard, done in enumerate(read_each(out, read_done, list(range(plan.shards)))):
         if done is None:
             shards.append(shard)
             total += min(plan.shard_size, plan.items - shard * plan.shard_size)
@@ -89,9 +106,7 @@ def retry_failed(config: FetchConfig, *, show_progress: bool = False) -> dict[st
             shards.append(shard)
             total += done["retryable"]
     _run(config, shards, retry=True, show_progress=show_progress, total=total)
-    from .status import store_status
-
-    return store_status(out)
+    return _finish(out)
 
 
 def _run(config: FetchConfig, shards: list[int], *, retry: bool, show_progress: bool, total: int) -> None:
@@ -175,10 +190,10 @@ def _progress_queue(engine: EngineConfig, show: bool, total: int) -> Iterator[An
 
 def load_config(out: str | Path, **overrides: Any) -> FetchConfig:
     """The config a store was fetched with (`_fetch.json`), with HTTP/engine fields overridden."""
-    path = Path(out) / CONFIG_FILE
-    if not path.exists():
-        raise InputError("no fetch here (no _fetch.json); run `images fetch` first", path=str(path))
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = _read_config(out)
+    if raw is None:
+        raise InputError("no fetch here (no _fetch.json); run `images fetch` first",
+                         path=fs.redact(fs.join(out, CONFIG_FILE)))
     http = {**raw["http"], "allow_hosts": tuple(raw["http"]["allow_hosts"]),
             "host_aliases": tuple(tuple(p) for p in raw["http"]["host_aliases"])}
     engine = raw["engine"]

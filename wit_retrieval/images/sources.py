@@ -7,12 +7,13 @@ exactly the same shards (resume and retry depend on that).
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import gzip
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,23 +22,27 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, InputError
 from ..ids import image_id
+from ..io import fs
+from ..io.shards import parquet_file
 
 # in a subfolder: readers that glob the store for "*.parquet" manifests must not see it
 PLAN_FILE = "_plan/plan.parquet"
 PLAN_SCHEMA = pa.schema([("image_id", pa.string()), ("url", pa.string()), ("shard", pa.int32())])
 
 
-def _dataset(path: Path):
+def _dataset(path):
     import pyarrow.dataset as ds
 
-    return ds.dataset(path, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+    filesystem, key = fs.resolve(path)
+    return ds.dataset(key, filesystem=filesystem, format="parquet", partitioning="hive",
+                      ignore_prefixes=[".", "_"])
 
 
 def build_urls(root: str | Path) -> Iterator[str]:
-    """Every target and entity image URL of a build: queries and entities tables (streamed)."""
+    """Every target and entity image URL of a build (a path or URI): queries and entities tables (streamed)."""
     from ..layout import DataRoot
 
-    data = DataRoot(Path(root))
+    data = DataRoot(root)
     found = False
     for table, columns in (("queries", ("target_image_url", "entity_image_urls")), ("entities", ("image_url",))):
         folder = data.table(table)
@@ -53,31 +58,31 @@ def build_urls(root: str | Path) -> Iterator[str]:
                     column = pc.list_flatten(column)
                 yield from (u for u in column.to_pylist() if u)
     if not found:
-        raise InputError("neither queries/ nor entities/ found: is this a build's data root?", path=str(root))
+        raise InputError("neither queries/ nor entities/ found: is this a build's data root?", path=fs.redact(root))
 
 
 def file_urls(path: str | Path, column: str) -> Iterator[str]:
-    """URLs from one column of a TSV/CSV (optionally .gz) or parquet file (streamed)."""
-    path = Path(path)
+    """URLs from one column of a TSV/CSV (optionally .gz) or parquet file (streamed; a path or URI)."""
+    path = fs.path(path)
+    shown = fs.redact(path)
     if not path.is_file():
-        raise InputError("no such URL file", path=str(path))
+        raise InputError("no such URL file", path=shown)
     if path.suffix == ".parquet":
-        reader = pq.ParquetFile(path)
+        reader = parquet_file(path)
         if column not in reader.schema_arrow.names:
-            raise InputError(f"no column {column!r}; columns: {', '.join(reader.schema_arrow.names)}",
-                             path=str(path))
+            raise InputError(f"no column {column!r}; columns: {', '.join(reader.schema_arrow.names)}", path=shown)
         for batch in reader.iter_batches(columns=[column], batch_size=65536):
             yield from (u for u in batch.column(0).to_pylist() if u)
         return
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     delimiter = "," if name.endswith(".csv") else "\t"
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+    compression = "gzip" if path.name.endswith(".gz") else None
+    with fs.open_file(path, "rt", compression=compression) as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if header is None or column not in header:
             raise InputError(f"no column {column!r} in the header; columns: {', '.join(header or [])}",
-                             path=str(path), line=1)
+                             path=shown, line=1)
         index = header.index(column)
         for row in reader:
             if index < len(row) and row[index].strip():
@@ -94,7 +99,7 @@ class Plan:
     digest: str
 
 
-def make_plan(urls: Iterable[str], out: Path, shard_size: int) -> Plan:
+def make_plan(urls: Iterable[str], out: Any, shard_size: int) -> Plan:
     """Deduplicate URLs by image_id, sort by image_id, cut into shards and write the plan file."""
     if shard_size < 1:
         raise ConfigError("--shard-size must be at least 1")
@@ -131,28 +136,30 @@ def _chunks(urls: Iterable[str], size: int = 65536) -> Iterator[list[str]]:
         yield chunk
 
 
-def _write_plan(table: pa.Table, out: Path, plan: Plan) -> None:
+def _write_plan(table: pa.Table, out: Any, plan: Plan) -> None:
     from ..io.shards import atomic_path
 
     meta = {b"items": str(plan.items).encode(), b"shards": str(plan.shards).encode(),
             b"shard_size": str(plan.shard_size).encode(), b"digest": plan.digest.encode()}
     table = table.replace_schema_metadata(meta)
-    with atomic_path(Path(out) / PLAN_FILE) as tmp:
+    with atomic_path(fs.join(out, PLAN_FILE)) as tmp:
         pq.write_table(table, tmp, row_group_size=plan.shard_size, compression="zstd")
 
 
 def read_plan(out: str | Path) -> Plan | None:
     """The plan stored in a store folder, or None."""
-    path = Path(out) / PLAN_FILE
+    path = fs.join(out, PLAN_FILE)
     if not path.exists():
         return None
-    meta = pq.read_schema(path).metadata or {}
+    with _plan_file(out) as plan:
+        meta = plan.schema_arrow.metadata or {}
     return Plan(int(meta[b"items"]), int(meta[b"shards"]), int(meta[b"shard_size"]), meta[b"digest"].decode())
 
 
 def plan_items(out: str | Path, shard: int) -> list[tuple[str, str]]:
     """(image_id, url) pairs of one shard of the plan."""
-    table = pq.ParquetFile(Path(out) / PLAN_FILE).read_row_group(shard, columns=["image_id", "url"])
+    with _plan_file(out) as plan:
+        table = plan.read_row_group(shard, columns=["image_id", "url"])
     return list(zip(table["image_id"].to_pylist(), table["url"].to_pylist()))
 
 
@@ -161,6 +168,17 @@ def plan_hosts(out: str | Path) -> set[str]:
     from urllib.parse import urlsplit
 
     hosts: set[str] = set()
-    for batch in pq.ParquetFile(Path(out) / PLAN_FILE).iter_batches(columns=["url"], batch_size=65536):
-        hosts.update((urlsplit(u).hostname or "").lower() for u in batch.column(0).to_pylist())
+    with _plan_file(out) as plan:
+        for batch in plan.iter_batches(columns=["url"], batch_size=65536):
+            hosts.update((urlsplit(u).hostname or "").lower() for u in batch.column(0).to_pylist())
     return hosts
+
+
+@contextlib.contextmanager
+def _plan_file(out: Any) -> Iterator[pq.ParquetFile]:
+    """The plan, opened locally or on an object store, and closed (a store's stream too)."""
+    plan = parquet_file(fs.join(out, PLAN_FILE))
+    try:
+        yield plan
+    finally:
+        plan.close(force=True)

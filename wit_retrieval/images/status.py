@@ -9,24 +9,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..io import fs
 from .sources import read_plan
-from .store import done_shards, read_done
+from .store import done_shards, read_done, read_each
 
 
 def store_status(out: str | Path) -> dict[str, Any]:
     """Counts, error classes, throughput and an estimate of the time left, from the done-markers."""
-    out = Path(out)
+    out = fs.path(out)
     plan = read_plan(out)
-    config_path = out / "_fetch.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    try:
+        config = json.loads((out / "_fetch.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        config = {}
     rate = (config.get("http") or {}).get("rate")
     totals: Counter = Counter()
     errors: Counter = Counter()
     sources: Counter = Counter()
     samples: dict[str, list] = {}
     spans, busy, fetched = [], 0.0, 0
-    for shard in done_shards(out):
-        done = read_done(out, shard) or {}
+    for done in read_each(out, read_done, done_shards(out)):
+        done = done or {}
         for key in ("items", "ok", "failed", "retryable"):
             totals[key] += done.get(key, 0)
         errors.update(done.get("errors", {}))
@@ -43,7 +46,7 @@ def store_status(out: str | Path) -> dict[str, Any]:
     left = pending + totals["retryable"]
     speed = min(rate, throughput) if rate and throughput else (rate or throughput)
     return {
-        "out": str(out), "planned": planned, "shards": plan.shards if plan else None,
+        "out": fs.redact(out), "planned": planned, "shards": plan.shards if plan else None,
         "shards_done": len(spans), "accounted": totals["items"], "pending": pending,
         "ok": totals["ok"], "failed": totals["failed"], "retryable": totals["retryable"],
         "errors": dict(errors.most_common()), "sources": dict(sources), "samples": samples,

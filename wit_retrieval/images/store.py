@@ -1,9 +1,12 @@
-"""Image shards on disk: webdataset-compatible tar files plus a parquet manifest per shard.
+"""Image shards: webdataset-compatible tar files plus a parquet manifest per shard.
 
-A store folder holds, per shard `{n:05d}`: `.tar` (members `{image_id}.{ext}` and
-`{image_id}.json`), `.parquet` (schema.IMAGES_MANIFEST: one row per input URL, ok or failed)
-and `.done` (JSON summary). Each is written to a temporary name and renamed; the done-marker
-comes last, so a shard without one is unfinished and readers ignore it.
+A store folder (a local path, or an s3:// / gs:// prefix through io.fs) holds, per shard
+`{n:05d}`: `.tar` (members `{image_id}.{ext}` and `{image_id}.json`), `.parquet`
+(schema.IMAGES_MANIFEST: one row per input URL, ok or failed) and `.done` (JSON summary). Each
+is written to a temporary name and renamed (on an object store: the tar is written in local
+scratch, uploaded to a temporary key and copied onto its name); the done-marker comes last, so
+a shard without one is unfinished and readers ignore it. Readers of a remote store read the
+manifests whole and images by ranged reads of the tars.
 """
 
 from __future__ import annotations
@@ -12,23 +15,26 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..io.shards import write_json_atomic, write_parquet_atomic
+from ..io import fs
+from ..io.shards import read_parquet, write_json_atomic, write_parquet_atomic
 from ..schema import IMAGES_MANIFEST
 from .decode import StoredImage
 
 _TAR_BLOCK = 512
+_WINDOW = 1 << 20  # bytes per ranged read of a remote tar: a few thumbnails, one round trip
+_WINDOWS_KEPT = 8
 
 
 def shard_name(shard: int) -> str:
@@ -36,23 +42,41 @@ def shard_name(shard: int) -> str:
     return f"{shard:05d}"
 
 
-def shard_paths(directory: Path, shard: int) -> tuple[Path, Path, Path]:
-    """(tar, manifest, done-marker) paths of one shard."""
-    base = Path(directory) / shard_name(shard)
-    return base.with_suffix(".tar"), base.with_suffix(".parquet"), base.with_suffix(".done")
+def shard_paths(directory: Any, shard: int) -> tuple[Any, Any, Any]:
+    """(tar, manifest, done-marker) paths of one shard: Paths, or io.fs.ObjectPaths on a store."""
+    folder, name = fs.path(directory), shard_name(shard)
+    return folder / f"{name}.tar", folder / f"{name}.parquet", folder / f"{name}.done"
 
 
-def done_shards(directory: Path) -> list[int]:
-    """Numbers of the finished shards in a store folder, ascending."""
-    return sorted(int(p.stem) for p in Path(directory).glob("[0-9]*.done") if p.stem.isdigit())
+def done_shards(directory: Any) -> list[int]:
+    """Numbers of the finished shards in a store folder, ascending (one listing on an object store)."""
+    stems = (p.name[: -len(".done")] for p in fs.glob(directory, "[0-9]*.done"))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
-def read_done(directory: Path, shard: int) -> dict[str, Any] | None:
+def read_done(directory: Any, shard: int) -> dict[str, Any] | None:
     """The done-marker of a shard, or None when the shard is unfinished."""
-    path = shard_paths(directory, shard)[2]
-    if not path.exists():
+    try:
+        text = shard_paths(directory, shard)[2].read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(text)
+
+
+def read_each(directory: Any, fn: Callable[[Any, int], Any], shards: list[int]) -> list[Any]:
+    """`fn(directory, shard)` for each shard, in order; on an object store 16 at a time, since each
+    is a round trip (done-markers and manifests of thousands of shards)."""
+    if not fs.is_remote(directory) or len(shards) < 2:
+        return [fn(directory, s) for s in shards]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16, thread_name_prefix="store-read") as pool:
+        return list(pool.map(lambda s: fn(directory, s), shards))
+
+
+def read_manifest(directory: Any, shard: int) -> pa.Table:
+    """The manifest rows of one shard."""
+    return read_parquet(shard_paths(directory, shard)[1])
 
 
 def manifest_row(image_id: str, url: str, shard: int, **fields: Any) -> dict[str, Any]:
@@ -63,15 +87,21 @@ def manifest_row(image_id: str, url: str, shard: int, **fields: Any) -> dict[str
 
 
 class ShardWriter:
-    """Writes one shard: tar members as images arrive, then manifest and done-marker on commit."""
+    """Writes one shard: tar members as images arrive, then manifest and done-marker on commit.
 
-    def __init__(self, directory: Path, shard: int):
-        self.directory = Path(directory)
+    The tar grows in a temporary file beside its target, or in local scratch (the temp folder)
+    when the store is on an object store, which has no append and no rename."""
+
+    def __init__(self, directory: Any, shard: int):
+        self.directory = fs.path(directory)
         self.shard = shard
+        self.remote = fs.is_remote(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(f".tmp-{shard_name(shard)}.*"):
-            stale.unlink(missing_ok=True)  # left by an interrupted run of this shard
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{shard_name(shard)}.tar.", dir=self.directory)
+        if not self.remote:  # on a store, a listing per shard would cost more: the run's end sweeps them
+            for stale in self.directory.glob(f".tmp-{shard_name(shard)}.*"):
+                stale.unlink(missing_ok=True)  # left by an interrupted run of this shard
+        scratch = None if self.remote else self.directory
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{shard_name(shard)}.tar.", dir=scratch)
         self._file = os.fdopen(fd, "wb")
         self._tmp = Path(tmp)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
@@ -122,7 +152,11 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         done_path.unlink(missing_ok=True)  # from here until the new marker the shard reads as unfinished
-        os.replace(self._tmp, tar_path)
+        if self.remote:
+            fs.commit_local_file(self._tmp, tar_path)  # a temporary key, copied onto the name
+            self._tmp.unlink()
+        else:
+            os.replace(self._tmp, tar_path)
         rows = sorted(self.rows, key=lambda r: r["image_id"])
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=IMAGES_MANIFEST), manifest_path)
         write_json_atomic(done_path, summary)
@@ -136,6 +170,20 @@ class ShardWriter:
             self._tmp.unlink(missing_ok=True)
 
 
+def _windowed(handle, offset: int, window: tuple[int, bytes] | None) -> tuple[bytes, tuple[int, bytes]]:
+    """(member bytes, window) of the member at `offset` of a tar on an object store: one ranged GET
+    of a window (header, image and whatever follows) unless the last window holds it, so images
+    read in disk order cost one GET per window rather than two per image."""
+    start, block = window or (0, b"")
+    if not start <= offset <= start + len(block) - _TAR_BLOCK:
+        start, block = offset, handle.read_at(_WINDOW, offset)
+    at = offset - start
+    size = tarfile.TarInfo.frombuf(block[at:at + _TAR_BLOCK], "utf-8", "surrogateescape").size
+    if at + _TAR_BLOCK + size > len(block):  # larger than what the window holds
+        start, block, at = offset, handle.read_at(max(_WINDOW, _TAR_BLOCK + size), offset), 0
+    return block[at + _TAR_BLOCK:at + _TAR_BLOCK + size], (start, block)
+
+
 def read_member_at(handle, offset: int) -> tuple[str, bytes]:
     """(name, bytes) of the tar member whose header starts at `offset` in an open tar file."""
     handle.seek(offset)
@@ -147,17 +195,18 @@ def read_member_at(handle, offset: int) -> tuple[str, bytes]:
 class ImageStore:
     """Random access by image_id (shard + offset) and iteration over a folder of image shards."""
 
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise InputError("no such image store folder", path=str(self.directory))
+    def __init__(self, directory: Any):
+        self.directory = fs.path(directory)
+        _check_store_location(directory, self.directory)
         self.shards = done_shards(self.directory)
-        tables = [pq.read_table(shard_paths(self.directory, s)[1]) for s in self.shards]
+        tables = read_each(self.directory, read_manifest, self.shards)
         self._manifest = pa.concat_tables(tables) if tables else IMAGES_MANIFEST.empty_table()
         ok = self._manifest.filter(pc.equal(self._manifest["status"], "ok"))
         self._where = dict(zip(ok["image_id"].to_pylist(),
                                zip(ok["shard"].to_pylist(), ok["offset"].to_pylist())))
         self._handles: dict[str, Any] = {}
+        # per shard (start, bytes) of the last ranged read, on an object store only (insertion order: LRU)
+        self._windows: dict[str, tuple[int, bytes]] | None = {} if fs.is_remote(self.directory) else None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -189,9 +238,19 @@ class ImageStore:
         shard, offset = self._where[image_id]
         with self._lock:
             handle = self._handles.get(shard)
-            if handle is None:
-                handle = self._handles[shard] = open(self.directory / f"{shard}.tar", "rb")  # noqa: SIM115
-            return read_member_at(handle, offset)[1]
+            if handle is None:  # on an object store: a random-access file, each read a ranged GET
+                handle = self._handles[shard] = fs.open_file(self.directory / f"{shard}.tar", "rb")
+            if self._windows is None:
+                return read_member_at(handle, offset)[1]
+            window = self._windows.get(shard)
+        # outside the lock: threads read other images meanwhile (read_at is positional, thread-safe)
+        data, window = _windowed(handle, offset, window)
+        with self._lock:
+            self._windows.pop(shard, None)
+            self._windows[shard] = window
+            while len(self._windows) > _WINDOWS_KEPT:  # bounded memory: the shards read last
+                self._windows.pop(next(iter(self._windows)))
+        return data
 
     def open(self, image_id: str):
         """The stored image as an RGB PIL image."""
@@ -202,7 +261,8 @@ class ImageStore:
     def iter_items(self) -> Iterator[tuple[str, bytes]]:
         """(image_id, bytes) of every stored image, shard by shard, reading each tar sequentially."""
         for shard in self.shards:
-            with tarfile.open(shard_paths(self.directory, shard)[0], "r") as tar:
+            with _sequential(shard_paths(self.directory, shard)[0]) as handle, \
+                    tarfile.open(fileobj=handle, mode="r|") as tar:
                 for member in tar:
                     key, _, ext = member.name.partition(".")
                     if ext != "json" and key in self._where:
@@ -215,7 +275,7 @@ class ImageStore:
         features = datasets.Features({"image_id": datasets.Value("string"), "url": datasets.Value("string"),
                                       "image": datasets.Image()})
         # the state makes datasets' cache key change when shards are rewritten (resume, retry-failed)
-        state = hashlib.sha256("".join(f"{s}:{shard_paths(self.directory, s)[2].stat().st_mtime_ns};"
+        state = hashlib.sha256("".join(f"{s}:{_mtime_ns(shard_paths(self.directory, s)[2])};"
                                        for s in self.shards).encode()).hexdigest()
         return datasets.Dataset.from_generator(
             _hf_rows, features=features, gen_kwargs={"directory": str(self.directory), "state": state},
@@ -227,12 +287,38 @@ class ImageStore:
             for handle in self._handles.values():
                 handle.close()
             self._handles.clear()
+            if self._windows is not None:
+                self._windows.clear()
 
     def __enter__(self) -> ImageStore:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_store_location(given: Any, directory: Any) -> None:
+    """One line for a store that is not there, and for a URI a Path-typed option has mangled."""
+    text = str(given)
+    if re.match(r"^(s3|gs|gcs|file):/[^/]", text):
+        raise InputError("an object-store URI lost a slash (it went through a local-path option); "
+                         "pass it as s3://BUCKET/PREFIX to a command that takes URIs", path=text)
+    if not directory.is_dir():
+        raise InputError("no such image store folder (a local folder or an s3:// / gs:// prefix "
+                         "holding NNNNN.tar/.parquet/.done shards)", path=fs.redact(directory))
+
+
+def _sequential(target: Any):
+    """A file read front to back: the file itself, or one streaming GET with a large buffer."""
+    if not fs.is_remote(target):
+        return open(target, "rb")  # noqa: SIM115 (returned open)
+    filesystem, key = fs.resolve(target)
+    return filesystem.open_input_stream(key, compression=None, buffer_size=1 << 22)
+
+
+def _mtime_ns(target: Any) -> int:
+    filesystem, key = fs.resolve(target)
+    return filesystem.get_file_info(key).mtime_ns or 0
 
 
 def _hf_rows(directory: str, state: str = "") -> Iterator[dict[str, Any]]:
@@ -242,6 +328,6 @@ def _hf_rows(directory: str, state: str = "") -> Iterator[dict[str, Any]]:
         yield {"image_id": image_id, "url": urls[image_id], "image": {"bytes": data, "path": None}}
 
 
-def open_store(directory: str | os.PathLike) -> ImageStore:
-    """Open a folder of image shards for reading."""
+def open_store(directory: Any) -> ImageStore:
+    """Open a folder (or s3:// / gs:// prefix) of image shards for reading."""
     return ImageStore(directory)
