@@ -81,6 +81,7 @@ def prepare(
     Example: wit-retrieval prepare baselines/inject-mini.toml --data mini/root
     """
     from ..images import open_store
+    from ..io import fs
     from ..layout import DataRoot
     from ..models.train_config import load_train_config
     from ..models.train_shards import PrepareInputs, disk_cost_note, ensure_prepared, read_prepared
@@ -97,9 +98,9 @@ def prepare(
     store = open_store(cfg.data.images or DataRoot(cfg.data.root).images)
     inputs = PrepareInputs(cfg.data.root, cfg.data.train_split, cfg.data.max_train_queries, cfg.loss.hard_negatives,
                            cfg.loss.hard_negatives_per_query)
-    folder = ensure_prepared(inputs, store, Path(out or cfg.data.prepared) if (out or cfg.data.prepared) else None)
+    folder = ensure_prepared(inputs, store, out or cfg.data.prepared or None)
     manifest = read_prepared(folder)
-    typer.echo(json.dumps({"out": str(folder), "summary": disk_cost_note(manifest), **manifest["counts"],
+    typer.echo(json.dumps({"out": fs.redact(folder), "summary": disk_cost_note(manifest), **manifest["counts"],
                            "bytes": manifest["bytes"]}, indent=2))
 
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..io.shards import write_json_atomic, write_parquet_atomic
+from ..io import fs
+from ..io.shards import read_parquet, write_json_atomic, write_parquet_atomic
 from ..schema import IMAGES_MANIFEST
 from .decode import StoredImage
 
@@ -37,14 +37,15 @@ def shard_name(shard: int) -> str:
 
 
 def shard_paths(directory: Path, shard: int) -> tuple[Path, Path, Path]:
-    """(tar, manifest, done-marker) paths of one shard."""
-    base = Path(directory) / shard_name(shard)
-    return base.with_suffix(".tar"), base.with_suffix(".parquet"), base.with_suffix(".done")
+    """(tar, manifest, done-marker) paths of one shard (ObjectPaths for a store on s3:// or gs://)."""
+    base = fs.path(directory) / shard_name(shard)
+    return tuple(base.with_name(f"{base.name}{ext}") for ext in (".tar", ".parquet", ".done"))
 
 
 def done_shards(directory: Path) -> list[int]:
     """Numbers of the finished shards in a store folder, ascending."""
-    return sorted(int(p.stem) for p in Path(directory).glob("[0-9]*.done") if p.stem.isdigit())
+    stems = (p.name[: -len(".done")] for p in fs.glob(directory, "[0-9]*.done"))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
 def read_done(directory: Path, shard: int) -> dict[str, Any] | None:
@@ -144,15 +145,34 @@ def read_member_at(handle, offset: int) -> tuple[str, bytes]:
     return info.name, handle.read(info.size)
 
 
+def read_member_ranged(handle, offset: int, guess: int) -> bytes:
+    """The bytes of the tar member at `offset` through positional reads of a pyarrow file (thread-safe):
+    the header and `guess` bytes in one ranged request, the rest (if any) in a second."""
+    head = handle.read_at(_TAR_BLOCK + guess, offset)
+    size = tarfile.TarInfo.frombuf(head[:_TAR_BLOCK], "utf-8", "surrogateescape").size
+    data = head[_TAR_BLOCK:_TAR_BLOCK + size]
+    if len(data) < size:
+        data += handle.read_at(size - len(data), offset + _TAR_BLOCK + len(data))
+    return data
+
+
+REMOTE_READ_GUESS = 256 << 10     # bytes read with a member's header on an object store (most images fit)
+
+
 class ImageStore:
-    """Random access by image_id (shard + offset) and iteration over a folder of image shards."""
+    """Random access by image_id (shard + offset) and iteration over a folder of image shards.
+
+    The folder may be an s3:// or gs:// URI: images are then read by ranged requests (one per
+    image under REMOTE_READ_GUESS bytes), nothing is downloaded whole.
+    """
 
     def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
+        self.directory = fs.path(directory)
+        self._guess = REMOTE_READ_GUESS if fs.is_remote(self.directory) else 0
         if not self.directory.is_dir():
-            raise InputError("no such image store folder", path=str(self.directory))
+            raise InputError("no such image store folder", path=fs.redact(self.directory))
         self.shards = done_shards(self.directory)
-        tables = [pq.read_table(shard_paths(self.directory, s)[1]) for s in self.shards]
+        tables = [read_parquet(shard_paths(self.directory, s)[1]) for s in self.shards]
         self._manifest = pa.concat_tables(tables) if tables else IMAGES_MANIFEST.empty_table()
         ok = self._manifest.filter(pc.equal(self._manifest["status"], "ok"))
         self._where = dict(zip(ok["image_id"].to_pylist(),
@@ -184,14 +204,21 @@ class ImageStore:
         """Every finished shard's manifest rows (ok and failed)."""
         return self._manifest
 
+    @property
+    def remote(self) -> bool:
+        """True on an object store: reads are requests, worth issuing from several threads."""
+        return bool(self._guess)
+
     def get(self, image_id: str) -> bytes:
-        """The stored bytes of one image (KeyError when not stored)."""
+        """The stored bytes of one image (KeyError when not stored); thread-safe."""
         shard, offset = self._where[image_id]
         with self._lock:
             handle = self._handles.get(shard)
             if handle is None:
-                handle = self._handles[shard] = open(self.directory / f"{shard}.tar", "rb")  # noqa: SIM115
-            return read_member_at(handle, offset)[1]
+                handle = self._handles[shard] = fs.open_file(self.directory / f"{shard}.tar", "rb")
+            if not self._guess:
+                return read_member_at(handle, offset)[1]
+        return read_member_ranged(handle, offset, self._guess)  # outside the lock: requests overlap
 
     def open(self, image_id: str):
         """The stored image as an RGB PIL image."""
@@ -202,7 +229,8 @@ class ImageStore:
     def iter_items(self) -> Iterator[tuple[str, bytes]]:
         """(image_id, bytes) of every stored image, shard by shard, reading each tar sequentially."""
         for shard in self.shards:
-            with tarfile.open(shard_paths(self.directory, shard)[0], "r") as tar:
+            with fs.open_file(shard_paths(self.directory, shard)[0], "rb") as raw, \
+                    tarfile.open(fileobj=raw, mode="r|") as tar:
                 for member in tar:
                     key, _, ext = member.name.partition(".")
                     if ext != "json" and key in self._where:
