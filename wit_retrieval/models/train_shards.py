@@ -71,7 +71,7 @@ def prepare_key(inputs: PrepareInputs, store) -> str:
     queries = DataRoot(inputs.root).table_split("queries", inputs.split)
     manifest = read_manifest(queries)
     if manifest is None:
-        raise InputError("no manifest: this queries table was never finished; rebuild it", path=str(queries))
+        raise InputError("no manifest: this queries table was never finished; rebuild it", path=fs.redact(queries))
     store_dir = store if isinstance(store, (str, Path, fs.ObjectPath)) else getattr(store, "directory", None)
     parts = {"version": VERSION, "queries": manifest.get("files"), "split": inputs.split,
              "max_queries": inputs.max_queries, "hard_per_query": inputs.hard_per_query,
@@ -196,7 +196,7 @@ def check_free_space(out: Path, needed: int) -> None:
     free = shutil.disk_usage(probe).free
     if free < needed:
         raise InputError(f"preparing the training shards needs about {needed / 1e9:.2f} GB but only "
-                         f"{free / 1e9:.2f} GB is free; free space or use --out on a bigger disk", path=str(out))
+                         f"{free / 1e9:.2f} GB is free; free space or use --out on a bigger disk", path=fs.redact(out))
 
 
 def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -> dict:
@@ -205,7 +205,7 @@ def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -
 
     total = _count_queries(inputs)
     if not total:
-        raise InputError(f"no {inputs.split} queries to prepare", path=str(inputs.root))
+        raise InputError(f"no {inputs.split} queries to prepare", path=fs.redact(inputs.root))
     size = max(1, min(MAX_SHARD, math.ceil(total / MIN_SHARDS)))
     shards = math.ceil(total / size)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +276,7 @@ def _finish(out: Path, inputs: PrepareInputs, store, shards: int) -> dict:
             counts[k] += done[k]
     if not counts["samples"]:
         raise InputError(f"no {inputs.split} query has its target image in the image store; fetch the images "
-                         "first", path=str(inputs.root))
+                         "first", path=fs.redact(inputs.root))
     ids = sorted(referenced, key=id_hash)
     index = np.zeros(len(ids), INDEX_DTYPE)
     with atomic_path(out / "images.bin") as tmp, open(tmp, "wb") as blob:

@@ -220,8 +220,28 @@ class RunLog:
             fs.commit_local_file(self.path, self.target)
 
 
-@contextlib.contextmanager
-def local_checkpoint(directory) -> Iterator[Path]:
-    """A checkpoint folder on disk: itself, or a temporary copy of one on an object store (evaluate)."""
-    with fs.local_tree(directory) as local:
-        yield local
+def local_checkpoint(directory) -> Path:
+    """A checkpoint folder on disk: itself, or this node's cached copy of one on an object store (`evaluate
+    --checkpoint s3://...`), downloaded again only when the folder's files change."""
+    directory = fs.path(directory)
+    if isinstance(directory, Path):
+        return directory
+    filesystem, key = fs.resolve(directory)
+    infos = filesystem.get_file_info(pafs.FileSelector(key, recursive=True, allow_not_found=True))
+    files = sorted((i.path[len(key):].lstrip("/"), i.size, i.mtime_ns) for i in infos
+                   if i.type == pafs.FileType.File)
+    if not files:
+        from ..errors import InputError
+
+        raise InputError("no checkpoint files under this URI", path=fs.redact(directory))
+    local = cache_root() / "checkpoints" / _digest(json.dumps([fs.redact(directory), files]))
+    marker = local / ".complete"
+    if not marker.exists():
+        from .train_shards import _lock
+
+        with _lock(local.parent / f".{local.name}.lock"):
+            if not marker.exists():
+                for name, _, _ in files:
+                    _download(directory / name, local / name)
+                marker.write_text("", encoding="utf-8")
+    return local
