@@ -90,7 +90,7 @@ def _config(root: str, out: str):
         "model": {"base": "open_clip:wit-tiny-vit:random", "fusion": "inject"},
         "data": {"root": root, "workers": 1, "shuffle_buffer": 8},
         "optim": {"steps": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1},
-        "run": {"out": out, "checkpoint_every": 0, "eval_every": 0, "log_every": 1, "threads": 1}})
+        "run": {"out": out, "checkpoint_every": 0, "eval_every": 3, "log_every": 1, "threads": 1}})
 
 
 @pytest.mark.slow
@@ -105,13 +105,14 @@ def test_train_from_and_to_s3_equals_the_local_run_and_resumes(world, tmp_path, 
                                                                       "training.png"]
     resumed = train(_config(data, out))  # finds step 2 in the bucket, not on this disk
     assert local["step"] == resumed["step"] == 3
+    assert resumed["val"] == local["val"] and "R@10" in local["val"]  # validation reads the bucket's image store
     a = load_file(str(tmp_path / "local" / "model" / "model.safetensors"))
     b = load(fs.path(f"{s3_bucket}/run/model/model.safetensors").read_bytes())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     early = load(fs.path(f"{s3_bucket}/run/checkpoints/step-0000001/model.safetensors").read_bytes())
     assert not all(torch.equal(a[k], early[k]) for k in a)  # the comparison above could fail
     log = [json.loads(line) for line in fs.path(f"{s3_bucket}/run/train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3]
+    assert [r["step"] for r in log if "total" in r] == [1, 2, 3] and log[-1]["val"] == local["val"]
     files = fs.walk_files(f"{s3_bucket}/run")
     assert [f for f in files if f.startswith("checkpoints/")] == [
         f"checkpoints/step-{s:07d}/{n}" for s in (1, 3)

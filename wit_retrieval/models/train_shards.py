@@ -180,7 +180,7 @@ def _chunks(inputs: PrepareInputs, size: int) -> Iterator[list[dict]]:
 
 def estimate_bytes(store, total: int, sample_ids: list[str]) -> int:
     """Disk the preparation needs: targets (mean stored size, from a sample) + JSON + entity store (bound)."""
-    sizes = [len(store.get(i)) for i in sample_ids[:200] if i in store]
+    sizes = [len(data) for _, data in train_uri.fetch_ordered(store, sample_ids[:200])]
     mean = sum(sizes) / len(sizes) if sizes else 50_000
     return int(total * (mean + JSON_BYTES) * 1.05 + 0.5 * total * mean)
 

@@ -134,10 +134,20 @@ def local_entity_store(out) -> Path:
         if not _marker_matches(marker, expected):
             local.mkdir(parents=True, exist_ok=True)
             marker.unlink(missing_ok=True)
+            _check_cache_space(local, sum(remote.values()))
             for name in ENTITY_FILES:
                 _download(out / name, local / name)
             marker.write_text(json.dumps(expected), encoding="utf-8")
     return local
+
+
+def _check_cache_space(local: Path, needed: int) -> None:
+    from ..errors import InputError
+
+    free = shutil.disk_usage(local).free + sum(p.stat().st_size for p in local.glob("images.*"))
+    if free < needed:
+        raise InputError(f"caching the prepared entity images needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB "
+                         "is free; set WIT_RETRIEVAL_CACHE to a bigger local disk", path=str(local))
 
 
 def _marker_matches(marker: Path, expected: dict) -> bool:
