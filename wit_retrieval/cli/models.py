@@ -40,8 +40,9 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
 
 # options shared by `train` and `prepare`
 CONFIG_ARG = typer.Argument(..., help="A TOML training config (see baselines/*.toml).")
-DATA_OPT = typer.Option("", "--data", help="Data root (overrides the root in the config).")
-IMAGES_OPT = typer.Option("", "--images", help="Image store folder (default: DATA/images).")
+DATA_OPT = typer.Option("", "--data", help="Data root: a folder or an s3:// / gs:// URI (overrides the root in "
+                        "the config).")
+IMAGES_OPT = typer.Option("", "--images", help="Image store folder or URI (default: DATA/images).")
 SETS_OPT = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable).")
 
 
@@ -49,7 +50,7 @@ def train(
     config: Path = CONFIG_ARG,
     data: str = DATA_OPT,
     images: str = IMAGES_OPT,
-    out: str = typer.Option("", "--out", help="Output folder (overrides [run] out)."),
+    out: str = typer.Option("", "--out", help="Output folder or s3:// / gs:// URI (overrides [run] out)."),
     sets: list[str] = SETS_OPT,
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (with a checkpoint) after this many steps; "
                                    "running again resumes."),
@@ -72,7 +73,7 @@ def train(
 
 def prepare(
     config: Path = CONFIG_ARG, data: str = DATA_OPT, images: str = IMAGES_OPT,
-    out: str = typer.Option("", "--out", help="Output folder (default: DATA/train_shards/<key>)."),
+    out: str = typer.Option("", "--out", help="Output folder or URI (default: DATA/train_shards/<key>)."),
     sets: list[str] = SETS_OPT,
 ):
     """Write the streamed training layout (sample shards + entity image store); resumable.
@@ -110,7 +111,8 @@ def evaluate(
     data: str = typer.Option("", "--data", help="Data root of a build (queries, corpus, qrels)."),
     model: str = typer.Option("", "--model", help="Encoder name: open_clip:ARCH:TAG, local-dir:PATH, or mteb:NAME "
                               "(an MTEB model taking image+text queries, from the local Hugging Face cache)."),
-    checkpoint: str = typer.Option("", "--checkpoint", help="A checkpoint folder (e.g. runs/inject-mini/model)."),
+    checkpoint: str = typer.Option("", "--checkpoint", help="A checkpoint folder (e.g. runs/inject-mini/model) or "
+                                   "its s3:// / gs:// URI."),
     fusion: str = typer.Option("", "--fusion", help="text-only, image-only, sum, names, combiner, inject "
                                "(default: the model's own); for mteb:NAME pair-mean (default: one (text, image) "
                                "pair per entity image, embeddings averaged) or list (all images at once)."),
