@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load, load_file
 from typer.testing import CliRunner
 
-from tests.objectstores import S3_ENV, moto_endpoint, raw_keys, s3_bucket  # noqa: F401
+from tests.objectstores import S3_ENV, gcs_bucket, gcs_endpoint, moto_endpoint, raw_keys, s3_bucket  # noqa: F401
 from tests.test_models_world import make_world, one_torch_thread, write_store  # noqa: F401
 from tests.test_storage_build import _assert_only_committed, upload
 from wit_retrieval.cli import app
@@ -53,6 +53,31 @@ def _prepare(runner, config, data: str, out: str) -> dict:
     return json.loads(result.output[result.output.index("{"):])
 
 
+def _assert_same_shards(local, remote: str) -> list[dict]:
+    """The same files with the same bytes (shards, their counts, the entity store); manifests alike but for
+    their inputs and key; only committed keys in the bucket."""
+    names = fs.walk_files(local)
+    assert fs.walk_files(remote) == names and len(names) > 4
+    for name in names:
+        if name != "manifest.json":
+            assert fs.path(f"{remote}/{name}").read_bytes() == (local / name).read_bytes(), name
+    manifests = [json.loads(fs.path(f"{root}/manifest.json").read_text()) for root in (local, remote)]
+    assert manifests[0]["shards"] == manifests[1]["shards"] and manifests[0]["bytes"] == manifests[1]["bytes"]
+    _assert_only_committed(remote)
+    return manifests
+
+
+def test_prepare_on_gcs_equals_the_local_preparation(world, tmp_path, gcs_bucket):  # noqa: F811
+    config = tmp_path / "train.toml"
+    config.write_text(CONFIG)
+    upload(world.root.root, f"{gcs_bucket}/root")
+    runner = CliRunner()
+    _prepare(runner, config, str(world.root.root), str(tmp_path / "shards"))
+    remote = _prepare(runner, config, f"{gcs_bucket}/root", f"{gcs_bucket}/shards")
+    assert remote["out"] == f"{gcs_bucket}/shards" and remote["samples"] == 24
+    _assert_same_shards(tmp_path / "shards", f"{gcs_bucket}/shards")
+
+
 def test_prepare_on_s3_equals_the_local_preparation_and_resumes(world, tmp_path, s3_bucket, monkeypatch):  # noqa: F811
     config = tmp_path / "train.toml"
     config.write_text(CONFIG)
@@ -62,16 +87,8 @@ def test_prepare_on_s3_equals_the_local_preparation_and_resumes(world, tmp_path,
     remote = _prepare(runner, config, _with_credentials(f"{s3_bucket}/root"),
                       _with_credentials(f"{s3_bucket}/shards"))
     assert remote["out"] == f"{s3_bucket}/shards" and remote["samples"] == local["samples"] == 24
-    names = fs.walk_files(tmp_path / "shards")
-    assert fs.walk_files(f"{s3_bucket}/shards") == names and len(names) > 4
-    for name in names:  # the same bytes: shards, their counts, the entity store
-        if name != "manifest.json":
-            assert fs.path(f"{s3_bucket}/shards/{name}").read_bytes() == (tmp_path / "shards" / name).read_bytes(), name
-    manifests = [json.loads(fs.path(f"{root}/manifest.json").read_text()) for root in (tmp_path / "shards",
-                                                                                       f"{s3_bucket}/shards")]
-    assert manifests[0]["shards"] == manifests[1]["shards"] and manifests[0]["bytes"] == manifests[1]["bytes"]
+    manifests = _assert_same_shards(tmp_path / "shards", f"{s3_bucket}/shards")
     assert SECRET not in json.dumps(manifests[1])
-    _assert_only_committed(f"{s3_bucket}/shards")
     # interrupted: a shard's counts and the manifest gone; only that shard is written again
     fs.path(f"{s3_bucket}/shards/manifest.json").unlink()
     fs.path(f"{s3_bucket}/shards/samples-00003.json").unlink()
