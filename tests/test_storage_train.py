@@ -92,6 +92,7 @@ def test_prepare_on_s3_equals_the_local_preparation_and_resumes(world, tmp_path,
     # interrupted: a shard's counts and the manifest gone; only that shard is written again
     fs.path(f"{s3_bucket}/shards/manifest.json").unlink()
     fs.path(f"{s3_bucket}/shards/samples-00003.json").unlink()
+    fs.path(f"{s3_bucket}/shards/.tmp-samples-00003.tar.dead").write_bytes(b"left by a killed upload")
     written = []
     original = train_shards._write_shard
     monkeypatch.setattr(train_shards, "_write_shard", lambda out, n, *a: (written.append(n), original(out, n, *a)))

@@ -62,10 +62,6 @@ def id_hash(image_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(image_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _files_fingerprint(paths: list) -> list:
-    return train_uri.fingerprint(paths)
-
-
 def prepare_key(inputs: PrepareInputs, store) -> str:
     """16 hex digits over the queries table, the image store's manifests and the hard negatives."""
     queries = DataRoot(inputs.root).table_split("queries", inputs.split)
@@ -76,7 +72,7 @@ def prepare_key(inputs: PrepareInputs, store) -> str:
     parts = {"version": VERSION, "queries": manifest.get("files"), "split": inputs.split,
              "max_queries": inputs.max_queries, "hard_per_query": inputs.hard_per_query,
              "store": train_uri.listing_fingerprint(store_dir, ".done") if store_dir else len(store),
-             "hard_negatives": _files_fingerprint([inputs.hard_negatives]) if inputs.hard_negatives else None}
+             "hard_negatives": train_uri.fingerprint([inputs.hard_negatives]) if inputs.hard_negatives else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -130,7 +126,6 @@ def _opened(store):
 
 def read_hard_negatives(path: str | Path) -> dict[str, list[str]]:
     """Ranked image ids per query: a parquet of (query_id, image_ids list<string>, scores) or any run file."""
-
     from ..io.shards import read_parquet
 
     path = fs.path(path)
@@ -285,6 +280,7 @@ def _finish(out: Path, inputs: PrepareInputs, store, shards: int) -> dict:
             blob.write(data)
     with atomic_path(out / "images.idx.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, index)
+    fs.sweep(out)  # temporaries (.tmp-*) an interrupted earlier preparer left: a finished folder holds none
     total_bytes = train_uri.folder_bytes(out)
     manifest = {"format": "wit-retrieval/train-shards", "version": VERSION, "inputs": fs.redact_all(inputs.__dict__),
                 "key": out.name, "shards": per_shard, "counts": counts, "entity_images": len(ids),

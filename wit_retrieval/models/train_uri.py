@@ -177,10 +177,6 @@ def step_folders(out, marker: str) -> list:
     return [base / name for name in sorted(done) if name.startswith("step-")]
 
 
-def read_bytes(target) -> bytes:
-    return fs.path(target).read_bytes()
-
-
 def publish_folder(local: Path, target, last: str) -> None:
     """Upload a local folder's files onto a prefix, each atomically; `last` (the file readers take as the
     mark of a complete folder) is deleted first and written last, so no reader sees a mixed folder."""
