@@ -121,7 +121,10 @@ def test_train_from_and_to_s3_equals_the_local_run_and_resumes(world, tmp_path, 
     assert [p.name for p in fs.path(out).glob("*")] == ["checkpoints", "config.json", "model",
                                                                       "summary.json", "train_log.jsonl",
                                                                       "training.png"]
-    resumed = train(_config(data, out))  # finds step 2 in the bucket, not on this disk
+    # what a killed upload leaves: a step folder without its trainer state, a temporary key
+    fs.path(f"{s3_bucket}/run/checkpoints/step-0000002/model.safetensors").write_bytes(b"half a checkpoint")
+    fs.path(f"{s3_bucket}/run/model/.tmp-model.safetensors.dead").write_bytes(b"killed")
+    resumed = train(_config(data, out))  # finds step 1 in the bucket, not on this disk
     assert local["step"] == resumed["step"] == 3
     assert resumed["val"] == local["val"] and "R@10" in local["val"]  # validation reads the bucket's image store
     a = load_file(str(tmp_path / "local" / "model" / "model.safetensors"))

@@ -189,14 +189,20 @@ def publish_folder(local: Path, target, last: str) -> None:
 
 def publish_checkpoint(local: Path, out, state_name: str, keep: int) -> None:
     """A step folder written locally onto out/checkpoints/NAME (its trainer state last), then onto out/model
-    (retriever.json last); only the newest `keep` step folders are kept."""
-    publish_folder(local, fs.path(out) / "checkpoints" / local.name, state_name)
+    (retriever.json last); only the newest `keep` step folders are kept, and what a killed upload left (step
+    folders without their trainer state, .tmp-* keys) is deleted: rank 0 is the only writer of `out`."""
+    base = fs.path(out) / "checkpoints"
+    publish_folder(local, base / local.name, state_name)
     with tempfile.TemporaryDirectory(prefix="wit-retrieval-model-") as folder:
         model = Path(folder) / "model"
         shutil.copytree(local, model, ignore=shutil.ignore_patterns(state_name))
         publish_folder(model, fs.path(out) / "model", "retriever.json")
-    for old in step_folders(out, state_name)[:-keep]:
+    finished = step_folders(out, state_name)
+    unfinished = [p for p in base.iterdir() if p.name.startswith("step-") and p not in finished]
+    for old in finished[:-keep] + unfinished:
         fs.remove_tree(old)
+    fs.sweep(base, recursive=True)
+    fs.sweep(fs.path(out) / "model")
 
 
 class RunLog:
