@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .io import fs
 from .io.shards import read_table_dir, write_json_atomic
 from .layout import DataRoot
 
@@ -116,7 +117,7 @@ def evaluate(config: EvalConfig, *, store=None, encoder=None) -> dict[str, Any]:
                                  dataset_revision=dataset_revision(root.root)))
         results.update({
             "model": encoder.metadata.to_dict(), "fusion": fusion, "split": config.split, "quantization": quantization,
-            "dim": dim, "zero_shot": encoder.metadata.zero_shot_on("mmir"), "config": dataclasses.asdict(config),
+            "dim": dim, "zero_shot": encoder.metadata.zero_shot_on("mmir"), "config": fs.redact_all(dataclasses.asdict(config)),
             "counts": counts, "evaluation_seconds": round(time.perf_counter() - started, 3),
         })
         where = out if dim == full else out.with_name(f"{out.name}-d{dim}")
@@ -227,7 +228,7 @@ def _write_outputs(out: Path, run, results: dict, *, tag: str, config: EvalConfi
     out.mkdir(parents=True, exist_ok=True)
     write_trec(run, out / "run.trec", tag=tag[:64])
     write_json_atomic(out / "run.trec.meta.json", {"model": results["model"], "fusion": results["fusion"],
-                                                   "split": config.split, "data": config.data, "k": config.k,
+                                                   "split": config.split, "data": fs.redact(config.data), "k": config.k,
                                                    "index": config.index, "tag": tag})
     write_json_atomic(out / "results.json", results)
     try:

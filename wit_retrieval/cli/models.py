@@ -40,8 +40,9 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
 
 # options shared by `train` and `prepare`
 CONFIG_ARG = typer.Argument(..., help="A TOML training config (see baselines/*.toml).")
-DATA_OPT = typer.Option("", "--data", help="Data root (overrides the root in the config).")
-IMAGES_OPT = typer.Option("", "--images", help="Image store folder (default: DATA/images).")
+DATA_OPT = typer.Option("", "--data", help="Data root: a folder or an s3:// / gs:// URI (overrides the root in "
+                        "the config).")
+IMAGES_OPT = typer.Option("", "--images", help="Image store folder or URI (default: DATA/images).")
 SETS_OPT = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable).")
 
 
@@ -49,7 +50,7 @@ def train(
     config: Path = CONFIG_ARG,
     data: str = DATA_OPT,
     images: str = IMAGES_OPT,
-    out: str = typer.Option("", "--out", help="Output folder (overrides [run] out)."),
+    out: str = typer.Option("", "--out", help="Output folder or s3:// / gs:// URI (overrides [run] out)."),
     sets: list[str] = SETS_OPT,
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (with a checkpoint) after this many steps; "
                                    "running again resumes."),
@@ -72,7 +73,7 @@ def train(
 
 def prepare(
     config: Path = CONFIG_ARG, data: str = DATA_OPT, images: str = IMAGES_OPT,
-    out: str = typer.Option("", "--out", help="Output folder (default: DATA/train_shards/<key>)."),
+    out: str = typer.Option("", "--out", help="Output folder or URI (default: DATA/train_shards/<key>)."),
     sets: list[str] = SETS_OPT,
 ):
     """Write the streamed training layout (sample shards, entity image store, [distill] teacher store); resumable.
@@ -81,6 +82,7 @@ def prepare(
     Example: wit-retrieval prepare baselines/inject-mini.toml --data mini/root
     """
     from ..images import open_store
+    from ..io import fs
     from ..layout import DataRoot
     from ..models.teacher_store import open_teacher_store
     from ..models.train_config import load_train_config
@@ -98,10 +100,10 @@ def prepare(
     store = open_store(cfg.data.images or DataRoot(cfg.data.root).images)
     inputs = PrepareInputs(cfg.data.root, cfg.data.train_split, cfg.data.max_train_queries, cfg.loss.hard_negatives,
                            cfg.loss.hard_negatives_per_query)
-    folder = ensure_prepared(inputs, store, Path(out or cfg.data.prepared) if (out or cfg.data.prepared) else None)
+    folder = ensure_prepared(inputs, store, out or cfg.data.prepared or None)
     manifest = read_prepared(folder)
     teacher = open_teacher_store(cfg.distill, folder)  # [distill]: the teacher's id-keyed store too
-    typer.echo(json.dumps({"out": str(folder), "summary": disk_cost_note(manifest), **manifest["counts"],
+    typer.echo(json.dumps({"out": fs.redact(folder), "summary": disk_cost_note(manifest), **manifest["counts"],
                            "bytes": manifest["bytes"], **({"teacher": str(teacher.folder)} if teacher else {})},
                           indent=2))
 
@@ -112,7 +114,8 @@ def evaluate(
     data: str = typer.Option("", "--data", help="Data root of a build (queries, corpus, qrels)."),
     model: str = typer.Option("", "--model", help="Encoder name: open_clip:ARCH:TAG, local-dir:PATH, or mteb:NAME "
                               "(an MTEB model taking image+text queries, from the local Hugging Face cache)."),
-    checkpoint: str = typer.Option("", "--checkpoint", help="A checkpoint folder (e.g. runs/inject-mini/model)."),
+    checkpoint: str = typer.Option("", "--checkpoint", help="A checkpoint folder (e.g. runs/inject-mini/model) or "
+                                   "its s3:// / gs:// URI."),
     fusion: str = typer.Option("", "--fusion", help="text-only, image-only, sum, names, combiner, inject "
                                "(default: the model's own); for mteb:NAME pair-mean (default: one (text, image) "
                                "pair per entity image, embeddings averaged) or list (all images at once)."),

@@ -193,7 +193,11 @@ def read_member_at(handle, offset: int) -> tuple[str, bytes]:
 
 
 class ImageStore:
-    """Random access by image_id (shard + offset) and iteration over a folder of image shards."""
+    """Random access by image_id (shard + offset) and iteration over a folder of image shards.
+
+    The folder may be an s3:// or gs:// URI: images are then read by ranged requests (a window of
+    the shard around each one, kept for the next read), nothing is downloaded whole.
+    """
 
     def __init__(self, directory: Any):
         self.directory = fs.path(directory)
@@ -233,8 +237,13 @@ class ImageStore:
         """Every finished shard's manifest rows (ok and failed)."""
         return self._manifest
 
+    @property
+    def remote(self) -> bool:
+        """True on an object store: reads are requests, worth issuing from several threads."""
+        return self._windows is not None
+
     def get(self, image_id: str) -> bytes:
-        """The stored bytes of one image (KeyError when not stored)."""
+        """The stored bytes of one image (KeyError when not stored); thread-safe."""
         shard, offset = self._where[image_id]
         with self._lock:
             handle = self._handles.get(shard)

@@ -91,10 +91,13 @@ def save_checkpoint(directory: Path, built: Built, **spec_updates) -> Path:
     return directory
 
 
-def load_local_dir(directory: Path, *, name: str, device: str | None = None):
-    """An OpenClipEncoder from a checkpoint folder (ours or open_clip's)."""
+def load_local_dir(directory: Path | str, *, name: str, device: str | None = None):
+    """An OpenClipEncoder from a checkpoint folder (ours or open_clip's), local or on an object store
+    (then read from this node's cached copy: train_uri.local_checkpoint)."""
     from .encoders import OpenClipEncoder
+    from .train_uri import local_checkpoint
 
+    directory = local_checkpoint(directory)
     built = _load_folder(Path(directory))
     encoder = OpenClipEncoder(built.model, built.preprocess, built.tokenizer, name=name, revision=built.revision,
                               training_datasets=built.spec.get("training_datasets", ()),

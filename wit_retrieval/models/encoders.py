@@ -211,9 +211,12 @@ def _open_clip_encoder(spec: str, *, name: str, device: str | None = None) -> En
 @ENCODERS.register("local-dir")
 def _local_dir_encoder(spec: str, *, name: str, device: str | None = None) -> Encoder:
     """local-dir:PATH: our checkpoint folder, or an open_clip folder (open_clip_config.json + weights)."""
+    from ..io import fs
     from .checkpoint import load_local_dir
 
-    return load_local_dir(Path(spec), name=name, device=device)
+    # a URI (s3://, gs://) stays a string; its credentials never reach the encoder's name (results carry it)
+    return load_local_dir(spec if fs.is_remote(spec) else Path(spec), name=name.replace(spec, fs.redact(spec)),
+                          device=device)
 
 
 def embed_dim_of(model_name: str) -> int:

@@ -147,13 +147,15 @@ def load_export(model: nn.Module, directory: Path, quant_spec: dict) -> None:
 
 def check_resume(out: Path, quant) -> None:
     """A run folder whose checkpoints were trained with another [quant] than this config is an error."""
-    spec_path = Path(out) / "model" / "retriever.json"
+    from ..io import fs
+
+    spec_path = fs.path(out) / "model" / "retriever.json"
     if not spec_path.is_file():
         return
     saved = json.loads(spec_path.read_text(encoding="utf-8")).get("quant")
     if bool(saved) != bool(quant.bits) or (saved and saved["bits"] != quant.bits):
         had = f"{saved['scheme']} quantization-aware" if saved else "float (no [quant])"
-        raise ConfigError(f"{out} holds a {had} run but this config has "
+        raise ConfigError(f"{fs.redact(out)} holds a {had} run but this config has "
                           f"{f'[quant] bits = {quant.bits}' if quant.bits else 'no [quant] section'}; "
                           "use the same [quant] section or another --out")
 

@@ -24,13 +24,15 @@ import torch
 
 from .. import distributed as dist
 from ..errors import ConfigError
+from ..io import fs
 from ..io.shards import atomic_path, write_json_atomic
 from .checkpoint import Built, build_retriever
 from .fusion import get_fusion
 from .qat import attach_qat, check_resume
 from .train_config import TrainConfig
 from .train_feeds import make_feed
-from .train_state import TRAINER_STATE, check_world_size, checkpoints, resume, save_training_checkpoint
+from .train_state import check_world_size, checkpoints, load_trainer_state, resume, save_training_checkpoint
+from .train_uri import RunLog
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Trainer:
     feed: object                     # train_data.IndexFeed or train_stream.StreamFeed
     store: object                    # the image store (validation)
     device: str
-    out: Path
+    out: Path                        # or an io.fs.ObjectPath (s3://, gs://)
     step: int = 0
     data_counts: dict = field(default_factory=dict)
     teacher: object = None           # distill.TeacherCache when [distill] is on
@@ -70,7 +72,7 @@ def train(config: TrainConfig, *, store=None, stop_after: int | None = None) -> 
 
 def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | None, stop) -> dict:
     main, world = trainer.world.is_main, trainer.world
-    log = _Log(trainer.out / "train_log.jsonl")
+    log = RunLog(trainer.out) if main else None
     started, seen = time.perf_counter(), 0
     last_val: dict = {}
     interrupted = False
@@ -97,19 +99,22 @@ def _train_loop(trainer: Trainer, config: TrainConfig, store, stop_after: int | 
                 break
             if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
                 save_training_checkpoint(trainer)
+                if main:
+                    log.publish()
     seconds = time.perf_counter() - started
     save_training_checkpoint(trainer)
     skipped: dict[str, int] = {}
     for counts in dist.gather_objects(trainer.feed.counts, world):  # images skipped, per class, all ranks
         for key, value in counts.items():
             skipped[key] = skipped.get(key, 0) + value
-    summary = {"out": str(trainer.out), "step": trainer.step, "checkpoint": str(trainer.out / "model"),
+    summary = {"out": fs.redact(trainer.out), "step": trainer.step, "checkpoint": fs.redact(trainer.out / "model"),
                "seconds": round(seconds, 2), "samples_per_s": round(seen / seconds, 2) if seconds else None,
                "world_size": world.world_size, "rank": world.rank, "val": last_val, "interrupted": interrupted,
                "data": {**trainer.data_counts, **skipped}}
     if main:
         write_json_atomic(trainer.out / "summary.json", summary)
-        plot_training(trainer.out / "train_log.jsonl", trainer.out / "training.png")
+        log.publish()
+        plot_training(log.path, trainer.out / "training.png")
     if interrupted:
         raise KeyboardInterrupt
     return summary
@@ -187,11 +192,11 @@ def prepare(config: TrainConfig, store=None, *, world: dist.World | None = None,
     if store is None and config.data.loader == "memory":
         store = _open_store(config)
     feed, counts, teacher = make_feed(config, store, built, world, device)
-    out = Path(config.run.out)
+    out = fs.path(config.run.out)
     check_resume(out, config.quant)
     out.mkdir(parents=True, exist_ok=True)
-    if world.is_main:
-        write_json_atomic(out / "config.json", config.to_dict())
+    if world.is_main:  # URIs without credentials (user:secret@, secret query parameters)
+        write_json_atomic(out / "config.json", fs.redact_all(config.to_dict()))
     trainer = Trainer(config, built, fusion, optimizer, scheduler, feed, store, device, out, data_counts=counts,
                       teacher=teacher, world=world)
     resume(trainer)
@@ -209,10 +214,9 @@ def _preflight(config: TrainConfig, world: dist.World) -> None:
         raise ConfigError(f"[optim] batch_size {config.optim.batch_size} is the global micro-batch and must "
                           f"split evenly over the {world.world_size} processes; use a multiple of "
                           f"{world.world_size}")
-    found = checkpoints(Path(config.run.out))
+    found = checkpoints(config.run.out)
     if found:
-        check_world_size(found[-1], torch.load(found[-1] / TRAINER_STATE, map_location="cpu", weights_only=True,
-                                                mmap=True), world)
+        check_world_size(found[-1], load_trainer_state(found[-1], mmap=True), world)
 
 
 def train_step(trainer: Trainer, stop: bool = False) -> tuple[dict, bool]:
@@ -328,17 +332,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class _Log:
-    """Append-only JSONL log, one flushed line per record."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
 def plot_training(log_path: Path, png: Path) -> None:

@@ -6,10 +6,9 @@ ranks check they read the same data before the first step.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .. import distributed as dist
 from ..errors import ConfigError
+from ..io import fs
 from .checkpoint import Built
 from .distill import load_teacher
 from .train_config import TrainConfig
@@ -55,8 +54,11 @@ def _stream_feed(config: TrainConfig, store, built: Built, world: dist.World, de
                            config.loss.hard_negatives, config.loss.hard_negatives_per_query)
     # without a store object, the folder: the store's index of every image is opened only to prepare
     source = store if store is not None else (config.data.images or DataRoot(config.data.root).images)
-    folder = ensure_prepared(inputs, source, Path(config.data.prepared) if config.data.prepared else None)
+    folder = ensure_prepared(inputs, source, config.data.prepared or None)
     manifest = read_prepared(folder)
+    from .train_uri import local_entity_store
+
+    local_entity_store(folder)  # a URI's entity store: copied to this node once, before the loader workers start
     _check_same_data((manifest["key"], manifest["counts"]["samples"], len(manifest["shards"])), world)
     plan = StreamPlan(tuple(s["samples"] for s in manifest["shards"]), config.run.seed, world.world_size, world.rank,
                       max(1, config.data.workers), config.optim.batch_size // world.world_size,
@@ -64,9 +66,10 @@ def _stream_feed(config: TrainConfig, store, built: Built, world: dist.World, de
     feed = StreamFeed(folder, plan, built.preprocess,
                       config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0,
                       workers=config.data.workers, pin=device.startswith("cuda"))
-    # the teacher is converted once into an id-keyed store beside the shards and read by memory map
+    # the teacher is converted once into an id-keyed store (beside the shards, or in this node's cache
+    # for shards on an object store) and read by id per batch
     teacher = open_teacher_store(config.distill, folder, progress=world.is_main)
-    counts = {**manifest["counts"], "prepared": str(folder)}
+    counts = {**manifest["counts"], "prepared": fs.redact(folder)}
     return feed, counts, teacher
 
 

@@ -24,6 +24,7 @@ import json
 import math
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.shards import atomic_path, read_manifest, write_json_atomic
+from ..io import fs
+from ..io.shards import atomic_path, parquet_file, read_manifest, write_json_atomic
 from ..layout import DataRoot
+from . import train_uri
 
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,32 +62,28 @@ def id_hash(image_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(image_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _files_fingerprint(paths: list[Path]) -> list:
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.exists()]
-
-
 def prepare_key(inputs: PrepareInputs, store) -> str:
     """16 hex digits over the queries table, the image store's manifests and the hard negatives."""
     queries = DataRoot(inputs.root).table_split("queries", inputs.split)
     manifest = read_manifest(queries)
     if manifest is None:
-        raise InputError("no manifest: this queries table was never finished; rebuild it", path=str(queries))
-    store_dir = store if isinstance(store, (str, Path)) else getattr(store, "directory", None)
+        raise InputError("no manifest: this queries table was never finished; rebuild it", path=fs.redact(queries))
+    store_dir = store if isinstance(store, (str, Path, fs.ObjectPath)) else getattr(store, "directory", None)
     parts = {"version": VERSION, "queries": manifest.get("files"), "split": inputs.split,
              "max_queries": inputs.max_queries, "hard_per_query": inputs.hard_per_query,
-             "store": _files_fingerprint(sorted(Path(store_dir).glob("*.done"))) if store_dir else len(store),
-             "hard_negatives": _files_fingerprint([Path(inputs.hard_negatives)]) if inputs.hard_negatives else None}
+             "store": train_uri.listing_fingerprint(store_dir, ".done") if store_dir else len(store),
+             "hard_negatives": train_uri.fingerprint([inputs.hard_negatives]) if inputs.hard_negatives else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def default_out(inputs: PrepareInputs, store) -> Path:
-    """ROOT/train_shards/<key>."""
-    return Path(inputs.root) / "train_shards" / prepare_key(inputs, store)
+    """ROOT/train_shards/<key> (an io.fs.ObjectPath when ROOT is an s3:// or gs:// URI)."""
+    return fs.join(inputs.root, "train_shards", prepare_key(inputs, store))
 
 
-def is_prepared(out: Path) -> bool:
-    """True when `out` holds a finished preparation."""
-    return (Path(out) / MANIFEST).is_file()
+def is_prepared(out) -> bool:
+    """True when `out` (a folder or URI) holds a finished preparation."""
+    return (fs.path(out) / MANIFEST).is_file()
 
 
 @contextmanager
@@ -104,12 +103,13 @@ def _lock(path: Path) -> Iterator[None]:
 def ensure_prepared(inputs: PrepareInputs, store, out: Path | None = None, *, progress: bool = True) -> Path:
     """The prepared folder for `inputs`, preparing (or finishing) it under a file lock if needed.
 
-    `store` is an image store or its folder (opened only if preparing is needed).
+    `store` is an image store or its folder (opened only if preparing is needed). `out` may be
+    an s3:// or gs:// URI; the lock is then a local file (one preparer per node, not per cluster).
     """
-    out = Path(out) if out else default_out(inputs, store)
+    out = fs.path(out) if out else default_out(inputs, store)
     if is_prepared(out):
         return out
-    with _lock(out.parent / f".{out.name}.lock"):
+    with _lock(train_uri.lock_file(out)):
         if not is_prepared(out):  # another process may have finished it while we waited
             prepare(inputs, _opened(store), out, progress=progress)
     return out
@@ -117,7 +117,7 @@ def ensure_prepared(inputs: PrepareInputs, store, out: Path | None = None, *, pr
 
 def _opened(store):
     """A store object; a folder is opened only now (its index of every image is not needed to train)."""
-    if isinstance(store, (str, Path)):
+    if isinstance(store, (str, Path, fs.ObjectPath)):
         from ..images import open_store
 
         return open_store(store)
@@ -126,28 +126,27 @@ def _opened(store):
 
 def read_hard_negatives(path: str | Path) -> dict[str, list[str]]:
     """Ranked image ids per query: a parquet of (query_id, image_ids list<string>, scores) or any run file."""
-    import pyarrow.parquet as pq
+    from ..io.shards import read_parquet
 
-    path = Path(path)
+    path = fs.path(path)
     if not path.exists():
-        raise InputError("hard negatives file not found", path=str(path))
-    if path.suffix == ".parquet" and "image_ids" in pq.read_schema(path).names:
-        table = pq.read_table(path, columns=["query_id", "image_ids"])
+        raise InputError("hard negatives file not found", path=fs.redact(path))
+    if path.suffix == ".parquet" and "image_ids" in parquet_file(path).schema_arrow.names:
+        table = read_parquet(path, columns=["query_id", "image_ids"])
         return dict(zip(table["query_id"].to_pylist(), table["image_ids"].to_pylist()))
     from .train_data import hard_negatives_from_run
 
-    return hard_negatives_from_run(path)
+    with fs.local_copy(path) as local:  # the run readers take local files
+        return hard_negatives_from_run(local)
 
 
 def _query_batches(inputs: PrepareInputs) -> Iterator[list[dict]]:
-    import pyarrow.parquet as pq
-
     from .train_data import QUERY_COLUMNS
 
     folder = DataRoot(inputs.root).table_split("queries", inputs.split)
     left = inputs.max_queries or math.inf
     for entry in read_manifest(folder)["files"]:
-        for batch in pq.ParquetFile(folder / entry["file"]).iter_batches(batch_size=8192, columns=QUERY_COLUMNS):
+        for batch in parquet_file(folder / entry["file"]).iter_batches(batch_size=8192, columns=QUERY_COLUMNS):
             rows = batch.to_pylist()[: int(min(left, batch.num_rows))]
             left -= len(rows)
             yield rows
@@ -156,10 +155,8 @@ def _query_batches(inputs: PrepareInputs) -> Iterator[list[dict]]:
 
 
 def _count_queries(inputs: PrepareInputs) -> int:
-    import pyarrow.parquet as pq
-
     folder = DataRoot(inputs.root).table_split("queries", inputs.split)
-    total = sum(pq.ParquetFile(folder / e["file"]).metadata.num_rows for e in read_manifest(folder)["files"])
+    total = sum(parquet_file(folder / e["file"]).metadata.num_rows for e in read_manifest(folder)["files"])
     return min(total, inputs.max_queries) if inputs.max_queries else total
 
 
@@ -178,18 +175,23 @@ def _chunks(inputs: PrepareInputs, size: int) -> Iterator[list[dict]]:
 
 def estimate_bytes(store, total: int, sample_ids: list[str]) -> int:
     """Disk the preparation needs: targets (mean stored size, from a sample) + JSON + entity store (bound)."""
-    sizes = [len(store.get(i)) for i in sample_ids[:200] if i in store]
+    sizes = [len(data) for _, data in train_uri.fetch_ordered(store, sample_ids[:200])]
     mean = sum(sizes) / len(sizes) if sizes else 50_000
     return int(total * (mean + JSON_BYTES) * 1.05 + 0.5 * total * mean)
 
 
 def check_free_space(out: Path, needed: int) -> None:
-    """An InputError naming both numbers when the output's disk has less free space than `needed`."""
+    """An InputError naming both numbers when the output's disk has less free space than `needed`.
+
+    For an object-store output, the local temporary folder is checked instead (see train_uri.staging_need).
+    """
+    if fs.is_remote(out):
+        out, needed = Path(tempfile.gettempdir()), train_uri.staging_need(needed)
     probe = out if out.exists() else next(p for p in out.parents if p.exists())
     free = shutil.disk_usage(probe).free
     if free < needed:
         raise InputError(f"preparing the training shards needs about {needed / 1e9:.2f} GB but only "
-                         f"{free / 1e9:.2f} GB is free; free space or use --out on a bigger disk", path=str(out))
+                         f"{free / 1e9:.2f} GB is free; free space or use --out on a bigger disk", path=fs.redact(out))
 
 
 def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -> dict:
@@ -198,11 +200,12 @@ def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -
 
     total = _count_queries(inputs)
     if not total:
-        raise InputError(f"no {inputs.split} queries to prepare", path=str(inputs.root))
+        raise InputError(f"no {inputs.split} queries to prepare", path=fs.redact(inputs.root))
     size = max(1, min(MAX_SHARD, math.ceil(total / MIN_SHARDS)))
     shards = math.ceil(total / size)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [n for n in range(shards) if not (out / f"samples-{n:05d}.json").is_file()]
+    done = set(fs.listdir(out))  # one listing, not a request per shard, on an object store
+    todo = [n for n in range(shards) if f"samples-{n:05d}.json" not in done]
     if todo:
         first = next(_query_batches(inputs))
         check_free_space(out, estimate_bytes(store, total, [r["target_image_id"] for r in first])
@@ -240,6 +243,7 @@ def _write_shard(out: Path, n: int, rows: list[dict], store, hard: dict | None, 
 
     counts = {"queries": len(rows), "samples": 0, "dropped_no_target_image": 0, "missing_entity_images": 0}
     referenced: set[str] = set()
+    targets = dict(train_uri.fetch_ordered(store, [r["target_image_id"] for r in rows]))
     with atomic_path(out / f"samples-{n:05d}.tar") as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for row in rows:
             target = row["target_image_id"]
@@ -256,7 +260,7 @@ def _write_shard(out: Path, n: int, rows: list[dict], store, hard: dict | None, 
                       "target": target, "hard": negatives}
             key = f"{n:05d}-{counts['samples']:07d}"
             _add(tar, f"{key}.json", json.dumps(sample, ensure_ascii=False).encode("utf-8"))
-            _add(tar, f"{key}.img", store.get(target))
+            _add(tar, f"{key}.img", targets[target])
             counts["samples"] += 1
     write_json_atomic(out / f"samples-{n:05d}.json", {**counts, "referenced": sorted(referenced)})
 
@@ -280,18 +284,18 @@ def _finish(out: Path, inputs: PrepareInputs, store, shards: int) -> dict:
             counts[k] += done[k]
     if not counts["samples"]:
         raise InputError(f"no {inputs.split} query has its target image in the image store; fetch the images "
-                         "first", path=str(inputs.root))
+                         "first", path=fs.redact(inputs.root))
     ids = sorted(referenced, key=id_hash)
     index = np.zeros(len(ids), INDEX_DTYPE)
     with atomic_path(out / "images.bin") as tmp, open(tmp, "wb") as blob:
-        for row, key in enumerate(ids):
-            data = store.get(key)
+        for row, (key, data) in enumerate(train_uri.fetch_ordered(store, ids)):
             index[row] = (id_hash(key), blob.tell(), len(data))
             blob.write(data)
     with atomic_path(out / "images.idx.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, index)
-    total_bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    manifest = {"format": "wit-retrieval/train-shards", "version": VERSION, "inputs": inputs.__dict__,
+    fs.sweep(out)  # temporaries (.tmp-*) an interrupted earlier preparer left: a finished folder holds none
+    total_bytes = train_uri.folder_bytes(out)
+    manifest = {"format": "wit-retrieval/train-shards", "version": VERSION, "inputs": fs.redact_all(inputs.__dict__),
                 "key": out.name, "shards": per_shard, "counts": counts, "entity_images": len(ids),
                 "bytes": total_bytes}
     write_json_atomic(out / MANIFEST, manifest)
@@ -300,18 +304,23 @@ def _finish(out: Path, inputs: PrepareInputs, store, shards: int) -> dict:
 
 def read_prepared(out: Path) -> dict:
     """The manifest of a finished preparation (an InputError when there is none)."""
-    path = Path(out) / MANIFEST
+    path = fs.path(out) / MANIFEST
     if not path.is_file():
         raise InputError("not a prepared training folder (no manifest.json); run wit-retrieval prepare",
-                         path=str(out))
+                         path=fs.redact(out))
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 class EntityImages:
-    """Random access to images.bin by image id through the memory-mapped sorted hash index."""
+    """Random access to images.bin by image id through the memory-mapped sorted hash index.
 
-    def __init__(self, out: Path):
-        self.out = Path(out)
+    For a preparation on an object store, both files are read from this node's local copy
+    (train_uri.local_entity_store: downloaded once, on first use).
+    """
+
+    def __init__(self, out):
+        self.source = out
+        self.out = train_uri.local_entity_store(out)
         self.index = np.load(self.out / "images.idx.npy", mmap_mode="r")
         self._handle = self._sample = None
 
@@ -330,7 +339,7 @@ class EntityImages:
         return self._handle.read(int(self.index["length"][row]))
 
     def __getstate__(self):
-        return {"out": self.out}
+        return {"out": self.source}
 
     def __setstate__(self, state):
         self.__init__(state["out"])
@@ -342,7 +351,7 @@ def disk_cost_note(manifest: dict) -> str:
             f"{manifest['entity_images']} entity/hard-negative images, {manifest['bytes'] / 1e6:.1f} MB")
 
 
-def shard_paths(out: Path, manifest: dict) -> list[tuple[Path, int]]:
-    """(tar path, samples) of every shard."""
-    return [(Path(out) / s["file"], int(s["samples"])) for s in manifest["shards"]]
+def shard_paths(out, manifest: dict) -> list[tuple[Path, int]]:
+    """(tar path or ObjectPath, samples) of every shard."""
+    return [(fs.path(out) / s["file"], int(s["samples"])) for s in manifest["shards"]]
 

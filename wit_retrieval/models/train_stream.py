@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -86,9 +85,11 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 def _read_shards(paths) -> Iterator[tuple[bytes, bytes]]:
-    """(json, target bytes) of every sample of `paths`, read sequentially."""
+    """(json, target bytes) of every sample of `paths`, read sequentially (streamed from an object store)."""
+    from .train_uri import open_tar
+
     for path in paths:
-        with tarfile.open(path, "r") as tar:
+        with open_tar(path) as tar:
             pending: dict[str, dict[str, bytes]] = {}
             for member in tar:
                 key, _, ext = member.name.partition(".")
