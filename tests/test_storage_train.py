@@ -5,6 +5,7 @@ only committed keys left, no credentials in what is written or printed."""
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 import torch
@@ -67,15 +68,34 @@ def _assert_same_shards(local, remote: str) -> list[dict]:
     return manifests
 
 
+def _hard_negatives_file(world, path) -> None:
+    """A hard-negatives parquet naming, for each training query, 3 other stored targets."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    queries = pq.read_table(world.root.table_split("queries", "train")).to_pylist()
+    targets = sorted({q["target_image_id"] for q in queries})
+    lists = [[t for t in targets if t != q["target_image_id"]][i % 5:i % 5 + 3] for i, q in enumerate(queries)]
+    pq.write_table(pa.table({"query_id": [q["query_id"] for q in queries], "image_ids": lists,
+                             "scores": [[1.0] * len(x) for x in lists]}), path)
+
+
 def test_prepare_on_gcs_equals_the_local_preparation(world, tmp_path, gcs_bucket):  # noqa: F811
-    config = tmp_path / "train.toml"
-    config.write_text(CONFIG)
+    """With hard negatives read from the bucket too: the shards carry the same lists as a local prepare's."""
+    _hard_negatives_file(world, tmp_path / "hard.parquet")
     upload(world.root.root, f"{gcs_bucket}/root")
+    fs.path(f"{gcs_bucket}/hard.parquet").write_bytes((tmp_path / "hard.parquet").read_bytes())
     runner = CliRunner()
-    _prepare(runner, config, str(world.root.root), str(tmp_path / "shards"))
-    remote = _prepare(runner, config, f"{gcs_bucket}/root", f"{gcs_bucket}/shards")
-    assert remote["out"] == f"{gcs_bucket}/shards" and remote["samples"] == 24
+    config = tmp_path / "train.toml"
+    for hard, out in ((tmp_path / "hard.parquet", str(tmp_path / "shards")),
+                      (f"{gcs_bucket}/hard.parquet", f"{gcs_bucket}/shards")):
+        config.write_text(CONFIG + f'[loss]\nhard_negatives = "{hard}"\nhard_negatives_per_query = 2\n')
+        data = str(world.root.root) if out.startswith(str(tmp_path)) else f"{gcs_bucket}/root"
+        result = _prepare(runner, config, data, out)
+    assert result["out"] == f"{gcs_bucket}/shards" and result["samples"] == 24
     _assert_same_shards(tmp_path / "shards", f"{gcs_bucket}/shards")
+    with tarfile.open(tmp_path / "shards" / "samples-00000.tar") as tar:
+        assert b'"hard": ["' in b"".join(tar.extractfile(m).read() for m in tar if m.name.endswith(".json"))
 
 
 def test_prepare_on_s3_equals_the_local_preparation_and_resumes(world, tmp_path, s3_bucket, monkeypatch):  # noqa: F811

@@ -220,8 +220,13 @@ def prepare(inputs: PrepareInputs, store, out: Path, *, progress: bool = True) -
     manifest = _finish(out, inputs, store, shards)
     from .hard_store import drop_hard_negatives
 
-    drop_hard_negatives(out)  # every shard holds its own now
+    drop_hard_negatives(_local_side(out))  # every shard holds its own now
     return manifest
+
+
+def _local_side(out) -> Path:
+    """Where preparation keeps its local working stores: `out` on disk, this node's cache for a URI."""
+    return train_uri.node_cache(out) if fs.is_remote(out) else Path(out)
 
 
 def _hard_negatives(inputs: PrepareInputs, out: Path, progress: bool):
@@ -230,7 +235,8 @@ def _hard_negatives(inputs: PrepareInputs, out: Path, progress: bool):
         return None
     from .hard_store import open_hard_negatives
 
-    return open_hard_negatives(inputs.hard_negatives, out, progress=progress)
+    with fs.local_copy(inputs.hard_negatives) as local:  # a URI's file is converted from a local copy
+        return open_hard_negatives(local, _local_side(out), progress=progress)
 
 
 @contextmanager
