@@ -115,3 +115,29 @@ def test_the_duplicate_mask_changes_the_loss(trainer):
         unmasked = info_nce(local.queries, local.positives, trainer.built.model.clip.logit_scale.exp(),
                             symmetric=True)
     assert abs(float(parts["loss"]) - float(unmasked)) > 1e-3
+
+
+def test_inject_text_tower_cuts_padding_without_changing_features_or_gradients(trainer):
+    """The inject head runs the text transformer only up to the batch's last end-of-text token;
+    with no entity image injected it must equal open_clip's full-length encode_text exactly."""
+    from wit_retrieval.models.inject import _used_length
+
+    model = trainer.built.model
+    clip, head = model.clip, model.head("inject")
+    texts = [s.masked_text for s in trainer.feed.samples[:8]]
+    tokens, slots = tokenize_with_slots(trainer.built.tokenizer, texts)
+    assert _used_length(clip, tokens) < tokens.shape[1]  # padding was cut off
+    entity = torch.randn(len(texts), 3, clip.text_projection.shape[1])
+    nothing = torch.zeros(len(texts), 3, dtype=torch.bool)  # placeholders keep their own word
+    weights = torch.randn(len(texts), clip.text_projection.shape[1])
+    ours = head(clip, tokens, slots, entity, nothing)
+    ours_grads = _gradients(model, (ours * weights).sum())
+    full = clip.encode_text(tokens)
+    full_grads = _gradients(model, (full * weights).sum())
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    # the head's own projection is in the graph but unused (zero gradients); the towers' must agree
+    assert all(not g.any() for n, g in ours_grads.items() if n.startswith("heads."))
+    ours_grads = {n: g for n, g in ours_grads.items() if not n.startswith("heads.")}
+    assert ours_grads.keys() == full_grads.keys() and "clip.positional_embedding" in ours_grads
+    for name, grad in ours_grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=1e-5, rtol=1e-5, msg=name)
