@@ -251,7 +251,7 @@ def _tower_costs(trainer, targets, tokens, batch_pixels, device: str) -> dict:
     sides = {"plain_images": tower(clip.encode_image, targets), "our_images": tower(clip.encode_image, batch_pixels),
              "plain_texts": tower(clip.encode_text, tokens),
              "our_texts": tower(lambda *a: head(clip, *a), query_tokens.to(device), slots.to(device), entity, valid)}
-    timed = _interleaved(sides, 2, device)
+    timed = _interleaved(sides, 3, device)
     clock = 0 if device.startswith("cuda") else 1  # process CPU time is meaningless for GPU work
     cost = {k: sum(t[clock] for t in v) / len(v) for k, v in timed.items()}
     plain, ours = cost["plain_images"] + cost["plain_texts"], cost["our_images"] + cost["our_texts"]
