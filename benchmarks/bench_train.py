@@ -8,7 +8,7 @@
 - step: samples/s of our inject step against a plain open_clip CLIP contrastive step (same
   model, random init, same target images), with the images ours encodes per sample.
 
-Usage: python benchmarks/bench_train.py [--steps 200] [--small 300] [--model ViT-B-32] [--step-batch 16]
+Usage: python benchmarks/bench_train.py [--only step] [--model ViT-B-32] [--step-batch 8] [--step-pairs 6]
 """
 
 from __future__ import annotations
@@ -125,65 +125,143 @@ def loader(tmp: Path, scenes: int, workers: int, batch: int, repeats: int) -> di
             "ratio": round(best["ours"] / best["webdataset"], 3)}
 
 
-def step(tmp: Path, model: str, batch: int, steps: int, device: str, repeats: int) -> dict:
-    """samples/s of our inject optimizer step against open_clip's plain ClipLoss step (same model and targets)."""
+def step(tmp: Path, model: str, batch: int, pairs: int, device: str, threads: int) -> dict:
+    """samples/s of our inject optimizer step against open_clip's plain ClipLoss step (same model and targets).
+
+    Ours is `train_step` with baselines/inject-mini.toml's settings (ViT-B-32 instead of its tiny
+    model; the memory loader, so that decoding stays out of both sides: the loader check times it).
+    Single steps alternate (ours, plain; then plain, ours), each timed on the wall clock and in
+    process CPU time: on a shared machine a whole side can otherwise land on a busier minute.
+    """
     import torch
-    from open_clip.loss import ClipLoss
 
     from tests.test_models_world import make_world
-    from wit_retrieval.models.train import autocast, prepare, train_step
-    from wit_retrieval.models.train_config import config_from_dict
+    from wit_retrieval.models.train import prepare, train_step
+    from wit_retrieval.models.train_config import load_train_config
 
     world = make_world(tmp / "step", entities=16, scenes={"train": batch * 4, "val": 8}, size=64)
-    config = config_from_dict({"model": {"base": f"open_clip:{model}:random", "fusion": "inject"},
-                               "data": {"root": str(world.root.root), "loader": "memory"},
-                               "optim": {"steps": 10_000, "batch_size": batch},
-                               "run": {"out": str(tmp / "step-run"), "eval_every": 0, "checkpoint_every": 0}})
-    trainer = prepare(config, world.store, device=device)
+    config = load_train_config(REPO / "baselines" / "inject-mini.toml", {
+        "model.base": f"open_clip:{model}:random", "data.root": str(world.root.root), "data.loader": "memory",
+        "optim.steps": 10_000, "optim.batch_size": batch, "run.out": str(tmp / "step-run"), "run.eval_every": 0,
+        "run.checkpoint_every": 0, "run.threads": threads})
+    trainer = prepare(config, world.store, device=device)  # sets torch's threads for both sides (run.threads)
     probe = [trainer.feed.next() for _ in range(4)]
     images_per_sample = sum(b.pixels.shape[0] for b in probe) / (4 * batch)
     clip = trainer.built.model.clip
     samples = trainer.feed.samples[:batch]
     pixels = trainer.feed.loader.pixels([s.target for s in samples]).to(device)
     tokens = trainer.built.tokenizer([s.masked_text for s in samples]).to(device)
+    plain = _plain_clip_step(clip, pixels, tokens, device)
+    sides = {"ours": lambda: train_step(trainer), "open_clip": plain}
+    timed = _interleaved(sides, pairs, device)
+    # our image batch for the towers: the probe batches' average number of images
+    ours_pixels = torch.cat([b.pixels for b in probe])[:round(images_per_sample * batch)].to(device)
+    towers = _tower_costs(trainer, pixels, tokens, ours_pixels, device)
+    wall = {k: sum(w for w, _ in v) for k, v in timed.items()}
+    cpu = {k: sum(c for _, c in v) for k, v in timed.items()}
+    step_s = cpu if device == "cpu" else wall  # the clock the towers were timed on
+    pair_ratios = sorted(p[0] / o[0] for o, p in zip(timed["ours"], timed["open_clip"]))
+    return {"model": model, "device": device, "batch": batch, "threads": torch.get_num_threads(),
+            "precision": "bf16" if device.startswith("cuda") else "fp32", "pairs": pairs,
+            "samples_per_s": {k: round(pairs * batch / v, 3) for k, v in wall.items()},
+            "ratio": round(wall["open_clip"] / wall["ours"], 3),
+            "pair_ratios": {"min": round(pair_ratios[0], 3), "median": round(pair_ratios[len(pair_ratios) // 2], 3),
+                            "max": round(pair_ratios[-1], 3)},
+            "cpu_s_per_step": {k: round(v / pairs, 3) for k, v in cpu.items()},
+            "cpu_ratio": round(cpu["open_clip"] / cpu["ours"], 3),
+            "images_encoded_per_sample": {"ours": round(images_per_sample, 2), "open_clip": 1.0},
+            "towers": {**towers, "ours_rest_s": round(step_s["ours"] / pairs - towers["ours_towers_s"], 3),
+                       "open_clip_rest_s": round(step_s["open_clip"] / pairs - towers["open_clip_towers_s"], 3)}}
+
+
+def _plain_clip_step(clip, pixels, tokens, device: str):
+    """open_clip's training step (train_one_epoch without accumulation): ClipLoss, AdamW, clamp the scale."""
+    import math
+
+    import torch
+    from open_clip.loss import ClipLoss
+
+    from wit_retrieval.models.train import autocast
+
     optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-4, fused=True)
     loss_fn = ClipLoss()
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    def run() -> None:
+        with autocast(device, "auto"):
+            image = clip.encode_image(pixels, normalize=True)
+            text = clip.encode_text(tokens, normalize=True)
+            loss = loss_fn(image.float(), text.float(), clip.logit_scale.exp())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, math.log(100))
 
-    def ours() -> float:
-        sync()
-        started = time.perf_counter()
-        for _ in range(steps):
-            train_step(trainer)
-        sync()
-        return steps * batch / (time.perf_counter() - started)
+    return run
 
-    def plain() -> float:
-        sync()
-        started = time.perf_counter()
-        for _ in range(steps):
-            with autocast(device, "auto"):
-                image = clip.encode_image(pixels, normalize=True)
-                text = clip.encode_text(tokens, normalize=True)
-                loss = loss_fn(image.float(), text.float(), clip.logit_scale.exp())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync()
-        return steps * batch / (time.perf_counter() - started)
 
-    ours(), plain()  # warm-up (allocator, image cache, kernels)
-    rates = {"ours": [], "open_clip": []}
-    for _ in range(repeats):
-        rates["ours"].append(ours())
-        rates["open_clip"].append(plain())
-    best = {k: round(max(v), 2) for k, v in rates.items()}
-    return {"model": model, "device": device, "batch": batch, "precision": "bf16" if device.startswith("cuda")
-            else "fp32", "samples_per_s": best, "ratio": round(best["ours"] / best["open_clip"], 3),
-            "images_encoded_per_sample": {"ours": round(images_per_sample, 2), "open_clip": 1.0}}
+def _timed(run, device: str) -> tuple[float, float]:
+    """(wall s, process CPU s) of one call, synchronised on CUDA."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _interleaved(sides: dict, pairs: int, device: str) -> dict[str, list[tuple[float, float]]]:
+    """One warm-up call of each side (allocator, image cache, optimizer state), then `pairs` alternating pairs."""
+    names = list(sides)
+    for name in names:
+        _timed(sides[name], device)
+    out: dict[str, list] = {name: [] for name in names}
+    for n in range(pairs):
+        for name in (names if n % 2 == 0 else names[::-1]):
+            out[name].append(_timed(sides[name], device))
+    return out
+
+
+def _tower_costs(trainer, targets, tokens, batch_pixels, device: str) -> dict:
+    """Seconds (CPU; wall on CUDA) of forward + backward of each tower as each side runs it: the image
+    tower on the plain step's images and on one of our batches (targets and entity images), the text
+    tower on the captions (open_clip's encode_text, all 77 positions) and on our injected queries
+    (the inject head's path, padding after the last end of text cut off). What the steps cost
+    before any loss, fusion head or optimizer, and so the ratio the towers alone allow."""
+    import torch
+
+    from wit_retrieval.models.inject import tokenize_with_slots
+
+    clip, head = trainer.built.model.clip, trainer.built.model.head("inject")
+    texts = [s.masked_text for s in trainer.feed.samples[:len(targets)]]
+    query_tokens, slots = tokenize_with_slots(trainer.built.tokenizer, texts)
+    width = clip.text_projection.shape[1]
+    entity = torch.zeros(len(texts), 3, width, device=device)
+    valid = torch.zeros(len(texts), 3, dtype=torch.bool, device=device)  # the text path's cost alone
+
+    def tower(encode, *inputs):
+        def run():
+            encode(*inputs).sum().backward()
+            clip.zero_grad(set_to_none=True)
+        return run
+
+    sides = {"plain_images": tower(clip.encode_image, targets), "our_images": tower(clip.encode_image, batch_pixels),
+             "plain_texts": tower(clip.encode_text, tokens),
+             "our_texts": tower(lambda *a: head(clip, *a), query_tokens.to(device), slots.to(device), entity, valid)}
+    timed = _interleaved(sides, 3, device)
+    clock = 0 if device.startswith("cuda") else 1  # process CPU time is meaningless for GPU work
+    cost = {k: sum(t[clock] for t in v) / len(v) for k, v in timed.items()}
+    plain, ours = cost["plain_images"] + cost["plain_texts"], cost["our_images"] + cost["our_texts"]
+    return {"images": {"open_clip": len(targets), "ours": len(batch_pixels)},
+            "image_tower_s": {"open_clip": round(cost["plain_images"], 3), "ours": round(cost["our_images"], 3)},
+            "text_tower_s": {"open_clip": round(cost["plain_texts"], 3), "ours": round(cost["our_texts"], 3)},
+            "open_clip_towers_s": round(plain, 3), "ours_towers_s": round(ours, 3),
+            "bound_ratio": round(plain / ours, 3),
+            # what the images alone allow: our text tower as costly as open_clip's
+            "bound_ratio_same_text": round(plain / (cost["our_images"] + cost["plain_texts"]), 3)}
 
 
 def main() -> None:
@@ -195,7 +273,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--step-batch", type=int, default=16)
-    parser.add_argument("--step-steps", type=int, default=3)
+    parser.add_argument("--step-pairs", type=int, default=6, help="alternating (ours, plain) step pairs timed")
+    parser.add_argument("--step-threads", type=int, default=1,
+                        help="torch threads of both sides (run.threads; 1 as in baselines/inject-mini.toml)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", default="memory,loader,step")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train.json"))
@@ -209,7 +289,8 @@ def main() -> None:
         results["loader"] = loader(tmp, args.loader_scenes, args.workers, 32, args.repeats)
         print(json.dumps(results["loader"]), flush=True)
     if "step" in args.only:
-        results["step"] = step(tmp, args.model, args.step_batch, args.step_steps, args.device, args.repeats)
+        results["step"] = step(tmp, args.model, args.step_batch, args.step_pairs, args.device,
+                                args.step_threads)
         print(json.dumps(results["step"]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

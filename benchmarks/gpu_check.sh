@@ -83,8 +83,8 @@ $PY -m wit_retrieval train baselines/inject-mini.toml --out "$WORK/speed" "${com
   || echo '{"error": "grad checkpointing / compile run failed"}' > "$RESULTS/train_speed_options.json"
 echo "   ${SECONDS}s"
 echo "== 4. step cost: ours (inject, targets + entity images) vs a plain open_clip step, $MODEL"
-$PY benchmarks/bench_train.py --only step --model "$MODEL" --device "$DEVICE" --step-batch "$STEP_BATCH" --step-steps 3 \
-  --repeats 2 --out "$RESULTS/step.json"
+$PY benchmarks/bench_train.py --only step --model "$MODEL" --device "$DEVICE" --step-batch "$STEP_BATCH" --step-pairs 6 \
+  --out "$RESULTS/step.json"
 echo "   ${SECONDS}s"
 echo "== 5. embedding into a folder of parts (bf16 autocast on CUDA), then torchrun with every GPU"
 $PY -m wit_retrieval embed --model "open_clip:$MODEL:random" --images "$WORK/root/images" \

@@ -67,14 +67,36 @@ class InjectHead(nn.Module):
 
 
 def _text_tower_from_embeddings(clip: nn.Module, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip CLIP.encode_text from token embeddings on (positional, transformer, pool, projection)."""
+    """open_clip CLIP.encode_text from token embeddings on (positional, transformer, pool, projection).
+
+    Under a causal mask the pooled token (end of text) sees only the tokens before it, so the
+    padding after the batch's last pooled position changes nothing: it is cut off before the
+    transformer (same features and gradients; MMIR queries fill a fraction of the 77 tokens).
+    """
     from open_clip.transformer import text_global_pool
 
     cast_dtype = clip.transformer.get_cast_dtype()
-    x = x + clip.positional_embedding.to(cast_dtype)
-    x = clip.transformer(x, attn_mask=clip.attn_mask)
+    length = _used_length(clip, tokens)
+    x, tokens = x[:, :length], tokens[:, :length]
+    x = x + clip.positional_embedding[:length].to(cast_dtype)
+    attn_mask = None if clip.attn_mask is None else clip.attn_mask[:length, :length]
+    x = clip.transformer(x, attn_mask=attn_mask)
     x = clip.ln_final(x)
     x = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
     if clip.text_projection is not None:
         x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
     return x
+
+
+def _used_length(clip: nn.Module, tokens: torch.Tensor) -> int:
+    """Tokens the pooled features depend on: up to the last pooled position, rounded up to 8 (fewer shapes
+    for torch.compile); all of them unless the mask is causal and the pool an end-of-text token."""
+    full = tokens.shape[1]
+    if clip.attn_mask is None or clip.text_pool_type not in ("argmax", "eos"):
+        return full
+    if clip.text_pool_type == "argmax":
+        pooled = tokens.argmax(dim=-1)
+    else:
+        pooled = (tokens == clip.text_eos_id).int().argmax(dim=-1)
+    last = int(pooled.max()) + 1 if len(tokens) else full
+    return min(full, -(-last // 8) * 8)
