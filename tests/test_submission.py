@@ -161,3 +161,31 @@ def test_duplicates_in_fixed_depth_blocks_and_split_mismatch(tmp_path):
     (tmp_path / "val.json").write_text(json.dumps({"split": "val", "test-q1": [IDS[0]]}))
     report, _ = validate_run(tmp_path / "val.json", truth)
     assert kinds_at(report)["split_mismatch"] == {1}
+
+
+def test_validation_fingerprints_are_reused_by_scoring_and_change_nothing(tmp_path):
+    """Validation keeps fingerprint(image_id) with the run; scoring with it equals scoring without it,
+    also when a query's rows are split across the file (the regrouping path)."""
+    import numpy as np
+
+    from wit_retrieval.metrics import evaluate_queries, parse_measures
+    from wit_retrieval.ranking import IMAGE_FINGERPRINT, fingerprint, to_numpy
+
+    rng = np.random.default_rng(5)
+    lines = [f"q{q} Q0 img{int(d)} {r + 1} {10 - r * 0.5} t" for q in range(40)
+             for r, d in enumerate(rng.choice(60, 12, replace=False))]
+    lines = lines[:200] + lines[300:] + lines[200:300]  # some queries' rows split across the file
+    run_path = tmp_path / "run.trec"
+    run_path.write_text("\n".join(lines) + "\n")
+    qrels = pa.table({"query_id": [f"q{q}" for q in range(40)], "image_id": [f"img{q}" for q in range(40)],
+                      "relevance": [1] * 40})
+    report, parsed = validate_run(run_path, SplitTruth(pa.array([f"q{q}" for q in range(40)])))
+    assert report.ok and IMAGE_FINGERPRINT in parsed.table.column_names
+    assert np.array_equal(to_numpy(parsed.table[IMAGE_FINGERPRINT]), fingerprint(parsed.table["image_id"]))
+    measures = parse_measures(["R@5", "MRR@10", "nDCG@10"])
+    with_fp = evaluate_queries(parsed.table, qrels, measures)
+    without = evaluate_queries(parsed.table.drop_columns([IMAGE_FINGERPRINT]), qrels, measures)
+    assert with_fp.values.keys() == without.values.keys()
+    for name in with_fp.values:
+        assert np.array_equal(with_fp.values[name], without.values[name]), name
+    assert max(v.max() for v in without.values.values()) > 0  # some query found its image

@@ -82,6 +82,7 @@ def from_numpy(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+IMAGE_FINGERPRINT = "image_fp"  # optional run column: fingerprint(image_id), computed once by validation
 
 
 def fingerprint(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -142,9 +143,10 @@ def take(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
 
 
 def run_columns(run: Run | pa.Table) -> pa.Table:
-    """The run as a table (query_id, image_id, score); a dict run keeps each item's best score."""
+    """The run as a table (query_id, image_id, score[, image_fp]); a dict run keeps each item's best score."""
     if isinstance(run, pa.Table):
-        table = run.select(["query_id", "image_id", "score"])
+        table = run.select(["query_id", "image_id", "score"]
+                           + ([IMAGE_FINGERPRINT] if IMAGE_FINGERPRINT in run.column_names else []))
         return table.set_column(2, "score", pc.cast(table["score"], pa.float64()))
     qids, docs, scores = [], [], []
     for qid, items in run.items():
@@ -247,6 +249,7 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
     if np.isnan(score).any():  # NaN would compare false both ways; rank it last, deterministically
         score = np.where(np.isnan(score), -np.inf, score)
     ids = run_t["image_id"]  # kept chunked: combining 100M strings would copy gigabytes
+    fps = to_numpy(run_t[IMAGE_FINGERPRINT]) if IMAGE_FINGERPRINT in run_t.column_names else None
     parts = []
     group_cuts = np.searchsorted(starts, np.arange(0, len(score), BLOCK_ROWS))
     for g_a, g_b in zip(group_cuts, np.append(group_cuts[1:], len(starts))):
@@ -256,7 +259,7 @@ def rank_hits(run: Run | pa.Table, qrels: Qrels | pa.Table) -> RankedHits:
         row_b = int(starts[g_b]) if g_b < len(starts) else len(score)
         block_ids = ids.slice(row_a, row_b - row_a)
         block = _Block(starts[g_a:g_b] - row_a, lengths[g_a:g_b], head_q[g_a:g_b], score[row_a:row_b],
-                       block_ids, fingerprint(block_ids))
+                       block_ids, fingerprint(block_ids) if fps is None else fps[row_a:row_b])
         rows, groups, gains = _match_relevant(block, rel)
         parts.append((block.head_q[groups], _ranks_of(rows, groups, block), gains))
     if parts:

@@ -19,7 +19,16 @@ import pyarrow.compute as pc
 from .errors import InputError
 from .io.runs import RunFile, read_run_table, read_split_table
 from .problems import SEVERITY, Problem, ValidationReport
-from .ranking import fingerprint, flat, group_runs, is_one_block_per_query, take, to_numpy
+from .ranking import (
+    IMAGE_FINGERPRINT,
+    fingerprint,
+    flat,
+    from_numpy,
+    group_runs,
+    is_one_block_per_query,
+    take,
+    to_numpy,
+)
 
 __all__ = ["SEVERITY", "Problem", "SplitTruth", "ValidationConfig", "ValidationReport", "fingerprint",
            "load_truth", "validate", "validate_run"]
@@ -105,6 +114,8 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
         doc, exact = _corpus_codes(image_id, truth.image_ids, lines, report), True
     else:
         doc, exact = fingerprint(image_id), False
+        # kept with the run: ranking (ranking.rank_hits) reuses them instead of hashing every id again
+        run.table = run.table.append_column(IMAGE_FINGERPRINT, from_numpy(doc))
     groups = _Groups(starts, lengths, head_q)
     _check_duplicates(groups, doc, exact, lines, query_id, image_id, report)
     if "rank" in table.column_names:
