@@ -47,3 +47,51 @@ def test_local_losses_sum_to_the_global_ones():
     assert float(parts) == pytest.approx(float(whole), rel=1e-6)
     spread = sum(local_spread_out(q[r], q, r) for r in (torch.arange(0, 3), torch.arange(3, 6)))
     assert float(spread) == pytest.approx(float(spread_out(q)), rel=1e-6)
+
+
+def test_ranks_exit_quickly_yet_completely(tmp_path):
+    """`python -m wit_retrieval` as one of several ranks skips the interpreter's teardown only: its
+    exit status, flushed output, exit handlers and non-daemon threads are those of a normal exit."""
+    import os
+    import subprocess
+    import sys
+
+    from wit_retrieval.__main__ import exit_status
+
+    assert [exit_status(c) for c in (None, 0, 3)] == [0, 0, 3]
+    script = f"""
+import atexit, sys, threading, time
+import wit_retrieval.__main__ as entry
+class Teardown:
+    def __del__(self):
+        print(" torn down")
+kept = Teardown()  # finalized by the interpreter's teardown only
+def command():
+    atexit.register(lambda: print("exit handler ran"))
+    def late():
+        time.sleep(0.3)
+        open({str(tmp_path / "late")!r}, "w").write("done")
+    threading.Thread(target=late).start()
+    print("buffered output", end="")
+    sys.exit(int(sys.argv[1]))
+entry.main = command
+entry.run()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))}
+    env.update(SLURM_PROCID="1", SLURM_NTASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
+    for status in (0, 3):
+        (tmp_path / "late").unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, "-c", script, str(status)], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == status, done.stderr
+        assert done.stdout == "buffered outputexit handler ran\n"
+        assert (tmp_path / "late").read_text() == "done"
+    # one process exits as usual, teardown included
+    alone = {k: v for k, v in env.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    done = subprocess.run([sys.executable, "-c", script, "0"], env=alone, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "buffered outputexit handler ran\n torn down\n", done
+    # a message passed to sys.exit is printed and means status 1, as at a normal exit
+    done = subprocess.run([sys.executable, "-c", "import wit_retrieval.__main__ as e, sys\n"
+                           "e.main = lambda: sys.exit('no good')\ne.run()"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and done.stderr.strip() == "no good"

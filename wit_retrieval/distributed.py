@@ -157,14 +157,23 @@ class ErrorRelay:
         self._stop.set()
 
     def publish(self, exc: BaseException) -> None:
-        """Tell every other rank that this one failed, and why."""
+        """Tell every other rank that this one failed, and why.
+
+        When another rank failed first, this failure follows from it (a collective that rank left,
+        which can break before the watchdog's next look): end here with that rank's error instead.
+        """
         self.stop()
+        first = None
         with contextlib.suppress(Exception):
-            if not self.store.check([ERROR_KEY]):
+            if self.store.check([ERROR_KEY]):
+                first = self.store.get(ERROR_KEY).decode("utf-8", "replace")
+            else:
                 self.store.set(ERROR_KEY, f"rank {self.world.rank}: {one_line(exc)}")
             # rank 0 may host the store: stay a moment so the others can read the message
             if self.world.rank == 0:
                 time.sleep(3 * POLL_SECONDS)
+        if first is not None and not isinstance(exc, KeyboardInterrupt):
+            _die(f"stopping rank {self.world.rank} because {first}")
 
     def _watch(self) -> None:
         failures = 0
