@@ -43,7 +43,7 @@ $(LS_STAMP):
 labelstudio: $(LS_STAMP)
 
 test: $(EXT_STAMP) $(LS_STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
