@@ -23,6 +23,10 @@ from wit_retrieval.schema import CORPUS, ENTITIES, ENTITY_NAMES, QRELS, QUERIES
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (20, 160, 40), "yellow": (235, 200, 20),
            "purple": (140, 40, 170), "orange": (245, 130, 20), "black": (20, 20, 20), "cyan": (20, 200, 210)}
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "bar")
+# A second visual attribute, so that a world can have more than 6 x 8 = 48 entities: kinds in these
+# styles are appended after the 48 plain ones only when more are asked for, so every smaller world
+# stays exactly what it was.
+STYLES = ("dotted", "small")
 SETTINGS = {"in a forest": (120, 190, 120), "at sea": (140, 170, 235)}
 RELATIONS = {1: ["[MASK_0] {s}"], 2: ["[MASK_0] left of [MASK_1] {s}", "[MASK_0] above [MASK_1] {s}"],
              3: ["[MASK_0], [MASK_1] and [MASK_2] in a row {s}"]}
@@ -76,7 +80,19 @@ class World:
     num_entities: int
 
 
-def _draw_icon(draw: ImageDraw.ImageDraw, shape: str, colour, box) -> None:
+def _draw_icon(draw: ImageDraw.ImageDraw, shape: str, colour, box, style: str = "") -> None:
+    if style == "small":  # half the size, same centre
+        x0, y0, x1, y1 = box
+        qx, qy = (x1 - x0) // 4, (y1 - y0) // 4
+        box = (x0 + qx, y0 + qy, x1 - qx, y1 - qy)
+    _draw_shape(draw, shape, colour, box)
+    if style == "dotted":  # a white dot on the centre (inside every shape)
+        x0, y0, x1, y1 = box
+        cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, max(1, min(x1 - x0, y1 - y0) // 6)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 255, 255))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour, box) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     if shape == "circle":
@@ -94,9 +110,9 @@ def _draw_icon(draw: ImageDraw.ImageDraw, shape: str, colour, box) -> None:
         draw.rectangle((x0, y0 + h / 3, x1, y1 - h / 3), fill=colour)
 
 
-def entity_image(shape: str, colour, size: int = 64) -> Image.Image:
+def entity_image(shape: str, colour, size: int = 64, style: str = "") -> Image.Image:
     image = Image.new("RGB", (size, size), (250, 250, 250))
-    _draw_icon(ImageDraw.Draw(image), shape, colour, (8, 8, size - 8, size - 8))
+    _draw_icon(ImageDraw.Draw(image), shape, colour, (8, 8, size - 8, size - 8), style)
     return image
 
 
@@ -118,8 +134,8 @@ def _positions(template: str, count: int, size: int, rng: random.Random):
 def scene_image(template: str, setting: str, icons, size: int, rng: random.Random) -> Image.Image:
     image = Image.new("RGB", (size, size), SETTINGS[setting])
     draw = ImageDraw.Draw(image)
-    for (shape, colour), box in zip(icons, _positions(template, len(icons), size, rng)):
-        _draw_icon(draw, shape, colour, tuple(int(v) for v in box))
+    for (shape, colour, style), box in zip(icons, _positions(template, len(icons), size, rng)):
+        _draw_icon(draw, shape, colour, tuple(int(v) for v in box), style)
     return image
 
 
@@ -128,20 +144,24 @@ def make_world(base, *, entities: int = 24, scenes: dict[str, int] | None = None
     """Write queries/corpus/qrels/entities/entity_names under `base` and return them with a store."""
     rng = random.Random(seed)
     scenes = scenes or {"train": 400, "val": 60, "test": 120}
-    kinds = [(s, c) for s in SHAPES for c in COLOURS]
+    kinds = [(s, c, "") for s in SHAPES for c in COLOURS]
     rng.shuffle(kinds)
+    if entities > len(kinds):  # styled kinds after the plain ones, from their own generator
+        styled = [(s, c, style) for style in STYLES for s in SHAPES for c in COLOURS]
+        random.Random(seed + 1).shuffle(styled)
+        kinds += styled
     kinds = kinds[:entities]
     root = DataRoot(base)
     images: dict[str, Image.Image] = {}
     entity_rows, name_rows, urls = [], [], []
-    for n, (shape, colour) in enumerate(kinds):
+    for n, (shape, colour, style) in enumerate(kinds):
         url = f"https://upload.wikimedia.org/wikipedia/commons/e/e{n % 10}/Entity_{n}.png"
         urls.append(url)
-        images[image_id(url)] = entity_image(shape, COLOURS[colour], size)
-        entity_rows.append({"entity_id": f"Q{n + 1}", "language": "en", "page_title": f"{colour} {shape}",
+        images[image_id(url)] = entity_image(shape, COLOURS[colour], size, style)
+        name = " ".join(filter(None, (colour, style, shape)))
+        entity_rows.append({"entity_id": f"Q{n + 1}", "language": "en", "page_title": name,
                             "image_url": url, "image_id": image_id(url), "image_source": "page_props"})
-        name_rows.append({"entity_id": f"Q{n + 1}", "language": "en", "name": f"{colour} {shape}",
-                          "source": "title"})
+        name_rows.append({"entity_id": f"Q{n + 1}", "language": "en", "name": name, "source": "title"})
     write_table_dir(root.table("entities"), [pa.Table.from_pylist(entity_rows, ENTITIES)], ENTITIES)
     write_table_dir(root.table("entity_names"), [pa.Table.from_pylist(name_rows, ENTITY_NAMES)], ENTITY_NAMES)
     for split, count in scenes.items():
@@ -153,7 +173,7 @@ def make_world(base, *, entities: int = 24, scenes: dict[str, int] | None = None
             setting = rng.choice(list(SETTINGS))
             url = f"https://upload.wikimedia.org/wikipedia/commons/s/s{k % 10}/Scene_{split}_{k}.png"
             target = image_id(url)
-            images[target] = scene_image(template, setting, [(kinds[m][0], COLOURS[kinds[m][1]])
+            images[target] = scene_image(template, setting, [(kinds[m][0], COLOURS[kinds[m][1]], kinds[m][2])
                                                              for m in members], size, rng)
             qid = f"{split}-{k:06d}"
             queries.append({
