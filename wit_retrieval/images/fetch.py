@@ -21,6 +21,7 @@ from typing import Any
 
 from ..engine import EngineConfig
 from ..io import fs
+from ..io.locks import file_lock
 from ..io.shards import read_parquet
 from .decode import DecodeConfig, ImageRejected, StoredImage, process_image
 from .http import RETRYABLE_ERRORS, HttpConfig, HttpFetcher, thumbnail_url
@@ -158,17 +159,8 @@ def _lock_path(out: Any, shard: int) -> Path:
 @contextlib.contextmanager
 def _shard_lock(out: Any, shard: int) -> Iterator[None]:
     """Hold an exclusive lock on a shard: an orphaned worker of a killed run finishes before we redo it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no orphan protection
+    with file_lock(_lock_path(out, shard)):
         yield
-        return
-    with open(_lock_path(out, shard), "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fetch_shard(task: ShardTask) -> dict[str, Any]:

@@ -270,7 +270,7 @@ class ImageStore:
     def iter_items(self) -> Iterator[tuple[str, bytes]]:
         """(image_id, bytes) of every stored image, shard by shard, reading each tar sequentially."""
         for shard in self.shards:
-            with _sequential(shard_paths(self.directory, shard)[0]) as handle, \
+            with fs.open_stream(shard_paths(self.directory, shard)[0]) as handle, \
                     tarfile.open(fileobj=handle, mode="r|") as tar:
                 for member in tar:
                     key, _, ext = member.name.partition(".")
@@ -315,14 +315,6 @@ def _check_store_location(given: Any, directory: Any) -> None:
     if not directory.is_dir():
         raise InputError("no such image store folder (a local folder or an s3:// / gs:// prefix "
                          "holding NNNNN.tar/.parquet/.done shards)", path=fs.redact(directory))
-
-
-def _sequential(target: Any):
-    """A file read front to back: the file itself, or one streaming GET with a large buffer."""
-    if not fs.is_remote(target):
-        return open(target, "rb")  # noqa: SIM115 (returned open)
-    filesystem, key = fs.resolve(target)
-    return filesystem.open_input_stream(key, compression=None, buffer_size=1 << 22)
 
 
 def _mtime_ns(target: Any) -> int:

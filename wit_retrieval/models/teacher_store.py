@@ -179,14 +179,14 @@ def open_teacher_store(config, prepared: Path, *, progress: bool = True) -> Teac
     if not config.enabled:
         return None
     from ..io import fs
-    from .train_shards import _lock
+    from ..io.locks import file_lock
     from .train_uri import node_cache
 
     # Beside the shards on local disk; for a prepared folder on an object store, in this node's cache.
     folder = teacher_folder(config.teacher_embeddings, node_cache(prepared) if fs.is_remote(prepared) else prepared)
     folder.parent.mkdir(parents=True, exist_ok=True)
     if not is_built(folder):
-        with _lock(folder.parent / f".{folder.name}.lock"):
+        with file_lock(folder.parent / f".{folder.name}.lock"):
             if not is_built(folder):
                 build_teacher_store(config.teacher_embeddings, folder, progress=progress)
     store = TeacherStore(folder)

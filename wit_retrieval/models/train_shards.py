@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import fs
+from ..io.locks import file_lock
 from ..io.shards import atomic_path, parquet_file, read_manifest, write_json_atomic
 from ..layout import DataRoot
 from . import train_uri
@@ -86,20 +87,6 @@ def is_prepared(out) -> bool:
     return (fs.path(out) / MANIFEST).is_file()
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock file: one preparer at a time; the others wait here (no collective involved)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_prepared(inputs: PrepareInputs, store, out: Path | None = None, *, progress: bool = True) -> Path:
     """The prepared folder for `inputs`, preparing (or finishing) it under a file lock if needed.
 
@@ -109,7 +96,7 @@ def ensure_prepared(inputs: PrepareInputs, store, out: Path | None = None, *, pr
     out = fs.path(out) if out else default_out(inputs, store)
     if is_prepared(out):
         return out
-    with _lock(train_uri.lock_file(out)):
+    with file_lock(train_uri.lock_file(out)):  # one preparer; the others wait (no collective)
         if not is_prepared(out):  # another process may have finished it while we waited
             prepare(inputs, _opened(store), out, progress=progress)
     return out

@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from ..io import fs
+from ..io.locks import file_lock
 
 FETCH_THREADS = 16               # concurrent ranged reads of a remote image store
 ENTITY_FILES = ("images.idx.npy", "images.bin")
@@ -106,13 +107,7 @@ def fetch_ordered(store, ids: list[str], threads: int = FETCH_THREADS) -> Iterat
 @contextlib.contextmanager
 def open_tar(target) -> Iterator[tarfile.TarFile]:
     """A tar file read sequentially: local, or streamed from an object store (one GET, no copy)."""
-    target = fs.path(target)
-    if isinstance(target, Path):
-        with tarfile.open(target, "r") as tar:
-            yield tar
-        return
-    filesystem, key = fs.resolve(target)
-    with filesystem.open_input_stream(key, compression=None) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+    with fs.open_stream(target) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         yield tar
 
 
@@ -133,9 +128,7 @@ def local_entity_store(out) -> Path:
     expected = {"source": fs.redact(out), "sizes": remote}
     if _marker_matches(marker, expected):
         return local
-    from .train_shards import _lock
-
-    with _lock(local.parent / f".{local.name}.lock"):
+    with file_lock(local.parent / f".{local.name}.lock"):
         if not _marker_matches(marker, expected):
             local.mkdir(parents=True, exist_ok=True)
             marker.unlink(missing_ok=True)
@@ -165,9 +158,7 @@ def _marker_matches(marker: Path, expected: dict) -> bool:
 def _download(source, target: Path) -> None:
     from ..io.shards import atomic_path
 
-    filesystem, key = fs.resolve(source)
-    with atomic_path(target) as tmp, filesystem.open_input_stream(key, compression=None) as raw, \
-            open(tmp, "wb") as sink:
+    with atomic_path(target) as tmp, fs.open_stream(source) as raw, open(tmp, "wb") as sink:
         shutil.copyfileobj(raw, sink, 1 << 22)
 
 
@@ -254,9 +245,7 @@ def local_checkpoint(directory) -> Path:
     local = cache_root() / "checkpoints" / _digest(json.dumps([fs.redact(directory), files]))
     marker = local / ".complete"
     if not marker.exists():
-        from .train_shards import _lock
-
-        with _lock(local.parent / f".{local.name}.lock"):
+        with file_lock(local.parent / f".{local.name}.lock"):
             if not marker.exists():
                 for name, _, _ in files:
                     _download(directory / name, local / name)
