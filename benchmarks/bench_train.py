@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,8 +137,9 @@ def step(tmp: Path, model: str, batch: int, pairs: int, device: str, threads: in
     import torch
 
     from tests.test_models_world import make_world
-    from wit_retrieval.models.train import prepare, train_step
+    from wit_retrieval.models.train import prepare
     from wit_retrieval.models.train_config import load_train_config
+    from wit_retrieval.models.train_step import optimizer_step
 
     world = make_world(tmp / "step", entities=16, scenes={"train": batch * 4, "val": 8}, size=64)
     config = load_train_config(REPO / "baselines" / "inject-mini.toml", {
@@ -152,7 +154,16 @@ def step(tmp: Path, model: str, batch: int, pairs: int, device: str, threads: in
     pixels = trainer.feed.loader.pixels([s.target for s in samples]).to(device)
     tokens = trainer.built.tokenizer([s.masked_text for s in samples]).to(device)
     plain = _plain_clip_step(clip, pixels, tokens, device)
-    sides = {"ours": lambda: train_step(trainer), "open_clip": plain}
+    feed_s = _feed_cost(trainer, device)
+    # both sides start from inputs already on the device, as open_clip's loop gets them from its
+    # DataLoader (pinned, copied ahead); our memory loader's batch assembly and copy is timed apart
+    resident = [replace(b, pixels=b.pixels.to(device)) for b in probe]
+
+    def ours() -> None:
+        optimizer_step(trainer, [resident[trainer.step % len(resident)]], trainer.world)
+        trainer.step += 1
+
+    sides = {"ours": ours, "open_clip": plain}
     timed = _interleaved(sides, pairs, device)
     # our image batch for the towers: the probe batches' average number of images
     ours_pixels = torch.cat([b.pixels for b in probe])[:round(images_per_sample * batch)].to(device)
@@ -170,8 +181,17 @@ def step(tmp: Path, model: str, batch: int, pairs: int, device: str, threads: in
             "cpu_s_per_step": {k: round(v / pairs, 3) for k, v in cpu.items()},
             "cpu_ratio": round(cpu["open_clip"] / cpu["ours"], 3),
             "images_encoded_per_sample": {"ours": round(images_per_sample, 2), "open_clip": 1.0},
+            "memory_loader_batch_and_copy_s": round(feed_s, 4),
             "towers": {**towers, "ours_rest_s": round(step_s["ours"] / pairs - towers["ours_towers_s"], 3),
                        "open_clip_rest_s": round(step_s["open_clip"] / pairs - towers["open_clip_towers_s"], 3)}}
+
+
+def _feed_cost(trainer, device: str) -> float:
+    """Wall seconds per batch of the memory loader (cached tensors stacked) and its copy to the device."""
+    def run() -> None:
+        trainer.feed.next().pixels.to(device)
+
+    return sum(_timed(run, device)[0] for _ in range(3)) / 3
 
 
 def _plain_clip_step(clip, pixels, tokens, device: str):
@@ -234,6 +254,7 @@ def _tower_costs(trainer, targets, tokens, batch_pixels, device: str) -> dict:
     import torch
 
     from wit_retrieval.models.inject import tokenize_with_slots
+    from wit_retrieval.models.train import autocast
 
     clip, head = trainer.built.model.clip, trainer.built.model.head("inject")
     texts = [s.masked_text for s in trainer.feed.samples[:len(targets)]]
@@ -244,7 +265,9 @@ def _tower_costs(trainer, targets, tokens, batch_pixels, device: str) -> dict:
 
     def tower(encode, *inputs):
         def run():
-            encode(*inputs).sum().backward()
+            with autocast(device, "auto"):  # as both steps run them (bf16 on CUDA)
+                out = encode(*inputs)
+            out.float().sum().backward()
             clip.zero_grad(set_to_none=True)
         return run
 

@@ -15,7 +15,7 @@
 # (6) embedding images/s against a plain loop on 640x480 JPEGs; (7) torch exact search == faiss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS="open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 braceexpand==0.1.7 isal==1.9.1"
+WHEELS="open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 braceexpand==0.1.7 isal==1.9.1 faiss-cpu==1.15.1 pyahocorasick==2.3.1"
 MODE=gpu
 case "${1:-}" in
   --cpu) MODE=cpu ;;
@@ -30,9 +30,16 @@ case "${1:-}" in
   *) echo "usage: $0 [--cpu | --fetch-wheels]" >&2; exit 2 ;;
 esac
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-RESULTS="${OUT:-benchmarks/out/gpu_check}"
-mkdir -p "$RESULTS"
 WORK=$(mktemp -d /tmp/gpu-check-XXXX)
+if [[ -n "${OUT:-}" ]]; then
+  # the device returns at most 8 files from $OUT: the figures travel as one archive, written even
+  # when the run stops early
+  RESULTS="$WORK/results"
+  trap 'tar -czf "$OUT/gpu_check.tgz" -C "$RESULTS" .' EXIT
+else
+  RESULTS=benchmarks/out/gpu_check
+fi
+mkdir -p "$RESULTS"
 if [[ $MODE == gpu ]]; then
   PY=python3
   if compgen -G ".whl/*.whl" > /dev/null; then
