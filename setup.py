@@ -1,9 +1,10 @@
-"""The compiled parts: build/_fastbuild.c (the MMIR shard rows in C) and io/_fasttsv.c (TSV
-segments to Arrow buffers). Metadata lives in pyproject.toml.
+"""The compiled parts: build/_fastbuild.c (the MMIR shard rows in C), io/_fasttsv.c (TSV
+segments to Arrow buffers) and io/_fasttrec.c (TREC run lines to Arrow buffers). Metadata lives
+in pyproject.toml.
 
-Both are optional: where they cannot be compiled, `build mmir` runs its pure-Python path and
-the TSV reader pyarrow.csv alone (same outputs, slower), so a failed compile warns instead of
-failing the install.
+All are optional: where they cannot be compiled, `build mmir` runs its pure-Python path and
+the TSV and TREC readers pyarrow.csv alone (same outputs, slower), so a failed compile warns
+instead of failing the install.
 """
 
 import os
@@ -36,6 +37,8 @@ setup(
                            libraries=["crypto"] if OPENSSL else [],
                            extra_compile_args=["-O2", "-std=c11", "-Wall"]),
                  Extension("wit_retrieval.io._fasttsv", ["wit_retrieval/io/_fasttsv.c"],
+                           extra_compile_args=["-O2", "-std=c11", "-Wall"]),
+                 Extension("wit_retrieval.io._fasttrec", ["wit_retrieval/io/_fasttrec.c"],
                            extra_compile_args=["-O2", "-std=c11", "-Wall"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -1,12 +1,13 @@
 """TREC text files, columnar: runs (`qid Q0 docid rank score tag`) and qrels (`qid 0 docid rel`).
 
-A clean file (one space or one tab between fields, nothing else) is parsed by pyarrow.csv:
-multithreaded C, columns straight into Arrow, as fast as pandas' C reader. Whether the fast
+A strict run (one space or one tab between six non-empty fields, nothing else) is split in C on
+threads (io/trec_split.py, io/_fasttrec.c). Failing that, a clean file is parsed by pyarrow.csv:
+multithreaded C, columns straight into Arrow. Whether the pyarrow
 parse can be trusted is decided from the parsed columns (no field may be empty: two separators
 in a row or one at a line's end leave an empty field) and one memchr for the other separator,
 never by a second pass in Python. Anything else (runs of spaces, mixed tabs, bad lines, other
 encodings) goes to the line parser, which reads whitespace as trec_eval does and names each
-bad line. Files are opened in `_open` only.
+bad line. Files are opened in `_open` only (trec_split maps the strict ones itself).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def line_numbers(num_rows: int) -> pa.Array:
 
 def read_trec_run(path: Path, on_problem: ProblemSink) -> pa.Table:
     """(query_id, image_id, rank, score, line) of a TREC run; bad lines go to `on_problem`."""
+    from .trec_split import read_strict_run
+
+    table = read_strict_run(path)  # the common case, in C on threads; None: not strict, read carefully
+    if table is not None:
+        return table
     binary = pa.binary()
     types = {"query_id": pa.string(), "q0": binary, "image_id": pa.string(), "rank": pa.int64(),
              "score": pa.float64(), "tag": binary}
