@@ -150,16 +150,19 @@ def _loss_and_gradients(trainer, batch) -> tuple[dict[str, float], dict[str, tor
 
 
 def test_memory_feed_tokenizes_the_queries_as_the_step_did(trainer):
-    """The memory feed's batches carry the inject fusion's tokens and slots of their own texts."""
+    """The memory feed's batches carry the inject fusion's tokens and slots of their own texts,
+    also in the second epoch, when they come from its per-text cache."""
     feed = trainer.feed
     state = feed.state()
     try:
-        batch = feed.next()
+        batches = [feed.next() for _ in range(2 * len(feed.samples) // feed.batch + 1)]  # into a third epoch
     finally:
         feed.restore(state)
-    tokens, slots = tokenize_with_slots(trainer.built.tokenizer, batch.masked_texts)
-    assert batch.text_mode == "placeholder" and batch.tokens is not None
-    assert torch.equal(batch.tokens, tokens) and torch.equal(batch.slots, slots)
+    assert set(feed.tokenize.cache) == {s.masked_text for s in feed.samples}  # each text tokenized once
+    for batch in batches:
+        tokens, slots = tokenize_with_slots(trainer.built.tokenizer, batch.masked_texts)
+        assert batch.text_mode == "placeholder" and batch.tokens is not None
+        assert torch.equal(batch.tokens, tokens) and torch.equal(batch.slots, slots)
     assert (slots >= 0).any()  # the slots mark masks: a test that could fail
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +74,26 @@ class QueryTokens:
     The loaders call it while they assemble a batch, the stream inside its DataLoader worker
     processes (which inherit it by fork), so that the training step gets its tokens ready made.
     Training passes no entity names, so the `names` mode fills masks with the neutral word, as
-    the step did when it tokenized.
+    the step did when it tokenized. With a `cache` (the memory feed's, which tokenizes in the
+    training process and draws the same samples every epoch) each distinct text is tokenized
+    once; a text's rows do not depend on its batch (every row is padded to the context length).
     """
 
     text_mode: str
     tokenizer: object
+    cache: dict | None = field(default=None, compare=False)
 
     def __call__(self, masked_texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return tokenize_queries(self.text_mode, self.tokenizer, masked_texts)
+        if self.cache is None:
+            return tokenize_queries(self.text_mode, self.tokenizer, masked_texts)
+        todo = list(dict.fromkeys(t for t in masked_texts if t not in self.cache))
+        if todo:
+            tokens, slots = tokenize_queries(self.text_mode, self.tokenizer, todo)
+            for n, text in enumerate(todo):
+                self.cache[text] = (tokens[n], None if slots is None else slots[n])
+        rows = [self.cache[t] for t in masked_texts]
+        slots = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
+        return torch.stack([r[0] for r in rows]), slots
 
 
 def read_queries(root: str | Path, split: str, max_queries: int = 0) -> list[dict]:

@@ -40,7 +40,8 @@ def _memory_feed(config: TrainConfig, store, built: Built, world: dist.World, de
     _check_same_data((len(samples), digest.hexdigest()[:16]), world)
     loader = ImageLoader(store, built.preprocess, workers=config.data.workers)
     feed = IndexFeed(samples, loader, config.optim.batch_size, config.run.seed, world,
-                     config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0, _tokens(config, built))
+                     config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0,
+                     _tokens(config, built, cache=True))
     return feed, counts, load_teacher(config.distill, samples)
 
 
@@ -74,9 +75,13 @@ def _stream_feed(config: TrainConfig, store, built: Built, world: dist.World, de
     return feed, counts, teacher
 
 
-def _tokens(config: TrainConfig, built: Built) -> QueryTokens:
-    """The loaders tokenize the queries (the stream in its worker processes): the step does not."""
-    return QueryTokens(get_fusion(config.model.fusion).text_mode, built.tokenizer)
+def _tokens(config: TrainConfig, built: Built, *, cache: bool = False) -> QueryTokens:
+    """The loaders tokenize the queries (the stream in its worker processes): the step does not.
+
+    The memory feed keeps each text's tokens (its samples are in memory anyway); the stream, at
+    any scale, does not.
+    """
+    return QueryTokens(get_fusion(config.model.fusion).text_mode, built.tokenizer, {} if cache else None)
 
 
 def _check_same_data(fingerprint, world: dist.World) -> None:
