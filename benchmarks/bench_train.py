@@ -187,7 +187,8 @@ def step(tmp: Path, model: str, batch: int, pairs: int, device: str, threads: in
 
 
 def _feed_cost(trainer, device: str) -> float:
-    """Wall seconds per batch of the memory loader (cached tensors stacked) and its copy to the device."""
+    """Wall seconds per batch of the memory loader (cached tensors and query tokens stacked) and its copy
+    to the device."""
     def run() -> None:
         trainer.feed.next().pixels.to(device)
 

@@ -22,7 +22,7 @@ from wit_retrieval.models.inject import tokenize_with_slots
 from wit_retrieval.models.losses import duplicate_mask, info_nce, spread_out, truncate
 from wit_retrieval.models.train import prepare
 from wit_retrieval.models.train_config import config_from_dict
-from wit_retrieval.models.train_data import make_batch
+from wit_retrieval.models.train_data import QueryTokens, make_batch
 from wit_retrieval.models.train_step import encode, step_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -141,3 +141,41 @@ def test_inject_text_tower_cuts_padding_without_changing_features_or_gradients(t
     assert ours_grads.keys() == full_grads.keys() and "clip.positional_embedding" in ours_grads
     for name, grad in ours_grads.items():
         torch.testing.assert_close(grad, full_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def _loss_and_gradients(trainer, batch) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    local = encode(trainer, batch)
+    _, parts = step_loss(trainer, [local], [local], trainer.world)
+    return {k: float(v.detach()) for k, v in parts.items()}, _gradients(trainer.built.model, parts["total"])
+
+
+def test_memory_feed_tokenizes_the_queries_as_the_step_did(trainer):
+    """The memory feed's batches carry the inject fusion's tokens and slots of their own texts,
+    also in the second epoch, when they come from its per-text cache."""
+    feed = trainer.feed
+    state = feed.state()
+    try:
+        batches = [feed.next() for _ in range(2 * len(feed.samples) // feed.batch + 1)]  # into a third epoch
+    finally:
+        feed.restore(state)
+    assert set(feed.tokenize.cache) == {s.masked_text for s in feed.samples}  # each text tokenized once
+    for batch in batches:
+        tokens, slots = tokenize_with_slots(trainer.built.tokenizer, batch.masked_texts)
+        assert batch.text_mode == "placeholder" and batch.tokens is not None
+        assert torch.equal(batch.tokens, tokens) and torch.equal(batch.slots, slots)
+    assert (slots >= 0).any()  # the slots mark masks: a test that could fail
+
+
+def test_pre_tokenized_batch_gives_exactly_the_same_loss_and_gradients(trainer):
+    samples = _batch_samples(trainer)
+    ready = make_batch(samples, trainer.feed.loader, tokenize=QueryTokens("placeholder", trainer.built.tokenizer))
+    bare = replace(ready, tokens=None, slots=None, text_mode=None)  # tokenized in the step, as before
+    loss, grads = _loss_and_gradients(trainer, ready)
+    bare_loss, bare_grads = _loss_and_gradients(trainer, bare)
+    assert loss == bare_loss
+    assert grads.keys() == bare_grads.keys() and all(torch.equal(grads[n], bare_grads[n]) for n in grads)
+    # the step reads the batch's tokens (other tokens, another loss) unless they were made for
+    # another fusion's text mode: then it tokenizes the texts itself
+    shifted = replace(ready, tokens=ready.tokens.roll(1, 0), slots=ready.slots.roll(1, 0))
+    assert _loss_and_gradients(trainer, shifted)[0]["total"] != loss
+    assert _loss_and_gradients(trainer, replace(shifted, text_mode="neutral"))[0] == loss

@@ -139,3 +139,38 @@ def test_prepare_command_and_deprecated_key(tmp_path):
         warnings.simplefilter("always")
         config = config_from_dict({"data": {"cache_images": True, "root": "x"}})
     assert config.data.root == "x" and any("cache_images is deprecated" in str(w.message) for w in caught)
+
+
+def test_stream_workers_tokenize_the_queries(world):
+    """Batches from forked loader workers carry the fusion's tokens of their own texts."""
+    import re
+
+    import open_clip
+    import torch
+
+    from wit_retrieval.models.encoders import register_tiny_configs
+    from wit_retrieval.models.inject import tokenize_with_slots
+    from wit_retrieval.models.train_data import QueryTokens
+
+    register_tiny_configs()
+    tokenizer = open_clip.get_tokenizer("wit-tiny-vit")
+    folder = ensure_prepared(PrepareInputs(str(world.root.root), "train"), world.store, progress=False)
+    manifest = read_prepared(folder)
+    plan = StreamPlan(tuple(s["samples"] for s in manifest["shards"]), 0, 1, 0, 1, 4, 5)
+    for mode in ("placeholder", "neutral"):
+        feed = StreamFeed(folder, plan, _preprocess, 0, workers=1, pin=False, tokenize=QueryTokens(mode, tokenizer))
+        for _ in range(3):
+            batch = feed.next()
+            assert batch.text_mode == mode
+            if mode == "placeholder":
+                tokens, slots = tokenize_with_slots(tokenizer, batch.masked_texts)
+                assert torch.equal(batch.tokens, tokens) and torch.equal(batch.slots, slots)
+                assert (slots >= 0).any()
+            else:
+                neutral = [re.sub(r"\[MASK_\d+\]", "something", t) for t in batch.masked_texts]
+                assert torch.equal(batch.tokens, tokenizer(neutral)) and batch.slots is None
+    if torch.cuda.is_available():  # the DataLoader pins the tokens with the pixels (pin_memory)
+        feed = StreamFeed(folder, plan, _preprocess, 0, workers=1, pin=True,
+                          tokenize=QueryTokens("placeholder", tokenizer))
+        batch = feed.next()
+        assert batch.pixels.is_pinned() and batch.tokens.is_pinned() and batch.slots.is_pinned()

@@ -83,17 +83,27 @@ def pad_entities(embeddings: Sequence[np.ndarray | None], dim: int) -> tuple[tor
     return entity, valid
 
 
-def make_query_batch(fusion: Fusion, tokenizer, masked_texts: Sequence[str], entity: torch.Tensor,
-                     entity_valid: torch.Tensor, names: Sequence[Sequence[str | None]] | None = None) -> QueryBatch:
-    """Tokenize the texts the way `fusion` wants them and bundle the entity tensors."""
-    if fusion.text_mode == "placeholder":
-        tokens, slots = tokenize_with_slots(tokenizer, list(masked_texts))
-        return QueryBatch(tokens, slots, entity, entity_valid)
-    if fusion.text_mode == "names":
+def tokenize_queries(text_mode: str, tokenizer, masked_texts: Sequence[str],
+                     names: Sequence[Sequence[str | None]] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(tokens, slots) of the texts as a fusion of `text_mode` reads them (slots: placeholder mode only).
+
+    Depends on nothing else, so training's data loaders run it in their workers (train_data.QueryTokens).
+    """
+    if text_mode == "placeholder":
+        return tokenize_with_slots(tokenizer, list(masked_texts))
+    if text_mode == "names":
         texts = [fill_masks(t, names[i] if names else None) for i, t in enumerate(masked_texts)]
     else:
         texts = [fill_masks(t) for t in masked_texts]
-    return QueryBatch(tokenizer(texts), None, entity, entity_valid)
+    return tokenizer(texts), None
+
+
+def make_query_batch(fusion: Fusion, tokenizer, masked_texts: Sequence[str], entity: torch.Tensor,
+                     entity_valid: torch.Tensor, names: Sequence[Sequence[str | None]] | None = None, *,
+                     tokens: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> QueryBatch:
+    """Tokenize the texts the way `fusion` wants them (or take `tokens`, made so) and bundle the entity tensors."""
+    ids, slots = tokens if tokens is not None else tokenize_queries(fusion.text_mode, tokenizer, masked_texts, names)
+    return QueryBatch(ids, slots, entity, entity_valid)
 
 
 def mean_entity(batch: QueryBatch) -> torch.Tensor:

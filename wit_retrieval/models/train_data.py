@@ -1,14 +1,16 @@
 """Training data: MMIR queries of a build, their images, deterministic batches.
 
 A batch holds every distinct image it needs (targets, entity images, hard negatives) once;
-the image tower embeds them together so entity images and targets share one tower.
+the image tower embeds them together so entity images and targets share one tower. The loaders
+also tokenize the batch's queries (QueryTokens), the stream in its worker processes, so that the
+training step does not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from ..errors import InputError
 from ..ids import image_id
 from ..io.shards import read_table_dir
 from ..layout import DataRoot
+from .fusion import tokenize_queries
 
 QUERY_COLUMNS = ["query_id", "masked_text", "entity_ids", "entity_image_urls", "target_image_id", "language"]
 
@@ -50,11 +53,47 @@ class TrainBatch:
     query_keys: list[tuple]
     target_keys: list[str]
     query_ids: list[str] | None = None
+    tokens: torch.Tensor | None = None   # [b, L] the queries tokenized by the loader (QueryTokens), or None
+    slots: torch.Tensor | None = None    # [b, L] with tokens in the placeholder mode (inject)
+    text_mode: str | None = None         # the fusion text mode `tokens` were made for
 
     def pin_memory(self) -> TrainBatch:
-        """The batch with its pixels in page-locked memory (DataLoader pin_memory; faster copies to CUDA)."""
+        """The batch's tensors in page-locked memory (DataLoader pin_memory; faster copies to CUDA)."""
         self.pixels = self.pixels.pin_memory()
+        if self.tokens is not None:
+            self.tokens = self.tokens.pin_memory()
+        if self.slots is not None:
+            self.slots = self.slots.pin_memory()
         return self
+
+
+@dataclass(frozen=True)
+class QueryTokens:
+    """Tokenizes a batch's masked texts as the run's fusion reads them (fusion.tokenize_queries).
+
+    The loaders call it while they assemble a batch, the stream inside its DataLoader worker
+    processes (which inherit it by fork), so that the training step gets its tokens ready made.
+    Training passes no entity names, so the `names` mode fills masks with the neutral word, as
+    the step did when it tokenized. With a `cache` (the memory feed's, which tokenizes in the
+    training process and draws the same samples every epoch) each distinct text is tokenized
+    once; a text's rows do not depend on its batch (every row is padded to the context length).
+    """
+
+    text_mode: str
+    tokenizer: object
+    cache: dict | None = field(default=None, compare=False)
+
+    def __call__(self, masked_texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cache is None:
+            return tokenize_queries(self.text_mode, self.tokenizer, masked_texts)
+        todo = list(dict.fromkeys(t for t in masked_texts if t not in self.cache))
+        if todo:
+            tokens, slots = tokenize_queries(self.text_mode, self.tokenizer, todo)
+            for n, text in enumerate(todo):
+                self.cache[text] = (tokens[n], None if slots is None else slots[n])
+        rows = [self.cache[t] for t in masked_texts]
+        slots = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
+        return torch.stack([r[0] for r in rows]), slots
 
 
 def read_queries(root: str | Path, split: str, max_queries: int = 0) -> list[dict]:
@@ -131,8 +170,10 @@ class ImageLoader:
         return torch.stack([fresh[i] for i in ids])
 
 
-def make_batch(samples: Sequence[Sample], loader: ImageLoader, hard_per_query: int = 0) -> TrainBatch:
-    """Collect the distinct images of `samples` and index targets, entities and hard negatives."""
+def make_batch(samples: Sequence[Sample], loader: ImageLoader, hard_per_query: int = 0,
+               tokenize: QueryTokens | None = None) -> TrainBatch:
+    """Collect the distinct images of `samples` and index targets, entities and hard negatives
+    (and, given `tokenize`, the queries' tokens)."""
     position: dict[str, int] = {}
 
     def slot(key: str | None) -> int:
@@ -151,9 +192,11 @@ def make_batch(samples: Sequence[Sample], loader: ImageLoader, hard_per_query: i
             for col, key in enumerate(sample.hard_negatives[:hard_per_query]):
                 hard_index[row, col] = slot(key)
     pixels = loader.pixels(list(position))
-    return TrainBatch(pixels, target_index, entity_index, hard_index, [s.masked_text for s in samples],
-                      [s.key for s in samples], [s.target for s in samples],
-                      [s.query_id for s in samples])
+    texts = [s.masked_text for s in samples]
+    tokens, slots = tokenize(texts) if tokenize is not None else (None, None)
+    return TrainBatch(pixels, target_index, entity_index, hard_index, texts, [s.key for s in samples],
+                      [s.target for s in samples], [s.query_id for s in samples], tokens, slots,
+                      tokenize.text_mode if tokenize is not None else None)
 
 
 class IndexFeed:
@@ -163,9 +206,10 @@ class IndexFeed:
     equivalence tests need); the position is the micro-batch counter.
     """
 
-    def __init__(self, samples: list[Sample], loader: ImageLoader, batch: int, seed: int, world, hard_per_query: int):
+    def __init__(self, samples: list[Sample], loader: ImageLoader, batch: int, seed: int, world, hard_per_query: int,
+                 tokenize: QueryTokens | None = None):
         self.samples, self.loader, self.batch, self.seed = samples, loader, batch, seed
-        self.world, self.hard_per_query = world, hard_per_query
+        self.world, self.hard_per_query, self.tokenize = world, hard_per_query, tokenize
         self.micro = 0
         self.counts: dict[str, int] = {}
 
@@ -183,4 +227,4 @@ class IndexFeed:
         share = self.batch // self.world.world_size
         mine = index[self.world.rank * share:(self.world.rank + 1) * share]
         self.micro += 1
-        return make_batch([self.samples[i] for i in mine], self.loader, self.hard_per_query)
+        return make_batch([self.samples[i] for i in mine], self.loader, self.hard_per_query, self.tokenize)

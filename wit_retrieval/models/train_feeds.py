@@ -11,8 +11,9 @@ from ..errors import ConfigError
 from ..io import fs
 from .checkpoint import Built
 from .distill import load_teacher
+from .fusion import get_fusion
 from .train_config import TrainConfig
-from .train_data import ImageLoader, IndexFeed, load_samples
+from .train_data import ImageLoader, IndexFeed, QueryTokens, load_samples
 
 
 def make_feed(config: TrainConfig, store, built: Built, world: dist.World, device: str):
@@ -39,7 +40,8 @@ def _memory_feed(config: TrainConfig, store, built: Built, world: dist.World, de
     _check_same_data((len(samples), digest.hexdigest()[:16]), world)
     loader = ImageLoader(store, built.preprocess, workers=config.data.workers)
     feed = IndexFeed(samples, loader, config.optim.batch_size, config.run.seed, world,
-                     config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0)
+                     config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0,
+                     _tokens(config, built, cache=True))
     return feed, counts, load_teacher(config.distill, samples)
 
 
@@ -65,12 +67,21 @@ def _stream_feed(config: TrainConfig, store, built: Built, world: dist.World, de
                       config.data.shuffle_buffer)
     feed = StreamFeed(folder, plan, built.preprocess,
                       config.loss.hard_negatives_per_query if config.loss.hard_negatives else 0,
-                      workers=config.data.workers, pin=device.startswith("cuda"))
+                      workers=config.data.workers, pin=device.startswith("cuda"), tokenize=_tokens(config, built))
     # the teacher is converted once into an id-keyed store (beside the shards, or in this node's cache
     # for shards on an object store) and read by id per batch
     teacher = open_teacher_store(config.distill, folder, progress=world.is_main)
     counts = {**manifest["counts"], "prepared": fs.redact(folder)}
     return feed, counts, teacher
+
+
+def _tokens(config: TrainConfig, built: Built, *, cache: bool = False) -> QueryTokens:
+    """The loaders tokenize the queries (the stream in its worker processes): the step does not.
+
+    The memory feed keeps each text's tokens (its samples are in memory anyway); the stream, at
+    any scale, does not.
+    """
+    return QueryTokens(get_fusion(config.model.fusion).text_mode, built.tokenizer, {} if cache else None)
 
 
 def _check_same_data(fingerprint, world: dist.World) -> None:

@@ -54,8 +54,11 @@ def encode(trainer, batch: TrainBatch) -> Features:
     features = model.image_features(batch.pixels.to(device, non_blocking=True))
     entity_index = batch.entity_index.to(device)
     entity = features[entity_index.clamp(min=0)]
+    # the loaders tokenize in their workers (train_data.QueryTokens); other callers' batches are tokenized here
+    ready = batch.tokens is not None and batch.text_mode == trainer.fusion.text_mode
     query_batch = make_query_batch(trainer.fusion, trainer.built.tokenizer, batch.masked_texts, entity,
-                                   entity_index >= 0).to(device)
+                                   entity_index >= 0, tokens=(batch.tokens, batch.slots) if ready else None
+                                   ).to(device)
     out = Features(trainer.fusion.encode(model, query_batch), features[batch.target_index.to(device)],
                    torch.tensor([key_code(k) for k in batch.query_keys], device=device),
                    torch.tensor([key_code(k) for k in batch.target_keys], device=device))

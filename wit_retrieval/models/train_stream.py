@@ -3,7 +3,7 @@
 Per epoch the shard order comes from (seed, epoch); rank r takes every world_size-th shard and
 its loader worker w every workers-th of those; each worker reads its shards sequentially
 through a shuffle buffer of raw (still encoded) samples seeded by (seed, epoch, rank, worker),
-cuts them into local batches and decodes only then. Every worker yields the same number of
+cuts them into local batches and decodes (and tokenizes their queries) only then. Every worker yields the same number of
 batches per epoch (the smallest any worker of any rank can fill), so ranks stay in step and the
 DataLoader's round robin fixes the order: batch k of an epoch comes from worker k % workers.
 Resuming skips the batches already used without decoding them, so it is exact and cheap.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
-from .train_data import Sample, TrainBatch, make_batch
+from .train_data import QueryTokens, Sample, TrainBatch, make_batch
 from .train_shards import EntityImages, read_prepared, shard_paths
 
 COUNT_KEYS = ("undecodable_targets", "undecodable_entity_images", "undecodable_hard_negatives")
@@ -57,9 +57,10 @@ class StreamPlan:
 class ShardStream(torch.utils.data.IterableDataset):
     """One epoch of this rank's batches; `skip` leading batches are read but not decoded."""
 
-    def __init__(self, out, plan: StreamPlan, preprocess, hard_per_query: int, epoch: int, skip: int = 0):
+    def __init__(self, out, plan: StreamPlan, preprocess, hard_per_query: int, epoch: int, skip: int = 0,
+                 tokenize: QueryTokens | None = None):
         super().__init__()
-        self.out, self.plan, self.preprocess = out, plan, preprocess
+        self.out, self.plan, self.preprocess, self.tokenize = out, plan, preprocess, tokenize
         self.hard_per_query, self.epoch, self.skip = hard_per_query, epoch, skip
         self.paths = [p for p, _ in shard_paths(out, read_prepared(out))]
 
@@ -81,7 +82,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         for number in range(quota):
             chunk = [next(raw) for _ in range(self.plan.batch)]
             if number >= done:
-                yield decode_batch(chunk, images, self.preprocess, self.hard_per_query)
+                yield decode_batch(chunk, images, self.preprocess, self.hard_per_query, self.tokenize)
 
 
 def _read_shards(paths) -> Iterator[tuple[bytes, bytes]]:
@@ -127,8 +128,9 @@ def _decode(data: bytes | None, preprocess):
         return None
 
 
-def decode_batch(chunk, images: EntityImages, preprocess, hard_per_query: int) -> tuple[TrainBatch, dict]:
-    """Decode and collate one batch of raw samples; the counts of what could not be read."""
+def decode_batch(chunk, images: EntityImages, preprocess, hard_per_query: int,
+                 tokenize: QueryTokens | None = None) -> tuple[TrainBatch, dict]:
+    """Decode and collate (and tokenize) one batch of raw samples; the counts of what could not be read."""
     counts = dict.fromkeys(COUNT_KEYS, 0)
     pixels: dict[str, torch.Tensor] = {}
     samples, bad = [], []
@@ -153,7 +155,7 @@ def decode_batch(chunk, images: EntityImages, preprocess, hard_per_query: int) -
         hard = tuple(i for i in meta["hard"][:hard_per_query]
                      if _load(i, images, preprocess, pixels, counts, "undecodable_hard_negatives"))
         out.append(Sample(meta["query_id"], meta["masked_text"], entities, meta["target"], hard))
-    return make_batch(out, _Pixels(pixels), hard_per_query), counts
+    return make_batch(out, _Pixels(pixels), hard_per_query, tokenize), counts
 
 
 def _load(key, images, preprocess, pixels, counts, bad_key):
@@ -181,9 +183,10 @@ class _Pixels:
 class StreamFeed:
     """This rank's batches, epoch after epoch; its position (epoch, batch) is saved in checkpoints."""
 
-    def __init__(self, out, plan: StreamPlan, preprocess, hard_per_query: int, *, workers: int, pin: bool):
+    def __init__(self, out, plan: StreamPlan, preprocess, hard_per_query: int, *, workers: int, pin: bool,
+                 tokenize: QueryTokens | None = None):
         self.out, self.plan, self.preprocess, self.hard_per_query = out, plan, preprocess, hard_per_query
-        self.loader_workers, self.pin = workers, pin
+        self.loader_workers, self.pin, self.tokenize = workers, pin, tokenize
         self.epoch, self.batch = 0, 0
         self.counts = dict.fromkeys(COUNT_KEYS, 0)
         self._iterator = None
@@ -206,7 +209,7 @@ class StreamFeed:
         while True:
             if self._iterator is None:
                 dataset = ShardStream(self.out, self.plan, self.preprocess, self.hard_per_query, self.epoch,
-                                      self.batch)
+                                      self.batch, self.tokenize)
                 loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.loader_workers,
                                                      pin_memory=self.pin)
                 self._iterator = iter(loader)
