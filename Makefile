@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py
 	touch $(STAMP)
 
 # the compiled parts (build mmir's rows, TSV segments): rebuilt in place when their source changes
-EXT_SRC := $(wildcard wit_retrieval/build/_fastbuild*.c wit_retrieval/build/_fastbuild*.h wit_retrieval/io/_fasttsv.c) setup.py
+EXT_SRC := $(wildcard wit_retrieval/build/_fastbuild*.c wit_retrieval/build/_fastbuild*.h wit_retrieval/io/_fast*.c) setup.py
 EXT_STAMP := $(VENV)/.fastbuild
 $(EXT_STAMP): $(STAMP) $(EXT_SRC)
 	$(PY) setup.py -q build_ext --inplace
