@@ -20,11 +20,16 @@ IMAGE_FINGERPRINT = "image_fp"  # optional run column: fingerprint(image_id), co
 def fingerprint(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A 64-bit hash of each string, 8 bytes per numpy pass over the Arrow buffers."""
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    parts = [_fingerprint_chunk(c) for c in chunks if len(c)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    out = np.empty(sum(len(c) for c in chunks), np.uint64)
+    at = 0
+    for chunk in chunks:  # each chunk's hashes are computed in place in the output (no concatenation)
+        if len(chunk):
+            _fingerprint_chunk(chunk, out[at:at + len(chunk)])
+        at += len(chunk)
+    return out
 
 
-def _fingerprint_chunk(chunk: pa.Array) -> np.ndarray:
+def _fingerprint_chunk(chunk: pa.Array, out: np.ndarray) -> None:
     n = len(chunk)
     width = 8 if pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type) else 4
     offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1,
@@ -33,8 +38,9 @@ def _fingerprint_chunk(chunk: pa.Array) -> np.ndarray:
     data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
     length = np.diff(offsets)
     if length.min() == length.max():  # one width, as hex or hash ids have: strided views, no gathers
-        return _fixed_width(data, int(offsets[0]), n, int(length[0]))
-    return _any_width(data, offsets[:-1], length)
+        _fixed_width(data, int(offsets[0]), int(length[0]), out)
+    else:
+        out[:] = _any_width(data, offsets[:-1], length)
 
 
 def _mix(h: np.ndarray, word: np.ndarray) -> np.ndarray:
@@ -64,9 +70,13 @@ def _any_width(data: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.nd
     return h
 
 
-def _fixed_width(data: np.ndarray, base: int, n: int, width: int) -> np.ndarray:
-    """The same hashes as `_any_width` when every string has `width` bytes (string i at base + i * width)."""
-    h = np.full(n, width, np.uint64) * _MIX
+def _fixed_width(data: np.ndarray, base: int, width: int, out: np.ndarray) -> None:
+    """The same hashes as `_any_width` when every string has `width` bytes (string i at base + i * width),
+    mixed in place in `out`."""
+    n = len(out)
+    out.fill(width)
+    out *= _MIX
+    shifted = np.empty_like(out)
     for k in range(0, width, 8):
         size = min(8, width - k)
         if size == 8:  # the k-th word of every string, read in place (unaligned, strided)
@@ -75,5 +85,7 @@ def _fixed_width(data: np.ndarray, base: int, n: int, width: int) -> np.ndarray:
             padded = np.zeros((n, 8), np.uint8)
             padded[:, :size] = np.ndarray((n, size), dtype=np.uint8, buffer=data, offset=base + k, strides=(width, 1))
             word = padded.view("<u8").reshape(n)
-        h = _mix(h, word)
-    return h
+        out ^= word
+        out *= _MIX
+        np.right_shift(out, np.uint64(31), out=shifted)
+        out ^= shifted
