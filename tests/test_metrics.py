@@ -195,3 +195,28 @@ def test_ir_measures_default_rr_at_k_breaks_ties_otherwise_documented_in_readme(
     assert ours["MRR@10"] == ours["MRR"] == pytest.approx(trec_rr) == pytest.approx(1 / 3)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert "`RR@k`" in readme and "pytrec_eval" in readme
+
+
+def test_equals_ir_measures_with_ids_of_many_lengths():
+    """Ids of 1 to 40 bytes, a run holding longer ids than any relevant one (and a fixed-depth one):
+    fingerprints must not depend on the longest id beside them (they once did, and missed hits)."""
+    import pyarrow as pa
+
+    run, qrels = random_case(7, ties=True)
+    name = {f"d{j:02d}": f"d{j}" + "x" * (3 * j % 37) for j in range(40)}
+    run = {q: [(name[d], s) for d, s in items] for q, items in run.items()}
+    qrels = {q: {name[d]: r for d, r in docs.items()} for q, docs in qrels.items()}
+    reference = ir_measures_values(run, qrels)
+    ours = per_query(run, qrels, list(reference))
+    for measure, values in reference.items():
+        np.testing.assert_allclose(ours[measure], values, rtol=0, atol=1e-9, err_msg=measure)
+    # Fixed depth (the broadcast paths): each query's one short relevant id among longer fillers.
+    short = {q: next(d for d, r in docs.items() if r > 0) for q, docs in qrels.items()}
+    short = {q: d for q, d in short.items() if len(d) < 9}
+    rows = [(q, d, 1.0 if j == 2 else -j) for q in short
+            for j, d in enumerate([f"{q}-filler-{k:020d}" for k in range(2)] + [short[q]]
+                                  + [f"{q}-filler-{k:020d}" for k in range(2, 4)])]
+    table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(("query_id", "image_id", "score"))})
+    assert len(short) > 20
+    assert per_query(table, {q: {d: 1} for q, d in short.items()}, ["MRR@10"])["MRR@10"].tolist() == \
+        [1.0] * len(short)

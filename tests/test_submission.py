@@ -189,3 +189,27 @@ def test_validation_fingerprints_are_reused_by_scoring_and_change_nothing(tmp_pa
     for name in with_fp.values:
         assert np.array_equal(with_fp.values[name], without.values[name]), name
     assert max(v.max() for v in without.values.values()) > 0  # some query found its image
+
+
+def test_fixed_depth_duplicates_survive_a_half_fingerprint_collision():
+    """The row-wise sort keys on one 32-bit half of the fingerprints: rows whose halves collide are
+    checked on whole codes and strings, and real repeats (in chunks of other widths) are all found."""
+    import numpy as np
+
+    from wit_retrieval.fingerprint import fingerprint
+    from wit_retrieval.problems import ValidationReport
+    from wit_retrieval.submission import _check_duplicates, _Groups
+
+    queries, depth = 300, 20
+    ids = [f"img{q}-{j}" for q in range(queries) for j in range(depth)]
+    ids[5 * depth + 7], ids[9 * depth + 19] = ids[5 * depth + 3], ids[9 * depth]
+    image_ids = pa.chunked_array([pa.array(ids[:1000]), pa.array(ids[1000:])])
+    query_ids = pa.chunked_array([pa.array([f"q{q}" for q in range(queries) for _ in range(depth)])])
+    doc = fingerprint(image_ids)
+    halves = doc.view(np.uint32)
+    halves[80] = halves[82]  # rows 40 and 41 (query 2) now share the half the sort keys on, not the other
+    report = ValidationReport("run")
+    groups = _Groups(np.arange(queries) * depth, np.full(queries, depth), np.arange(queries))
+    _check_duplicates(groups, doc, False, np.arange(1, queries * depth + 1), query_ids, image_ids, report)
+    assert [(k["kind"], k["count"], k["first_lines"]) for k in report.by_kind()] == \
+        [("duplicate_image", 2, [108, 200])]

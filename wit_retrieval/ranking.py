@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .fingerprint import IMAGE_FINGERPRINT, fingerprint
+
 # In memory: query_id -> [(image_id, score)] best first; qrels: query_id -> {image_id: relevance}.
 Run = dict[str, list[tuple[str, float]]]
 Qrels = dict[str, dict[str, int]]
@@ -79,46 +81,6 @@ def from_numpy(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
         arrow_type, data = pa.from_numpy_dtype(values.dtype), pa.py_buffer(values)
     validity = None if mask is None else pa.py_buffer(np.packbits(~np.asarray(mask, bool), bitorder="little"))
     return pa.Array.from_buffers(arrow_type, len(values), [validity, data], null_count=-1 if mask is not None else 0)
-
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-IMAGE_FINGERPRINT = "image_fp"  # optional run column: fingerprint(image_id), computed once by validation
-
-
-def fingerprint(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string, 8 bytes per numpy pass over the Arrow buffers (no hash table).
-
-    Equal strings get equal fingerprints; callers confirm equal fingerprints by comparing strings.
-    """
-    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    parts = [_fingerprint_chunk(c) for c in chunks if len(c)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
-
-
-def _fingerprint_chunk(chunk: pa.Array) -> np.ndarray:
-    n = len(chunk)
-    width = 8 if pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type) else 4
-    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1,
-                            offset=width * chunk.offset).astype(np.int64)
-    buffer = chunk.buffers()[2]
-    data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
-    if len(data) < 8:
-        data = np.concatenate([data, np.zeros(8, np.uint8)])
-    # Every 8-byte window of the data as one little-endian word (an unaligned view, no copy).
-    words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-    start, length = offsets[:-1], np.diff(offsets)
-    h = length.astype(np.uint64) * _MIX
-    last = len(data) - 8
-    for k in range(0, int(length.max(initial=0)), 8):
-        remaining = np.clip(length - k, 0, 8).astype(np.uint64)
-        pos = start + k
-        at = np.minimum(pos, last)
-        word = words[at] >> (np.minimum(pos - at, 7).astype(np.uint64) * np.uint64(8))
-        keep = np.where(remaining == 8, np.uint64(0xFFFFFFFFFFFFFFFF),
-                        (np.uint64(1) << (remaining * np.uint64(8))) - np.uint64(1))
-        h = (h ^ (word & keep)) * _MIX
-        h ^= h >> np.uint64(31)
-    return h
 
 
 def take(values: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
@@ -294,20 +256,21 @@ def _match_relevant(block: _Block, rel: _RelevantIndex) -> tuple[np.ndarray, np.
     rows_found, gains_found = [], []
     for j in range(int(count.max(initial=0))):
         active = np.flatnonzero(count > j)
-        if 4 * len(active) >= len(block.starts):
-            target = np.where(count > j, first + j, -1)
-            rows = None  # every row of the block
-            target_rows = np.repeat(target, block.lengths)
+        # Fingerprints first (numpy, 8 bytes a row), then the few equal ones confirmed on the strings.
+        if 4 * len(active) >= len(block.starts):  # dense: every row against its group's j-th relevant id
+            target = np.where(count > j, first + j, 0)
+            rows = np.flatnonzero(_rows_vs_groups(np.equal, block.fp, rel.docs_fp[target], block.lengths))
+            groups = np.searchsorted(block.starts, rows, side="right") - 1
+            has_j = count[groups] > j  # a group without a j-th relevant item matched item 0 by chance
+            rows, target_rows = rows[has_j], target[groups[has_j]]
         else:
             rows = _rows_of_groups(active, block.starts, block.lengths)
             target_rows = np.repeat(first[active] + j, block.lengths[active])
-        block_rows = np.arange(len(block.score)) if rows is None else rows
-        # Fingerprints first (numpy, 8 bytes a row), then the few equal ones confirmed on the strings.
-        equal = np.flatnonzero((block.fp[block_rows] == rel.docs_fp[np.maximum(target_rows, 0)]) & (target_rows >= 0))
-        same = pc.equal(take(block.ids, block_rows[equal]), take(rel.docs, target_rows[equal]))
-        equal = equal[to_numpy(same)]
-        rows_found.append(block_rows[equal])
-        gains_found.append(rel.gains[target_rows[equal]])
+            equal = np.flatnonzero(block.fp[rows] == rel.docs_fp[target_rows])
+            rows, target_rows = rows[equal], target_rows[equal]
+        same = to_numpy(pc.equal(take(block.ids, rows), take(rel.docs, target_rows)))
+        rows_found.append(rows[same])
+        gains_found.append(rel.gains[target_rows[same]])
     if not rows_found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     rows, gains = np.concatenate(rows_found), np.concatenate(gains_found)
@@ -347,18 +310,25 @@ def _compare_all_rows(g, r, starts, lengths, score):
     """Dense pass over every row: rows above each reference, and tied rows (row, reference index)."""
     ref = np.full(len(starts), np.nan)
     ref[g] = score[r]
-    ref_rows = np.repeat(ref, lengths)
-    greater = score > ref_rows
+    greater = _rows_vs_groups(np.greater, score, ref, lengths)
     if lengths.min() == lengths.max():  # every query has the same depth: a reshape beats reduceat
         above = np.count_nonzero(greater.reshape(len(starts), -1), axis=1)[g]
     else:
         above = np.add.reduceat(greater, starts, dtype=np.int64)[g]
-    tied = np.flatnonzero(score == ref_rows)
+    tied = np.flatnonzero(_rows_vs_groups(np.equal, score, ref, lengths))
     slot_of_group = np.full(len(starts), -1)
     slot_of_group[g] = np.arange(len(g))
     tied_ref = slot_of_group[np.searchsorted(starts, tied, side="right") - 1]
     keep = tied != r[tied_ref]
     return above, tied[keep], tied_ref[keep]
+
+
+def _rows_vs_groups(op, rows: np.ndarray, per_group: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """op(row value, its group's value) for every row of consecutive groups; a broadcast, with no
+    full-length copy of the group values, when every group has the same length (a fixed depth)."""
+    if len(lengths) and lengths.min() == lengths.max():
+        return op(rows.reshape(len(lengths), -1), per_group[:, None]).reshape(-1)
+    return op(rows, np.repeat(per_group, lengths))
 
 
 def _compare_group_rows(g, r, starts, lengths, score):

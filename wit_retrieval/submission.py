@@ -92,6 +92,8 @@ def _check_table(run: RunFile, truth: SplitTruth | None, config: ValidationConfi
     report.num_rows = table.num_rows
     lines = to_numpy(table["line"])
     score = to_numpy(table["score"])
+    # kept contiguous with the run: scoring then reads the scores without concatenating the chunks again
+    run.table = run.table.set_column(table.schema.get_field_index("score"), "score", from_numpy(score))
     query_id, image_id = table["query_id"], table["image_id"]
     bad = np.flatnonzero(~np.isfinite(score))
     report.add_rows("nonfinite_score", lines[bad],
@@ -179,7 +181,9 @@ def _check_duplicates(groups: _Groups, doc: np.ndarray, exact: bool, lines: np.n
         # One block per query, all of the same depth: sort row-wise (much cheaper than one big sort),
         # and find the rows of the few queries that have a repeat before locating it.
         codes = doc.reshape(len(starts), -1)
-        ranked = np.sort(codes, axis=1)
+        # Fingerprints are sorted on one 32-bit half (a third of the sort's time): equal fingerprints have
+        # equal halves, so no repeat is missed, and the queries found are checked on the whole codes below.
+        ranked = np.sort(codes if exact else codes.view(np.uint32)[:, ::2], axis=1)
         same = ranked[:, 1:] == ranked[:, :-1]
         groups = np.flatnonzero((same & (ranked[:, 1:] >= 0) if exact else same).any(axis=1))
         order = np.argsort(codes[groups], axis=1, kind="stable")

@@ -2,6 +2,9 @@
 
 Command modules only parse options, call the library and print; they import the library
 inside each command so `--help` stays fast and torch is never imported by accident.
+A command's module is imported when the command is looked up (click's lazy-group pattern),
+so `wit-retrieval score` neither imports the other fifteen modules nor builds their commands;
+`--help` and `docs cli` look every command up, and get them all.
 Library errors (WitRetrievalError) become one clean line on stderr and exit code 1.
 """
 
@@ -21,14 +24,48 @@ COMMAND_MODULES = (
     "synth", "serve", "download", "released", "build", "export", "images",
     "scoring", "index", "models", "mining", "soup", "text_baseline", "annotate", "report", "docs",
 )
+# Each top-level command or group -> the module that registers it, in the order `--help` lists
+# them (typer's: the commands in module order, then the groups). Kept in step with what the
+# modules register by tests/test_cli_lazy.py.
+COMMANDS = {
+    "synth": "synth", "serve": "serve", "download": "download", "stats": "build", "card": "build",
+    "validate": "scoring", "score": "scoring", "compare": "scoring", "search": "index", "train": "models",
+    "prepare": "models", "evaluate": "models", "embed": "models", "mine-negatives": "mining", "soup": "soup",
+    "text-baseline": "text_baseline", "report": "report", "released": "released", "build": "build",
+    "export": "export", "images": "images", "index": "index", "models": "models", "annotate": "annotate",
+    "docs": "docs",
+}
+RICH_MARKUP_MODE = "rich"
+
+
+def module_commands(module: str) -> dict:
+    """The click commands and groups one command module registers, by name."""
+    sub = typer.Typer(add_completion=False, rich_markup_mode=RICH_MARKUP_MODE)
+    importlib.import_module(f"{__name__}.{module}").register(sub)
+    built = typer.main.get_command(sub)  # a group, or the command itself when the module has one
+    return dict(built.commands) if isinstance(built, TyperGroup) else {built.name: built}
 
 
 class _CleanErrors(TyperGroup):
-    """Turn library errors anywhere below into one line and exit code 1.
+    """Commands loaded on first look-up; library errors anywhere below become one line and exit code 1.
 
     An optional dependency missing deep inside a command (torch under `evaluate` installed
     without `[clip]`) becomes the same kind of line, naming the extra to install.
     """
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(dict.fromkeys([*COMMANDS, *self.commands]))
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.commands.update(module_commands(COMMANDS[cmd_name]))
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in COMMANDS:  # a typo: load every command, so typer can suggest the nearest
+            for module in COMMAND_MODULES:
+                self.commands.update(module_commands(module))
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -59,7 +96,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=RICH_MARKUP_MODE,
 )
 
 
@@ -78,10 +115,6 @@ def _root(
     ),
 ):
     """Rebuild, fetch, train on and score the EI and MMIR retrieval benchmark."""
-
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
 def main() -> None:

@@ -137,8 +137,6 @@ def _register_score(app: typer.Typer) -> None:
         """
         from contextlib import ExitStack
 
-        from rich.console import Console
-
         from ..io import fs
         from ..metrics import DEFAULT_MEASURES
         from ..progress import console
@@ -155,13 +153,13 @@ def _register_score(app: typer.Typer) -> None:
                             metadata=metadata, dataset_revision=inputs.revision, split=split,
                             keep_per_query=keep_per_query)
         run = fs.path(run)
-        _print_results(results, Console())
+        _print_results(results, _data_console())
         if json_out:
             results.save(json_out)
-            console.print(f"results: {fs.redact(json_out)}")
+            console.print(f"results: {fs.redact(json_out)}", markup=False, emoji=False)
         if plots_dir:
             for path in _write_plots(results, run.name, plots_dir):
-                console.print(f"plot: {path}")
+                console.print(f"plot: {path}", markup=False, emoji=False)
 
 
 
@@ -210,8 +208,6 @@ def _register_compare(app: typer.Typer) -> None:
 
         Example: wit-retrieval compare runs/zero_shot.trec runs/trained.trec --data data --split test
         """
-        from rich.console import Console
-
         from ..io.shards import write_json_atomic
         from ..progress import console
         from ..results import compare_runs
@@ -223,10 +219,18 @@ def _register_compare(app: typer.Typer) -> None:
         result = compare_runs(a.table, b.table, inputs.qrels, measures, queries_table=inputs.queries,
                               permutations=permutations, bootstrap=bootstrap, seed=seed,
                               names=(_run_label(run_a), _run_label(run_b)))
-        _print_comparison(result, Console())
+        _print_comparison(result, _data_console())
         if json_out:
             write_json_atomic(json_out, result)
             console.print(f"comparison: {json_out}")
+
+
+def _data_console():
+    """A console for tables of results: ids, measure names and group values are data, printed as they
+    are (no rich markup, no :emoji: codes; the emoji table is not even loaded)."""
+    from rich.console import Console
+
+    return Console(markup=False, emoji=False)
 
 
 def _print_results(results, console) -> None:

@@ -30,10 +30,11 @@ import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-import pyarrow.fs as pafs
+if TYPE_CHECKING:  # imported where used: local paths never need it (score reads local files)
+    import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 TEMP_PREFIX = ".tmp-"
@@ -92,6 +93,8 @@ def _split_endpoint(endpoint: str) -> tuple[str, str]:
 @lru_cache(maxsize=16)
 def _s3(access_key: str | None, secret_key: str | None, endpoint: str | None, region: str | None,
         options: tuple) -> pafs.FileSystem:
+    import pyarrow.fs as pafs
+
     kwargs: dict[str, Any] = dict(options)
     if access_key and secret_key:
         kwargs.update(access_key=access_key, secret_key=secret_key)
@@ -107,6 +110,8 @@ def _s3(access_key: str | None, secret_key: str | None, endpoint: str | None, re
 
 @lru_cache(maxsize=16)
 def _gcs(endpoint: str | None, project: str | None) -> pafs.FileSystem:
+    import pyarrow.fs as pafs
+
     kwargs: dict[str, Any] = {}
     if project:
         kwargs["project_id"] = project
@@ -128,6 +133,8 @@ def _s3_for(parts) -> pafs.FileSystem:
 
 def resolve(target: Any) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path inside it of a local path or a file://, s3:// or gs:// URI."""
+    import pyarrow.fs as pafs
+
     if isinstance(target, ObjectPath):
         target = target.uri
     text = os.fspath(target) if isinstance(target, os.PathLike) else str(target)
@@ -224,12 +231,18 @@ class ObjectPath:
         return fs.get_file_info(key)
 
     def exists(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._info().type != pafs.FileType.NotFound
 
     def is_dir(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._info().type == pafs.FileType.Directory
 
     def is_file(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._info().type == pafs.FileType.File
 
     def stat_size(self) -> int:
@@ -239,6 +252,8 @@ class ObjectPath:
         """Nothing: a prefix exists through its keys (pyarrow would write empty marker keys)."""
 
     def iterdir(self) -> Iterator[ObjectPath]:
+        import pyarrow.fs as pafs
+
         fs, key = self._location
         infos = fs.get_file_info(pafs.FileSelector(key, allow_not_found=True))
         for info in sorted(infos, key=lambda i: i.path):
@@ -334,6 +349,8 @@ def makedirs(target: Any) -> None:
 
 def walk_files(target: Any) -> list[str]:
     """Every file under a folder or prefix, as paths relative to it, sorted."""
+    import pyarrow.fs as pafs
+
     fs, key = resolve(target)
     infos = fs.get_file_info(pafs.FileSelector(key, recursive=True, allow_not_found=True))
     return sorted(i.path[len(key):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
@@ -365,6 +382,8 @@ def atomic_write(target: ObjectPath) -> Iterator[Path]:
 
 def sweep(target: Any, recursive: bool = False) -> int:
     """Delete the temporary files (.tmp-*) a crashed write left in a folder; returns how many."""
+    import pyarrow.fs as pafs
+
     fs, key = resolve(target)
     infos = fs.get_file_info(pafs.FileSelector(key, recursive=recursive, allow_not_found=True))
     stale = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(TEMP_PREFIX)]
@@ -376,6 +395,8 @@ def sweep(target: Any, recursive: bool = False) -> int:
 
 def remove_tree(target: Any) -> None:
     """Delete a folder or prefix and everything under it (nothing when it does not exist)."""
+    import pyarrow.fs as pafs
+
     target = path(target)
     if isinstance(target, Path):
         shutil.rmtree(target, ignore_errors=True)
@@ -388,6 +409,8 @@ def remove_tree(target: Any) -> None:
 
 def move(source: Any, target: Any) -> None:
     """Move one file (a rename locally, copy + delete on an object store)."""
+    import pyarrow.fs as pafs
+
     src, dst = path(source), path(target)
     if isinstance(src, Path) and isinstance(dst, Path):
         os.replace(src, dst)
