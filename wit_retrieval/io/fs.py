@@ -5,13 +5,7 @@ disk, a shared filesystem or an object store. `path(x)` gives a `pathlib.Path` f
 paths and `file://` URIs, and an `ObjectPath` (the part of pathlib's API the stages use) for
 `s3://` and `gs://`, so code written against Path keeps working on object stores.
 
-Endpoints and credentials (nothing here is ever written to a config, log or result; `redact`
-strips what a URI carries):
-- S3: the AWS SDK's standard credential chain (env, profile, instance role);
-  `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` for S3-compatible stores (pyarrow does not read
-  them itself, so they are passed as endpoint_override); `AWS_REGION` / `AWS_DEFAULT_REGION`.
-- GCS: Google's default credentials; `WIT_RETRIEVAL_GCS_ENDPOINT` or `STORAGE_EMULATOR_HOST`
-  (as Google's own clients read it) point at an emulator, which is then used without credentials.
+Endpoints, credentials and redaction live in io/uri.py.
 
 Object stores have no rename: an atomic write uploads a finished local file to a temporary
 key `.tmp-NAME.XXXX` beside its target, copies it onto the target and deletes the temporary
@@ -28,107 +22,25 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
+
+from .uri import GCS_ENDPOINT_ENV, REMOTE_SCHEMES, redact, redact_all, remote_filesystem, scheme_of
 
 if TYPE_CHECKING:  # imported where used: local paths never need it (score reads local files)
     import pyarrow.fs as pafs
 
-REMOTE_SCHEMES = ("s3", "gs", "gcs")
+__all__ = ["GCS_ENDPOINT_ENV", "REMOTE_SCHEMES", "TEMP_PREFIX", "redact", "redact_all", "scheme_of", "is_remote", "resolve", "path",
+           "join", "ObjectPath", "open_stream", "open_file", "exists", "listdir", "glob", "makedirs", "walk_files",
+           "commit_local_file", "atomic_write", "sweep", "remove_tree", "move", "local_tree", "local_copy"]
+
 TEMP_PREFIX = ".tmp-"
-GCS_ENDPOINT_ENV = "WIT_RETRIEVAL_GCS_ENDPOINT"
-
-
-def scheme_of(target: Any) -> str:
-    """'s3', 'gs', 'file' or '' (a plain local path)."""
-    text = str(target)
-    if "://" not in text:
-        return ""
-    return text.split("://", 1)[0].lower()
 
 
 def is_remote(target: Any) -> bool:
     """True for an object-store URI (s3://, gs://)."""
     return isinstance(target, ObjectPath) or scheme_of(target) in REMOTE_SCHEMES
-
-
-def redact(target: Any) -> str:
-    """The URI without credentials (user:secret@ and secret query parameters): safe to log."""
-    text = str(target)
-    if "://" not in text:
-        return text
-    parts = urlsplit(text)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "&".join(f"{k}={v}" for k, v in parse_qsl(parts.query)
-                     if not any(word in k.lower() for word in ("key", "secret", "token", "password")))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def redact_all(obj: Any) -> Any:
-    """A JSON-able config with every URI in it redacted (for resolved configs written beside outputs)."""
-    if isinstance(obj, dict):
-        return {k: redact_all(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact_all(v) for v in obj]
-    return redact(obj) if isinstance(obj, str) and "://" in obj else obj
-
-
-def _env_endpoint(*names: str) -> str | None:
-    for name in names:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
-
-
-def _split_endpoint(endpoint: str) -> tuple[str, str]:
-    """('host:port', scheme) from 'http://host:port' or 'host:port' (https by default)."""
-    if "://" in endpoint:
-        scheme, rest = endpoint.split("://", 1)
-        return rest.rstrip("/"), scheme
-    return endpoint.rstrip("/"), "https"
-
-
-@lru_cache(maxsize=16)
-def _s3(access_key: str | None, secret_key: str | None, endpoint: str | None, region: str | None,
-        options: tuple) -> pafs.FileSystem:
-    import pyarrow.fs as pafs
-
-    kwargs: dict[str, Any] = dict(options)
-    if access_key and secret_key:
-        kwargs.update(access_key=access_key, secret_key=secret_key)
-    if endpoint:
-        host, scheme = _split_endpoint(endpoint)
-        kwargs.update(endpoint_override=host, scheme=scheme)
-        # an S3-compatible store rarely has regions; without one the SDK would ask AWS for it
-        region = region or "us-east-1"
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
-
-
-@lru_cache(maxsize=16)
-def _gcs(endpoint: str | None, project: str | None) -> pafs.FileSystem:
-    import pyarrow.fs as pafs
-
-    kwargs: dict[str, Any] = {}
-    if project:
-        kwargs["project_id"] = project
-    if endpoint:
-        host, scheme = _split_endpoint(endpoint)
-        # emulators take no credentials; the client would otherwise look for Google's
-        kwargs.update(endpoint_override=host, scheme=scheme, anonymous=True)
-    return pafs.GcsFileSystem(**kwargs)
-
-
-def _s3_for(parts) -> pafs.FileSystem:
-    query = dict(parse_qsl(parts.query))
-    access = unquote(parts.username) if parts.username else None
-    secret = unquote(parts.password) if parts.password else None
-    endpoint = query.pop("endpoint_override", None) or _env_endpoint("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-    region = query.pop("region", None) or _env_endpoint("AWS_REGION", "AWS_DEFAULT_REGION")
-    return _s3(access, secret, endpoint, region, tuple(sorted(query.items())))
 
 
 def resolve(target: Any) -> tuple[pafs.FileSystem, str]:
@@ -142,16 +54,7 @@ def resolve(target: Any) -> tuple[pafs.FileSystem, str]:
     if scheme in ("", "file"):
         local = unquote(urlsplit(text).path) if scheme == "file" else text
         return pafs.LocalFileSystem(), os.path.abspath(local)
-    parts = urlsplit(text)
-    key = f"{parts.hostname or ''}{parts.path}".rstrip("/")
-    if scheme == "s3":
-        return _s3_for(parts), key
-    if scheme in ("gs", "gcs"):
-        endpoint = _env_endpoint(GCS_ENDPOINT_ENV, "STORAGE_EMULATOR_HOST")
-        return _gcs(endpoint, _env_endpoint("GOOGLE_CLOUD_PROJECT")), key
-    from ..errors import ConfigError
-
-    raise ConfigError(f"unsupported URI scheme {scheme!r} in {redact(text)}; use a local path, file://, s3:// or gs://")
+    return remote_filesystem(text)
 
 
 def path(target: Any) -> Path | ObjectPath:

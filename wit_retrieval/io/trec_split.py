@@ -63,8 +63,11 @@ def _split(view: memoryview, delimiter: int) -> tuple | None:
 
     try:
         scores = text(buffers[5], buffers[6], score_bytes).cast(pa.float64())
-        return (text(buffers[0], buffers[1], qid_bytes), text(buffers[2], buffers[3], doc_bytes),
-                pa.Array.from_buffers(pa.int64(), n, [None, buffers[4].slice(0, 8 * n)]), scores)
+        ranks = pa.Array.from_buffers(pa.int64(), n, [None, buffers[4].slice(0, 8 * n)])
+        # copied out at their exact size (concat_arrays of one array copies): the buffers above
+        # are sized for the shortest possible lines and go back to the pool for the next piece
+        return (*(pa.concat_arrays([a]) for a in (text(buffers[0], buffers[1], qid_bytes),
+                                                  text(buffers[2], buffers[3], doc_bytes), ranks)), scores)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # bad UTF-8 or a score Arrow cannot read
         return None
 
