@@ -101,3 +101,12 @@ def test_runs_read_through_the_strict_reader_by_default(tmp_path, monkeypatch):
 def test_an_empty_file_is_left_to_the_careful_readers(tmp_path):
     (tmp_path / "empty.trec").write_bytes(b"")
     assert trec_split.read_strict_run(tmp_path / "empty.trec") is None
+
+
+def test_pure_python_switch_leaves_runs_to_pyarrow(tmp_path, monkeypatch):
+    path = tmp_path / "run.trec"
+    path.write_text("q1 Q0 d1 1 0.5 r\nq1 Q0 d2 2 0.25 r\n")
+    assert trec_split.read_strict_run(path) is not None
+    monkeypatch.setenv("WIT_RETRIEVAL_PURE_PYTHON", "1")
+    assert trec_split.read_strict_run(path) is None
+    assert read_run_table(path).table["score"].to_pylist() == [0.5, 0.25]

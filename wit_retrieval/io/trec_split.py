@@ -80,7 +80,7 @@ def _delimiter(data: mmap.mmap) -> int:
 
 def read_strict_run(path: Path) -> pa.Table | None:
     """(query_id, image_id, rank, score, line) when every line is in the strict form, else None."""
-    if _fasttrec is None:
+    if _fasttrec is None or os.environ.get("WIT_RETRIEVAL_PURE_PYTHON", "") in ("1", "true", "yes"):
         return None
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
