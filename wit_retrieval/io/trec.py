@@ -36,7 +36,8 @@ def _open(path: Path, mode: str = "rb"):
     return open(path, mode)
 
 
-def _delimiter(path: Path) -> str:
+def delimiter_of(path: Path) -> str:
+    """A tab if the file's first line holds one, else a space."""
     with _open(path) as f:
         first = f.readline()
     return "\t" if b"\t" in first else " "
@@ -57,7 +58,7 @@ def read_regular(path: Path, names: list[str], types: dict[str, pa.DataType]) ->
     Text columns must be given as string or binary: an empty one reveals a doubled, leading or
     trailing separator or a blank line; binary ones are checked for UTF-8 here.
     """
-    delimiter = _delimiter(path)
+    delimiter = delimiter_of(path)
     # Text is parsed as binary and cast to string afterwards: the cast validates UTF-8 over the
     # whole buffer at once, which costs ~30% less CPU than the reader's per-value check.
     as_read = {name: pa.binary() if pa.types.is_string(t) else t for name, t in types.items()}

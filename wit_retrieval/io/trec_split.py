@@ -15,10 +15,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
-from ..ranking import from_numpy
+from .trec import delimiter_of, line_numbers
 
 try:  # compiled by setup.py; where it could not be, runs go through pyarrow.csv
     from . import _fasttrec
@@ -72,22 +71,16 @@ def _split(view: memoryview, delimiter: int) -> tuple | None:
         return None
 
 
-def _delimiter(data: mmap.mmap) -> int:
-    """A tab if the first line holds one, else a space (as the pyarrow path decides)."""
-    end = data.find(b"\n")
-    return ord("\t") if data.find(b"\t", 0, end if end >= 0 else len(data)) >= 0 else ord(" ")
-
-
 def read_strict_run(path: Path) -> pa.Table | None:
     """(query_id, image_id, rank, score, line) when every line is in the strict form, else None."""
     if _fasttrec is None or os.environ.get("WIT_RETRIEVAL_PURE_PYTHON", "") in ("1", "true", "yes"):
         return None
+    delimiter = ord(delimiter_of(path))
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return None
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            delimiter = _delimiter(data)
             pieces = _pieces(data, size)
             with memoryview(data) as whole:
                 views = [whole[start:end] for start, end in pieces]
@@ -102,5 +95,5 @@ def read_strict_run(path: Path) -> pa.Table | None:
         return None
     qids, docs, ranks, scores = (pa.chunked_array([p[k] for p in parts], t)
                                  for k, t in enumerate((pa.string(), pa.string(), pa.int64(), pa.float64())))
-    lines = from_numpy(np.arange(1, len(qids) + 1, dtype=np.int64))
-    return pa.table({"query_id": qids, "image_id": docs, "rank": ranks, "score": scores, "line": lines})
+    return pa.table({"query_id": qids, "image_id": docs, "rank": ranks, "score": scores,
+                     "line": line_numbers(len(qids))})
